@@ -1,0 +1,51 @@
+# octupus-tool-call — every command a user needs. `make test` and `make repro` each work as the
+# only command on a fresh machine: they create .venv and install the project first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# On CPU machines torch is pinned to the 2.13.0 CPU build (a bare `torch` pulls a multi-GB CUDA
+# build). GPU users: `make setup CONSTRAINTS=` and install the `gpu` extra.
+CONSTRAINTS ?= constraints/cpu.txt
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed
+MODEL ?= models/stage2
+PORT ?= 8000
+HOST ?= 127.0.0.1
+PYTEST_ARGS ?=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup repro test test-slow bench serve clean
+
+setup: $(STAMP)
+
+# Reinstall only when the dependency declarations change; otherwise `setup` is a no-op.
+$(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install_assets.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
+	VENV=$(VENV) bash scripts/install_assets.sh
+	touch $(STAMP)
+
+repro: setup
+	$(VENV)/bin/dvc repro
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+serve: setup
+	test -d $(MODEL) || $(VENV)/bin/dvc repro train_stage2
+	$(PY) -m serve --model $(MODEL) --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
