@@ -17,6 +17,8 @@ PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# dvc.yaml stages call `python -m stages.<name>`: make that the project's interpreter.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup repro test test-slow bench serve clean
 

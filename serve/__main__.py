@@ -1,0 +1,99 @@
+"""Serve a model behind an OpenAI-compatible API whose tool calls are always valid.
+
+    python -m serve --model models/stage2 [--backend transformers|vllm] [--format auto|octupus|hermes]
+        [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+        [--served-model-name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from serve.constraints import ENGINES
+from serve.constraints.base import JsonLimits
+
+log = logging.getLogger("serve")
+
+DEFAULT_ENGINE = "llguidance"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model folder (saved transformers model, or one .gguf file)")
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--format", choices=["auto", "octupus", "hermes"], default="auto",
+                   help="tool-call format; auto picks octupus when the tokenizer has its special tokens")
+    p.add_argument("--engine", choices=list(ENGINES), default=DEFAULT_ENGINE, help="constraint engine")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("OCTUPUS_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $OCTUPUS_API_KEY, else open)")
+    p.add_argument("--served-model-name", default=None, help="model id clients send (default: the folder name)")
+    p.add_argument("--default-max-tokens", type=int, default=1024,
+                   help="output cap when a request sets none (BFCL sets none)")
+    p.add_argument("--repetition-window", type=int, default=64,
+                   help="stop when this many tokens repeat one short cycle (0 = off)")
+    p.add_argument("--max-string-length", type=int, default=512,
+                   help="maxLength given to string arguments whose schema sets none (0 = unbounded)")
+    p.add_argument("--max-integer-digits", type=int, default=12,
+                   help="digits allowed before the point in numbers whose schema sets no bounds (0 = unbounded)")
+    p.add_argument("--max-whitespace", type=int, default=4,
+                   help="whitespace characters allowed between JSON tokens of arguments")
+    p.add_argument("--allow-extra-properties", action="store_true",
+                   help="let objects listing their properties carry other keys (default: forbid unless the "
+                        "schema sets additionalProperties)")
+    p.add_argument("--dtype", default="auto", help="model dtype (auto: float32 on CPU)")
+    p.add_argument("--max-context", type=int, default=None, help="override the model's context size")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-level", default=os.environ.get("OCTUPUS_LOG_LEVEL", "INFO"))
+    return p
+
+
+def build_core(args: argparse.Namespace) -> Any:
+    from serve.constraints import make_engine
+    from serve.core import ServerConfig, ServingCore
+    from serve.formats import make_format
+
+    if args.backend == "vllm":
+        # The vLLM backend (batch-level logits processor using this same engine interface) is a
+        # separate issue; refuse clearly instead of silently serving with another backend.
+        raise SystemExit("--backend vllm is not available in this build yet; use --backend transformers")
+    from serve.backends.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads)
+    fmt = make_format(args.format, backend.tokenizer)
+    engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids())
+    config = ServerConfig(
+        model_name=args.served_model_name or Path(args.model).resolve().name,
+        default_max_tokens=args.default_max_tokens, repetition_window=args.repetition_window,
+        limits=JsonLimits(max_whitespace=args.max_whitespace, max_string_length=args.max_string_length,
+                          max_integer_digits=args.max_integer_digits,
+                          forbid_extra_properties=not args.allow_extra_properties),
+        api_key=args.api_key or None)
+    log.info("config: model=%s backend=%s format=%s engine=%s limits=%s default_max_tokens=%d", args.model,
+             args.backend, fmt.name, engine.name, config.limits, config.default_max_tokens)
+    return ServingCore(backend, fmt, engine, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not Path(args.model).is_dir():
+        print(f"error: --model {args.model} is not a folder (build it with `dvc repro`)", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from serve.app import create_app
+
+    app = create_app(lambda: build_core(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The FastAPI application: thin routers over the serving classes kept on ``app.state``."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from serve.core import ServingCore
+from serve.errors import AuthenticationError, error_response, install_error_handlers
+from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, ResponsesRequest, now
+
+log = logging.getLogger(__name__)
+
+
+def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
+    """An app whose serving core is built at start-up (model load, tokenizer preparation)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from serve.serving_chat import ChatServing
+        from serve.serving_responses import ResponsesServing
+
+        core = core_factory()
+        app.state.core = core
+        app.state.chat = ChatServing(core)
+        app.state.responses = ResponsesServing(core)
+        app.state.created = now()
+        log.info("serving '%s' (format %s, engine %s)", core.config.model_name, core.fmt.name, core.engine.name)
+        yield
+        core.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="octupus-tool-call", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next: Any) -> Any:
+        key = request.app.state.core.config.api_key if hasattr(request.app.state, "core") else None
+        if key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), key.encode()):
+                request.app.state.core.metrics.rejections.labels("invalid_api_key").inc()
+                return error_response(AuthenticationError(
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"))
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        core: ServingCore = request.app.state.core
+        cards = ModelList(data=[ModelCard(id=core.config.model_name, created=request.app.state.created)])
+        return JSONResponse(cards.model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        return await request.app.state.chat.create(body, request)
+
+    @app.post("/v1/responses")
+    async def responses(body: ResponsesRequest, request: Request) -> Any:
+        return await request.app.state.responses.create(body, request)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        m = request.app.state.core.metrics
+        return Response(content=m.render(), media_type=m.content_type)
+
+    return app
+

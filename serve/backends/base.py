@@ -1,0 +1,62 @@
+"""The backend interface: a tokenizer, a context size, and a token generator with an optional grammar."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve.constraints.base import Matcher
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    # Stop when the last ``repetition_window`` tokens repeat a cycle of at most 32 tokens (0 = off).
+    repetition_window: int = 0
+
+
+@dataclass
+class GenerationState:
+    """Filled in by the backend while a generation runs; read by the caller once it ends."""
+
+    finish_reason: str | None = None  # stop | length | cancelled | repetition
+    completion_tokens: int = 0
+    constraint_seconds: list[float] = field(default_factory=list)
+    error: str | None = None  # the grammar rejected a sampled token or left no token allowed
+
+
+class Backend(ABC):
+    name: str
+    tokenizer: Any
+    max_context: int
+    vocab_size: int
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
+                 cancel: threading.Event, state: GenerationState) -> Iterator[int]:
+        """Yield generated token ids (stop tokens excluded); set ``state`` before returning."""
+
+    def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
+        """The library's own generation call, greedy, for benchmarking against ``generate``."""
+        raise NotImplementedError
+
+
+def repeats_cycle(ids: list[int], window: int, max_period: int = 32) -> bool:
+    """True when the last ``window`` ids are one cycle of length <= ``max_period`` repeated."""
+    if window <= 0 or len(ids) < window:
+        return False
+    tail = ids[-window:]
+    for period in range(1, min(max_period, window // 2) + 1):
+        if tail[period:] == tail[:-period]:
+            return True
+    return False
+
+
+TimerCallback = Callable[[float], None]

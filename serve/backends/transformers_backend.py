@@ -1,0 +1,181 @@
+"""transformers backend: a KV-cached decode loop with the grammar as a LogitsProcessor.
+
+The loop is written out (rather than calling ``model.generate``) so that it can yield each token
+as it is produced (streaming without a streamer thread), stop on client disconnect, on the
+grammar's end, or on a repetition loop, and count tokens exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor
+
+from serve.backends.base import Backend, GenerationState, SamplingParams, repeats_cycle
+from serve.constraints.base import Matcher
+
+log = logging.getLogger(__name__)
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Masks every token the grammar forbids.
+
+    It advances the matcher itself from ``input_ids`` (tokens after the prompt it has not seen),
+    so it works both in this backend's loop and as a ``logits_processor`` of ``model.generate``.
+    """
+
+    def __init__(self, matcher: Matcher, prompt_len: int, state: GenerationState | None = None) -> None:
+        self.matcher = matcher
+        self.consumed = prompt_len
+        self.state = state
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for token in input_ids[0, self.consumed:].tolist():
+            self.advance(token)
+        self.mask(scores[0])
+        return scores
+
+    def advance(self, token: int) -> None:
+        start = time.perf_counter()
+        self.consumed += 1
+        if not self.matcher.consume(token):
+            raise RuntimeError(f"the grammar rejected token {token}")
+        if self.state is not None:
+            self.state.constraint_seconds[-1] += time.perf_counter() - start
+
+    def mask(self, logits: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.matcher.apply(logits)
+        if self.state is not None:
+            self.state.constraint_seconds.append(time.perf_counter() - start)
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature <= 1e-5:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+        drop = cumulative - sorted_probs >= params.top_p
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _model_files(model_dir: Path) -> dict[str, Any]:
+    """Loading arguments for a saved model folder, or for a folder holding one GGUF file."""
+    if (model_dir / "config.json").is_file():
+        return {}
+    ggufs = sorted(model_dir.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return {"gguf_file": ggufs[0].name}
+    raise FileNotFoundError(f"{model_dir}: no config.json and not exactly one .gguf file")
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, dtype: str = "auto", device: str | None = None,
+                 max_context: int | None = None, threads: int | None = None) -> None:
+        model_dir = Path(model_dir)
+        if threads:
+            torch.set_num_threads(threads)
+        extra = _model_files(model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch_dtype: Any = dtype
+        if dtype == "auto":
+            torch_dtype = torch.float32 if self.device.type == "cpu" else "auto"
+        elif isinstance(dtype, str):
+            torch_dtype = getattr(torch, dtype)
+        start = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, **extra)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **extra).to(self.device)
+        self.model.eval()
+        cfg = self.model.config
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        self.max_context = int(max_context or getattr(cfg, "max_position_embeddings", 0) or 4096)
+        log.info("loaded %s in %.1fs (%s, vocab rows %d, tokenizer %d, context %d)", model_dir,
+                 time.perf_counter() - start, torch_dtype, self.vocab_size, len(self.tokenizer), self.max_context)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, max_context: int | None = None) -> "TransformersBackend":
+        """Wrap an already loaded model (tests, benchmarks)."""
+        self = cls.__new__(cls)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 4096)
+        return self
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
+                 cancel: threading.Event, state: GenerationState) -> Iterator[int]:
+        generator = torch.Generator()
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        processor = GrammarLogitsProcessor(matcher, len(prompt_ids), state) if matcher is not None else None
+        stop_ids = set(params.stop_token_ids)
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        generated: list[int] = []
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            while True:
+                if cancel.is_set():
+                    state.finish_reason = "cancelled"
+                    return
+                if len(generated) >= params.max_tokens:
+                    state.finish_reason = "length"
+                    return
+                if matcher is not None and matcher.is_finished():
+                    # Only the end-of-turn token is left; no forward pass needed to emit it.
+                    state.completion_tokens += 1
+                    state.finish_reason = "stop"
+                    return
+                logits = out.logits[0, -1, :].float()
+                if processor is not None:
+                    processor.mask(logits)
+                    if not torch.isfinite(logits).any():
+                        state.error = "the grammar left no token allowed"
+                        state.finish_reason = "error"
+                        return
+                token = _sample(logits, params, generator)
+                state.completion_tokens += 1
+                if token in stop_ids:
+                    state.finish_reason = "stop"
+                    return
+                generated.append(token)
+                if processor is not None:
+                    try:
+                        processor.advance(token)
+                    except RuntimeError as exc:
+                        state.error = str(exc)
+                        state.finish_reason = "error"
+                        return
+                yield token
+                if repeats_cycle(generated, params.repetition_window):
+                    state.finish_reason = "repetition"
+                    return
+                if len(generated) >= params.max_tokens:
+                    state.finish_reason = "length"
+                    return
+                out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=out.past_key_values,
+                                 use_cache=True)
+
+    def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                      min_new_tokens=max_tokens, do_sample=False)
+        return out[0, len(prompt_ids):].tolist()

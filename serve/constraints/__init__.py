@@ -1,0 +1,26 @@
+"""Constraint engines behind one interface (:mod:`serve.constraints.base`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, JsonLimits, Matcher, ToolGrammar
+
+ENGINES = ("llguidance", "lm-format-enforcer")
+
+
+def make_engine(name: str, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> ConstraintEngine:
+    """Build an engine; its tokenizer data is prepared here, once, not per request."""
+    if name == "llguidance":
+        from serve.constraints.llguidance_engine import LLGuidanceEngine
+
+        return LLGuidanceEngine(tokenizer, vocab_size, stop_token_ids)
+    if name == "lm-format-enforcer":
+        from serve.constraints.lmfe_engine import LMFormatEnforcerEngine
+
+        return LMFormatEnforcerEngine(tokenizer, vocab_size, stop_token_ids)
+    raise ValueError(f"unknown constraint engine '{name}' (choose from {', '.join(ENGINES)})")
+
+
+__all__ = ["ConstraintEngine", "GrammarError", "GrammarSpec", "JsonLimits", "Matcher", "ToolGrammar", "make_engine",
+           "ENGINES"]

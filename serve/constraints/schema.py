@@ -1,0 +1,86 @@
+"""Checking and bounding tool schemas before any engine sees them.
+
+Fail closed: a schema that is not valid JSON Schema is a 400 naming the tool. Bounds keep weak
+models from running away (seen with every engine: endless strings, 100-digit integers): strings
+without their own limit get ``maxLength``, integers and numbers without bounds get a magnitude
+bound, and objects that list their properties get ``additionalProperties: false`` unless they say
+otherwise. Every bound only narrows what the schema allows, so output that fits the bounded schema
+still validates against the client's original one, which is what the server checks after generation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+
+from serve.constraints.base import JsonLimits
+from serve.errors import BadRequest
+
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SUBSCHEMA_ONE = ("items", "additionalProperties", "not", "contains")
+
+
+def check_schema(schema: Any, where: str) -> dict[str, Any]:
+    """The tool's parameters schema, checked; ``None`` means a call without arguments."""
+    if schema is None:
+        return {"type": "object", "properties": {}}
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{where}: parameters must be a JSON Schema object", param="tools")
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise BadRequest(f"{where}: invalid JSON schema: {exc.message}", param="tools") from None
+    kind = schema.get("type")
+    if kind is not None and kind != "object":
+        raise BadRequest(f"{where}: parameters must describe an object (type 'object'), got '{kind}'",
+                         param="tools")
+    return schema
+
+
+def _types(node: dict[str, Any]) -> set[str]:
+    kind = node.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {k for k in kind if isinstance(k, str)}
+    return set()
+
+
+def bound_schema(schema: dict[str, Any], limits: JsonLimits) -> dict[str, Any]:
+    """A copy of ``schema`` with the bounds described in the module docstring."""
+    out = copy.deepcopy(schema)
+    _bound(out, limits)
+    if "type" not in out and "properties" in out:
+        out["type"] = "object"
+    return out
+
+
+def _bound(node: Any, limits: JsonLimits) -> None:
+    if not isinstance(node, dict):
+        return
+    kinds = _types(node)
+    fixed = "enum" in node or "const" in node
+    if "string" in kinds and not fixed and "pattern" not in node and "format" not in node and limits.max_string_length > 0:
+        node["maxLength"] = min(int(node.get("maxLength", limits.max_string_length)), limits.max_string_length)
+    if kinds & {"integer", "number"} and not fixed and limits.max_integer_digits > 0:
+        bound = 10 ** limits.max_integer_digits - 1
+        if "minimum" not in node and "exclusiveMinimum" not in node:
+            node["minimum"] = -bound
+        if "maximum" not in node and "exclusiveMaximum" not in node:
+            node["maximum"] = bound
+    if "object" in kinds or "properties" in node:
+        if limits.forbid_extra_properties and "properties" in node and "additionalProperties" not in node \
+                and "patternProperties" not in node:
+            node["additionalProperties"] = False
+    for key in _SUBSCHEMA_LISTS:
+        for child in node.get(key, []) if isinstance(node.get(key), list) else []:
+            _bound(child, limits)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            for child in node[key].values():
+                _bound(child, limits)
+    for key in _SUBSCHEMA_ONE:
+        _bound(node.get(key), limits)

@@ -1,0 +1,389 @@
+"""What both endpoints share: request preparation, the constrained generation of one choice as a
+stream of events, validation of every call, and the single generation worker.
+
+Streaming and non-streaming responses consume the same event stream (the non-streaming path just
+assembles it), which is why, for the same request and seed, both give the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from serve.backends.base import Backend, GenerationState, SamplingParams
+from serve.constraints.base import ConstraintEngine, GrammarSpec, JsonLimits, ToolGrammar
+from serve.constraints.schema import bound_schema, check_schema
+from serve.errors import APIError, BadRequest, InvalidToolCall, ServerError
+from serve.formats import TOOL_NAME_RE, ParsedOutput, ToolFormat, _held_prefix
+from serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_name: str
+    default_max_tokens: int = 1024
+    repetition_window: int = 64
+    limits: JsonLimits = field(default_factory=JsonLimits)
+    api_key: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A request turned into what generation needs."""
+
+    prompt_ids: list[int]
+    tools: dict[str, dict[str, Any]]  # name -> the client's original schema (used for validation)
+    compiled: Any | None  # the engine's compiled grammar, or None for unconstrained chat
+    calls_allowed: bool
+    sampling: SamplingParams
+    stop: list[str]
+
+
+# ------------------------------------------------------------------ events of one choice
+
+
+@dataclass
+class ContentDelta:
+    text: str
+
+
+@dataclass
+class CallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass
+class ArgsDelta:
+    index: int
+    text: str
+
+
+@dataclass
+class Finished:
+    reason: str  # stop | length | tool_calls
+    completion_tokens: int
+    complete_calls: int = 0  # calls 0..complete_calls-1 are complete and validated
+
+
+@dataclass
+class Failed:
+    error: APIError
+    completion_tokens: int
+
+
+Event = ContentDelta | CallStart | ArgsDelta | Finished | Failed
+
+
+@dataclass
+class ChoiceResult:
+    content: str | None
+    calls: list[tuple[str, str, str]]  # (id, name, arguments)
+    finish_reason: str
+    completion_tokens: int
+
+
+def assemble(events: list[Event]) -> ChoiceResult:
+    """Fold a choice's events into its final content and calls (raises the choice's error)."""
+    content: list[str] = []
+    calls: dict[int, list[str]] = {}
+    for ev in events:
+        if isinstance(ev, ContentDelta):
+            content.append(ev.text)
+        elif isinstance(ev, CallStart):
+            calls[ev.index] = [ev.id, ev.name, ""]
+        elif isinstance(ev, ArgsDelta):
+            calls[ev.index][2] += ev.text
+        elif isinstance(ev, Failed):
+            raise ev.error
+        elif isinstance(ev, Finished):
+            # A call still open when generation stopped is incomplete: never returned as a call.
+            complete = [(c[0], c[1], c[2]) for i, c in sorted(calls.items()) if i < ev.complete_calls]
+            text = "".join(content)
+            return ChoiceResult(content=text if (text or not complete) else None, calls=complete,
+                                finish_reason=ev.reason, completion_tokens=ev.completion_tokens)
+    raise ServerError("generation ended without a result")
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def validate_call(name: str | None, arguments: str, tools: dict[str, dict[str, Any]]) -> str | None:
+    """None if the call is valid, else what is wrong with it."""
+    if name is None or name not in tools:
+        return f"function name {name!r} is not one of the offered tools"
+    try:
+        args = json.loads(arguments, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return f"arguments of '{name}' are not valid JSON ({exc}): {arguments[:200]!r}"
+    if not isinstance(args, dict):
+        return f"arguments of '{name}' are not a JSON object"
+    errors = sorted(jsonschema.validators.validator_for(tools[name], default=jsonschema.Draft202012Validator)(
+        tools[name]).iter_errors(args), key=lambda e: list(e.path))
+    if errors:
+        return f"arguments of '{name}' fail the schema: {errors[0].message}"
+    return None
+
+
+# ------------------------------------------------------------------ the service
+
+
+class ServingCore:
+    def __init__(self, backend: Backend, fmt: ToolFormat, engine: ConstraintEngine, config: ServerConfig,
+                 metrics: Metrics | None = None) -> None:
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.fmt = fmt
+        self.engine = engine
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.special_pieces = fmt.special_pieces()
+        self.stop_token_ids = fmt.stop_token_ids()
+        # One worker: generations queue up in arrival order instead of competing for the cores.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    def check_model(self, model: str) -> None:
+        if model != self.config.model_name:
+            from serve.errors import NotFound
+
+            raise NotFound(f"The model '{model}' does not exist; this server serves '{self.config.model_name}'",
+                           param="model", code="model_not_found")
+
+    # -------------------------------------------------------------- preparation
+
+    def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], tool_choice: str,
+                named: str | None, parallel: bool, *, max_tokens: int | None, temperature: float | None,
+                top_p: float | None, seed: int | None, stop: list[str]) -> Prepared:
+        schemas: dict[str, dict[str, Any]] = {}
+        for i, tool in enumerate(tools):
+            name = tool["function"]["name"]
+            where = f"tools[{i}] '{name}'"
+            if not TOOL_NAME_RE.match(name):
+                raise BadRequest(f"tools[{i}]: invalid function name {name!r} (letters, digits, _ . - ; "
+                                 "at most 64)", param="tools")
+            if name in schemas:
+                raise BadRequest(f"{where}: duplicate function name", param="tools")
+            schemas[name] = check_schema(tool["function"].get("parameters"), where)
+        if tool_choice in ("required", "named") and not tools:
+            raise BadRequest(f"tool_choice '{named or tool_choice}' needs tools", param="tool_choice")
+        if tool_choice == "named" and named not in schemas:
+            raise BadRequest(f"tool_choice names function '{named}', which is not among the tools",
+                             param="tool_choice")
+        calls_allowed = bool(tools) and tool_choice != "none"
+        allowed = [named] if tool_choice == "named" else list(schemas) if calls_allowed else []
+
+        compiled = None
+        if calls_allowed or self.fmt.constrain_chat or tools:
+            # Every tool's schema must be enforceable, even under tool_choice none: fail closed.
+            grammar_tools = tuple(
+                ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], self.config.limits),
+                                                           sort_keys=True))
+                for n in (allowed if calls_allowed else list(schemas)))
+            spec = GrammarSpec(shape=self.fmt.shape, special_pieces=self.special_pieces,
+                               tools=grammar_tools, allow_text=tool_choice in ("auto", "none"),
+                               allow_calls=True, parallel=parallel and tool_choice != "named",
+                               max_whitespace=self.config.limits.max_whitespace)
+            if not calls_allowed:
+                # Compile the tools once to prove they are enforceable, then generate text only.
+                if grammar_tools:
+                    self._compile(GrammarSpec(**{**spec.__dict__, "allow_text": False}))
+                spec = GrammarSpec(**{**spec.__dict__, "tools": (), "allow_calls": False, "allow_text": True})
+                compiled = self._compile(spec) if self.fmt.constrain_chat or tools else None
+            else:
+                compiled = self._compile(spec)
+
+        text = self.fmt.render(messages, [t for t in tools])
+        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = self.backend.max_context - len(prompt_ids)
+        if room <= 0:
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                             f"{self.backend.max_context} tokens", param="messages", code="context_length_exceeded")
+        cap = min(max_tokens or self.config.default_max_tokens, room)
+        sampling = SamplingParams(max_tokens=cap, temperature=1.0 if temperature is None else temperature,
+                                  top_p=1.0 if top_p is None else top_p, seed=seed,
+                                  stop_token_ids=self.stop_token_ids,
+                                  repetition_window=self.config.repetition_window)
+        return Prepared(prompt_ids=prompt_ids, tools=schemas, compiled=compiled, calls_allowed=calls_allowed,
+                        sampling=sampling, stop=[s for s in stop if s])
+
+    def _compile(self, spec: GrammarSpec) -> Any:
+        compiled = self.engine.compile(spec)
+        if self.engine.last_compile_seconds:
+            self.metrics.grammar_compile_time.labels(self.engine.name).observe(self.engine.last_compile_seconds)
+        return compiled
+
+    # -------------------------------------------------------------- one choice as events (worker thread)
+
+    def _decode(self, ids: list[int], finished: bool) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not finished:
+            # A multi-byte character split across tokens decodes to U+FFFD until it is whole.
+            text = text.rstrip("\ufffd")
+        return text
+
+    def _parse(self, prep: Prepared, text: str, finished: bool) -> ParsedOutput:
+        if not prep.calls_allowed:
+            opener = self.fmt.shape.text_open
+            if opener and text.startswith(opener):
+                text = text[len(opener):]
+            elif opener and opener.startswith(text) and not finished:
+                text = ""
+            return ParsedOutput(content=text)
+        return self.fmt.parse(text, finished)
+
+    def run_choice(self, prep: Prepared, index: int, cancel: threading.Event, incremental: bool) -> Iterator[Event]:
+        """Generate choice ``index`` and yield its events; ``incremental`` parses after every token."""
+        params = prep.sampling
+        if params.seed is not None and index:
+            params = SamplingParams(**{**params.__dict__, "seed": params.seed + index})
+        matcher = self.engine.matcher(prep.compiled) if prep.compiled is not None else None
+        state = GenerationState()
+        ids: list[int] = []
+        sent_content = 0
+        sent_calls: list[list[Any]] = []  # per call: [id, name sent?, args chars sent, validated?]
+        stopped_by_string = False
+
+        def diff(parsed: ParsedOutput, final: bool) -> Iterator[Event]:
+            nonlocal sent_content
+            if parsed.content is not None:
+                visible = parsed.content
+                if not final:
+                    held = max((_held_prefix(visible, s) for s in prep.stop), default=0)
+                    visible = visible[: len(visible) - held]
+                if len(visible) > sent_content:
+                    yield ContentDelta(visible[sent_content:])
+                    sent_content = len(visible)
+            for i, call in enumerate(parsed.calls):
+                if call.name is None:
+                    break
+                if i == len(sent_calls):
+                    sent_calls.append([f"call_{uuid.uuid4().hex[:24]}", True, 0, False])
+                    yield CallStart(index=i, id=sent_calls[i][0], name=call.name)
+                rec = sent_calls[i]
+                if len(call.arguments) > rec[2]:
+                    yield ArgsDelta(index=i, text=call.arguments[rec[2]:])
+                    rec[2] = len(call.arguments)
+                if call.complete and not rec[3]:
+                    problem = validate_call(call.name, call.arguments, prep.tools)
+                    if problem is not None:
+                        self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
+                        log.error("invalid tool call from engine %s: %s", self.engine.name, problem)
+                        raise InvalidToolCall(self.engine.name, problem)
+                    rec[3] = True
+
+        try:
+            gen = self.backend.generate(prep.prompt_ids, params, matcher, cancel, state)
+            for token in gen:
+                ids.append(token)
+                if not (incremental or prep.stop):
+                    continue
+                parsed = self._parse(prep, self._decode(ids, False), False)
+                if prep.stop and parsed.content is not None and not parsed.calls:
+                    cut = min((p for p in (parsed.content.find(s) for s in prep.stop) if p >= 0), default=-1)
+                    if cut >= 0:
+                        stopped_by_string = True
+                        gen.close()
+                        if cut > sent_content:
+                            yield ContentDelta(parsed.content[sent_content:cut])
+                        break
+                if incremental:
+                    yield from diff(parsed, False)
+            if stopped_by_string:
+                yield Finished(reason="stop", completion_tokens=len(ids))
+                return
+            if state.finish_reason == "error":
+                self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
+                raise InvalidToolCall(self.engine.name, state.error or "generation failed")
+            finished = state.finish_reason == "stop"
+            parsed = self._parse(prep, self._decode(ids, True), finished)
+            yield from diff(parsed, True)
+            complete = sum(1 for r in sent_calls if r[3])
+            if finished and complete:
+                reason = "tool_calls"
+            elif finished:
+                reason = "stop"
+            else:
+                reason = "length"  # max_tokens, the repetition guard, or a cancelled request
+            self._observe(state, reason)
+            yield Finished(reason=reason, completion_tokens=state.completion_tokens, complete_calls=complete)
+        except APIError as exc:
+            self._observe(state, "error")
+            yield Failed(error=exc, completion_tokens=state.completion_tokens)
+
+    def _observe(self, state: GenerationState, reason: str) -> None:
+        m = self.metrics
+        m.completion_tokens.inc(state.completion_tokens)
+        m.finish_reasons.labels(reason if state.finish_reason != "cancelled" else "cancelled").inc()
+        if state.finish_reason == "cancelled":
+            m.cancellations.inc()
+        hist = m.constraint_time.labels(self.engine.name)
+        for seconds in state.constraint_seconds:
+            hist.observe(seconds)
+
+    # -------------------------------------------------------------- async bridges
+
+    async def collect(self, prep: Prepared, index: int, is_disconnected: Any) -> list[Event]:
+        """Run one choice on the worker and return its events; cancel it if the client leaves."""
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.executor, lambda: list(self.run_choice(prep, index, cancel, False)))
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=0.25)
+            if done:
+                return fut.result()
+            if await is_disconnected():
+                cancel.set()
+                log.info("client disconnected; cancelling generation")
+                return await fut
+
+    async def stream(self, prep: Prepared, index: int, cancel: threading.Event) -> AsyncIterator[Event]:
+        """Events of one choice as they are generated; setting ``cancel`` stops the generation."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for ev in self.run_choice(prep, index, cancel, True):
+                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+            except BaseException as exc:  # surfaced to the consumer rather than lost in the thread
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        fut = loop.run_in_executor(self.executor, produce)
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not fut.done():
+                cancel.set()
+        await fut
+
+    def observe_request(self, endpoint: str, status: int, started: float, prompt_tokens: int = 0) -> None:
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        if prompt_tokens:
+            self.metrics.prompt_tokens.inc(prompt_tokens)

@@ -1,0 +1,41 @@
+"""Prometheus metrics, one registry per app so that several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_CONSTRAINT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.1, 0.5)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("octupus_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("octupus_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.completion_tokens = Counter("octupus_completion_tokens", "Tokens generated", registry=r)
+        self.latency = Histogram("octupus_request_latency_seconds", "End-to-end request latency",
+                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.constraint_time = Histogram("octupus_constraint_seconds_per_token",
+                                         "Time the constraint engine spends per generated token",
+                                         ["engine"], buckets=_CONSTRAINT_BUCKETS, registry=r)
+        self.grammar_compile_time = Histogram("octupus_grammar_compile_seconds",
+                                              "Grammar compilation time on a cache miss", ["engine"],
+                                              buckets=_CONSTRAINT_BUCKETS, registry=r)
+        self.rejections = Counter("octupus_rejected_requests",
+                                  "Requests rejected with a 4xx, by reason (error code or type)",
+                                  ["reason"], registry=r)
+        self.invalid_tool_calls = Counter("octupus_invalid_tool_calls",
+                                          "Generated calls that failed validation after generation "
+                                          "(never returned to the client as valid)", ["engine"], registry=r)
+        self.cancellations = Counter("octupus_cancelled_generations",
+                                     "Generations stopped because the client went away", registry=r)
+        self.finish_reasons = Counter("octupus_finish_reasons", "Choices by finish reason", ["reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,316 @@
+"""Stage ``filter``: data/raw/<source>.jsonl -> data/filtered/{stage1,stage2}/{train,validation}.jsonl.
+
+    python -m stages.filter [--params params.yaml]
+
+Each source is normalized to OpenAI messages/tools (stages/normalize.py), checked against the rules
+(stages/filter_rules.py), de-duplicated and capped per function, then mixed into the two training
+sets by per-source ratios. polars does the table work (joins of calls to offered tools, the
+distinct (schema, arguments) pairs to validate, dedup, caps, splits, mixing); the per-row part is
+the reading of each row, with every repeated string (tool lists, call lists) parsed once.
+Everything is deterministic: rows are ordered by a hash of their content, never by input order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
+from stages.filter_rules import RULES, arguments_ok, content_key, prepare_row, schema_key, schema_ok
+from stages.normalize import Drop, Parsers, cached_parsers
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"]
+STAGES = ("stage1", "stage2")
+
+
+class MixConfig(StrictModel):
+    """Per training set: source name -> ratio (above 1 repeats rows, below 1 subsamples them)."""
+
+    stage1: dict[str, float]
+    stage2: dict[str, float]
+
+
+class FilterConfig(StrictModel):
+    raw_dir: str
+    out_dir: str
+    metrics_file: str
+    sources: dict[str, Kind] = Field(description="source name (data/raw/<name>.jsonl) -> kind")
+    keep_dots: bool = Field(description="keep '.' in function names (OpenAI's API rejects them)")
+    max_chars: int = Field(gt=0, description="longest row kept: chars of messages + tools JSON")
+    max_rows_per_function: int | None = Field(gt=0, description="rows kept per called function; null: no cap")
+    validation_fraction: float = Field(ge=0.0, lt=1.0)
+    seed: int
+    mix: MixConfig
+
+    @model_validator(mode="after")
+    def _mix_names_known(self) -> "FilterConfig":
+        for stage in STAGES:
+            for name, ratio in getattr(self.mix, stage).items():
+                if name not in self.sources:
+                    raise ValueError(f"mix.{stage}.{name}: not a declared source ({', '.join(self.sources)})")
+                if not (ratio >= 0 and math.isfinite(ratio)):
+                    raise ValueError(f"mix.{stage}.{name}: ratio must be a finite number >= 0")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a JSONL file; lines that are not UTF-8 become "" (counted unparseable)."""
+    out: list[str] = []
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append("")
+    return out
+
+
+def normalize_source(kind: str, lines: Iterable[str], parsers: Parsers, desc: str = "") -> tuple[pl.DataFrame, pl.DataFrame, Counter[str]]:
+    """Per-row reading. Returns (rows: row, messages, tools, key), (calls: row, name, arguments), drops."""
+    drops: Counter[str] = Counter()
+    messages: list[str] = []
+    tools: list[str] = []
+    keys: list[int] = []
+    call_rows: list[int] = []
+    call_names: list[str] = []
+    call_args: list[str] = []
+    for line in tqdm(lines, desc=f"normalize {desc}", unit="row", mininterval=2.0, disable=None):
+        try:
+            m, t, calls = prepare_row(kind, line, parsers)
+        except Drop as drop:
+            drops[drop.rule] += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - a row must never crash the stage
+            log.debug("unreadable %s row: %r", desc, exc)
+            drops["unparseable"] += 1
+            continue
+        row = len(messages)
+        messages.append(m)
+        tools.append(t)
+        keys.append(content_key(m, t))
+        for name, args in calls:
+            call_rows.append(row)
+            call_names.append(name)
+            call_args.append(args)
+    rows = pl.DataFrame(
+        {"row": np.arange(len(messages), dtype=np.int64), "messages": messages, "tools": tools,
+         "key": np.array(keys, dtype=np.uint64)},
+        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64},
+    )
+    calls_df = pl.DataFrame(
+        {"row": call_rows, "name": call_names, "arguments": call_args},
+        schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String},
+    )
+    return rows, calls_df, drops
+
+
+# ----------------------------------------------------------------------------------------------
+# Table rules
+
+
+def _tool_table(rows: pl.DataFrame) -> pl.DataFrame:
+    """(tools, name, schema, schema_ok) for every distinct tools list: each list is decoded once."""
+    lists: list[str] = []
+    names: list[str] = []
+    schemas: list[str] = []
+    for tools_json in rows.get_column("tools").unique().to_list():
+        for tool in json.loads(tools_json):
+            lists.append(tools_json)
+            names.append(tool["function"]["name"])
+            schemas.append(schema_key(tool["function"]["parameters"]))
+    table = pl.DataFrame({"tools": lists, "name": names, "schema": schemas},
+                         schema={"tools": pl.String, "name": pl.String, "schema": pl.String})
+    distinct = table.get_column("schema").unique()
+    valid = pl.DataFrame({"schema": distinct, "schema_ok": [schema_ok(s) for s in distinct.to_list()]},
+                         schema={"schema": pl.String, "schema_ok": pl.Boolean})
+    return table.join(valid, on="schema", how="left")
+
+
+def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, max_chars: int,
+                max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
+    """The table rules, in RULES order from bad_tool_schema on. Returns kept rows and drops."""
+    tool_table = _tool_table(rows)
+    bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools").unique()
+    calls = (calls.join(rows.select("row", "tools"), on="row", how="left")
+             .join(tool_table.select("tools", "name", "schema", "schema_ok"), on=["tools", "name"], how="left"))
+    unknown_rows = calls.filter(pl.col("schema").is_null()).get_column("row").unique()
+    pairs = calls.filter(pl.col("schema_ok").fill_null(False)).select("schema", "arguments").unique()
+    pair_ok = pl.DataFrame(
+        {"schema": pairs.get_column("schema"), "arguments": pairs.get_column("arguments"),
+         "args_ok": [arguments_ok(s, a) for s, a in pairs.iter_rows()]},
+        schema={"schema": pl.String, "arguments": pl.String, "args_ok": pl.Boolean},
+    )
+    invalid_rows = (calls.join(pair_ok, on=["schema", "arguments"], how="inner")
+                    .filter(~pl.col("args_ok")).get_column("row").unique())
+    reason = (
+        pl.when(pl.col("tools").is_in(bad_schema_lists.implode())).then(pl.lit("bad_tool_schema"))
+        .when(pl.col("row").is_in(unknown_rows.implode())).then(pl.lit("unknown_tool"))
+        .when(pl.col("row").is_in(invalid_rows.implode())).then(pl.lit("invalid_arguments"))
+        .when(pl.col("messages").str.len_chars() + pl.col("tools").str.len_chars() > max_chars)
+        .then(pl.lit("too_long"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    rows = rows.with_columns(reason=reason)
+    drops: Counter[str] = Counter(
+        {r: n for r, n in rows.filter(pl.col("reason").is_not_null()).group_by("reason").len().iter_rows()})
+    passed = rows.filter(pl.col("reason").is_null()).drop("reason")
+
+    # Exact duplicates are identical, so which copy survives cannot change the output.
+    unique = passed.unique(subset=["messages", "tools"], keep="any").sort("key", "messages")
+    drops["duplicate"] += passed.height - unique.height
+
+    if max_rows_per_function is not None and unique.height:
+        # Rank each function's rows by content hash (order-independent); a row over the cap for
+        # any function it calls is dropped. Dropped rows still hold their rank, as in the baseline.
+        per_fn = (calls.select("row", "name").unique()
+                  .join(unique.select("row", "key", "messages"), on="row", how="inner")
+                  .sort("name", "key", "messages")
+                  .with_columns(rank=pl.int_range(pl.len()).over("name")))
+        over = per_fn.filter(pl.col("rank") >= max_rows_per_function).get_column("row").unique()
+        capped = unique.filter(~pl.col("row").is_in(over.implode()))
+        drops["function_cap"] += unique.height - capped.height
+        unique = capped
+    return unique.select("messages", "tools", "key"), drops
+
+
+def filter_source(kind: str, lines: list[str], parsers: Parsers, max_chars: int,
+                  max_rows_per_function: int | None, desc: str = "") -> tuple[pl.DataFrame, Counter[str]]:
+    """Normalize and filter one source; kept rows (messages, tools, key) sorted by key."""
+    rows, calls, drops = normalize_source(kind, lines, parsers, desc)
+    kept, table_drops = apply_rules(rows, calls, max_chars, max_rows_per_function)
+    drops.update(table_drops)
+    return kept, drops
+
+
+# ----------------------------------------------------------------------------------------------
+# Splitting and mixing
+
+
+def _unit(keys: np.ndarray, salt: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt)."""
+    with np.errstate(over="ignore"):
+        x = keys.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _salt(seed: int, *parts: str) -> int:
+    return (seed * 0x100000001B3) ^ zlib.crc32("/".join(parts).encode())
+
+
+def split_validation(kept: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split by content hash, before any repetition, so no row is in both splits."""
+    is_val = _unit(kept.get_column("key").to_numpy(), _salt(seed, "validation")) < fraction
+    mask = pl.Series(is_val)
+    return kept.filter(~mask), kept.filter(mask)
+
+
+def mix(frame: pl.DataFrame, ratio: float, seed: int, stage: str, source: str, repeat: bool) -> pl.DataFrame:
+    """Apply a ratio: floor(ratio) copies plus a seeded fraction. Validation (repeat=False) only subsamples."""
+    if not repeat:
+        ratio = min(ratio, 1.0)
+    full = math.floor(ratio)
+    keys = frame.get_column("key").to_numpy()
+    extra = _unit(keys, _salt(seed, stage, source, "mix")) < (ratio - full)
+    copies = pl.Series("copies", full + extra.astype(np.int64))
+    out = (frame.with_columns(copies).filter(pl.col("copies") > 0)
+           .with_columns(copy=pl.int_ranges(0, pl.col("copies"))).explode("copy").drop("copies"))
+    return out.with_columns(source=pl.lit(source))
+
+
+def shuffle(frame: pl.DataFrame, seed: int, stage: str, split: str) -> pl.DataFrame:
+    keys = frame.get_column("key").to_numpy()
+    copy = frame.get_column("copy").to_numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = keys ^ (copy * np.uint64(0xD6E8FEB86659FD93))
+    order = pl.Series("order", _unit(mixed, _salt(seed, stage, split, "order")))
+    return frame.with_columns(order).sort("order", "source", "messages", "copy").drop("order")
+
+
+def write_jsonl(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        for messages, tools, source in frame.select("messages", "tools", "source").iter_rows():
+            fh.write(json.dumps({"messages": messages, "tools": tools, "source": source}, ensure_ascii=False))
+            fh.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: FilterConfig) -> dict:
+    raw_dir, out_dir = Path(cfg.raw_dir), Path(cfg.out_dir)
+    missing = [name for name in cfg.sources if not (raw_dir / f"{name}.jsonl").is_file()]
+    if missing:
+        raise FileNotFoundError(f"filter: no raw file for source(s) {missing} in {raw_dir} (run the raw stage)")
+    parsers = cached_parsers(cfg.keep_dots)
+    metrics: dict = {"sources": {}, "dropped": {}, "outputs": {}}
+    splits: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+    total: Counter[str] = Counter()
+    for name, kind in sorted(cfg.sources.items()):
+        lines = read_lines(raw_dir / f"{name}.jsonl")
+        kept, drops = filter_source(kind, lines, parsers, cfg.max_chars, cfg.max_rows_per_function, desc=name)
+        train, val = split_validation(kept, cfg.validation_fraction, cfg.seed)
+        splits[name] = (train, val)
+        total.update(drops)
+        metrics["sources"][name] = {
+            "kind": kind, "rows_in": len(lines), "rows_out": kept.height,
+            "dropped": {rule: drops.get(rule, 0) for rule in RULES},
+        }
+        log.info("%s (%s): %d rows in, %d kept, dropped %s", name, kind, len(lines), kept.height,
+                 dict(sorted((r, n) for r, n in drops.items() if n)))
+    metrics["dropped"] = {rule: total.get(rule, 0) for rule in RULES}
+    for stage in STAGES:
+        ratios = getattr(cfg.mix, stage)
+        for split_index, split in enumerate(("train", "validation")):
+            parts = [mix(splits[name][split_index], ratio, cfg.seed, stage, name, repeat=split == "train")
+                     for name, ratio in sorted(ratios.items())]
+            frame = (pl.concat(parts) if parts else
+                     pl.DataFrame(schema={"messages": pl.String, "tools": pl.String, "key": pl.UInt64,
+                                          "copy": pl.Int64, "source": pl.String}))
+            frame = shuffle(frame, cfg.seed, stage, split)
+            path = out_dir / stage / f"{split}.jsonl"
+            write_jsonl(frame, path)
+            metrics["outputs"][f"{stage}/{split}"] = {
+                "rows": frame.height,
+                "per_source": {name: int(n) for name, n in sorted(frame.group_by("source").len().iter_rows())},
+            }
+            log.info("wrote %s: %d rows", path, frame.height)
+    metrics_path = Path(cfg.metrics_file)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_argparser(__doc__.splitlines()[0]).parse_args(argv)
+    setup_logging()
+    cfg = load_section("filter", FilterConfig, args.params)
+    log_config("filter", cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

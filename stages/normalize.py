@@ -1,0 +1,667 @@
+"""Normalizers: one raw row of each source kind -> OpenAI ``messages`` + OpenAI ``tools``.
+
+Each ``normalize_<kind>(row)`` takes one decoded raw row (the hub schema, see
+``/work/shared/samples/README.md`` and ``docs/design.md``) and returns a :class:`Conversation`, or
+raises :class:`Drop` naming the rule the row breaks. Everything here is pure Python with no eval:
+python-like literals and call lists are read with ``ast`` and a whitelist of literal nodes.
+
+Parsing of strings that repeat across rows (tool lists, call lists, tool results) goes through
+:class:`Parsers`. The plain instance parses every time (the row-by-row baseline); the cached one
+(:func:`cached_parsers`) parses each distinct string once, which is what the polars path uses.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+KINDS = ("hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat")
+
+# Tool names end up in OpenAI requests: the API allows [a-zA-Z0-9_-]{1,64}. Dots are kept only when
+# the caller asks (keep_dots), because OpenAI rejects them and BFCL sends dotted names as "_".
+NAME_OK = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
+_NAME_BAD_RUN = re.compile(r"[^a-zA-Z0-9_.-]+")
+_NAME_BAD_RUN_NODOT = re.compile(r"[^a-zA-Z0-9_-]+")
+
+
+class Drop(Exception):
+    """A row breaks a rule; ``rule`` is the metrics key it is counted under."""
+
+    def __init__(self, rule: str, detail: str = "") -> None:
+        super().__init__(f"{rule}: {detail}" if detail else rule)
+        self.rule = rule
+
+
+@dataclass
+class Conversation:
+    """A normalized row. Tool messages carry ``tool_call_id`` placeholders until :func:`finalize`."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe literals
+
+
+_NAME_LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+
+
+def literal(node: ast.AST) -> Any:
+    """Value of a literal expression; JSON spellings (true/false/null) accepted. Never evaluates code."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAME_LITERALS:
+        return _NAME_LITERALS[node.id]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return [literal(e) for e in node.elts]
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError("dict unpacking is not a literal")
+        return {literal(k): literal(v) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = literal(node.operand)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("sign on a non-number")
+        return -value if isinstance(node.op, ast.USub) else value
+    raise ValueError(f"not a literal: {type(node).__name__}")
+
+
+def parse_loose(text: str) -> Any:
+    """JSON first; then a python-repr literal (single quotes, True/None), read with ``ast``."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return literal(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise ValueError(f"neither JSON nor a python literal: {exc}") from None
+
+
+def _whole_floats_to_int(value: Any) -> Any:
+    # ToolACE writes integers as floats (id=152.0); an int is valid for both integer and number.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_floats_to_int(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_floats_to_int(v) for k, v in value.items()}
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Names and schemas
+
+
+def sanitize_name(name: Any, keep_dots: bool = False) -> str:
+    """Function name -> ``[a-zA-Z0-9_-]`` (plus ``.`` with keep_dots), at most 64 chars."""
+    if not isinstance(name, str):
+        raise Drop("invalid_name", f"name is {type(name).__name__}")
+    bad = _NAME_BAD_RUN if keep_dots else _NAME_BAD_RUN_NODOT
+    clean = bad.sub("_", name.strip()).strip("_")[:64]
+    if not clean or not NAME_OK.match(clean):
+        raise Drop("invalid_name", repr(name))
+    return clean
+
+
+_TYPE_NAMES: dict[str, str | None] = {
+    "object": "object", "dict": "object", "map": "object", "mapping": "object",
+    "integer": "integer", "int": "integer", "long": "integer",
+    "number": "number", "float": "number", "double": "number", "decimal": "number",
+    "string": "string", "str": "string", "text": "string",
+    "date": "string", "datetime": "string", "time": "string",
+    "boolean": "boolean", "bool": "boolean",
+    "array": "array", "list": "array", "tuple": "array",
+    "null": "null", "none": "null", "nonetype": "null",
+    "any": None,  # no type constraint
+}
+_SCHEMA_MAPS = ("properties", "patternProperties", "definitions", "$defs")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_ONE = ("items", "additionalProperties", "not", "contains", "additionalItems")
+
+
+def _fix_type(value: Any) -> str | list[str] | None:
+    names = value if isinstance(value, list) else [value]
+    fixed: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or name.strip().lower() not in _TYPE_NAMES:
+            raise Drop("bad_tool_schema", f"unknown type {name!r}")
+        mapped = _TYPE_NAMES[name.strip().lower()]
+        if mapped is None:
+            return None
+        if mapped not in fixed:
+            fixed.append(mapped)
+    if not fixed:
+        return None
+    return fixed if isinstance(value, list) and len(fixed) > 1 else fixed[0]
+
+
+def fix_schema(node: Any) -> Any:
+    """Python-style type names -> JSON Schema names, recursively; drops ``"required": null``."""
+    if isinstance(node, bool):
+        return node
+    if not isinstance(node, dict):
+        raise Drop("bad_tool_schema", f"schema is {type(node).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "type":
+            mapped = _fix_type(value)
+            if mapped is not None:
+                out["type"] = mapped
+        elif key == "required":
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                out["required"] = value
+            elif value not in (None, False, True):
+                raise Drop("bad_tool_schema", "required is not a list of names")
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: fix_schema(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [fix_schema(sub) for sub in value]
+        elif key in _SCHEMA_ONE and isinstance(value, (dict, bool)):
+            out[key] = fix_schema(value)
+        elif key == "items" and isinstance(value, list):
+            out[key] = [fix_schema(sub) for sub in value]
+        else:
+            out[key] = value
+    if "properties" in out and "type" not in out:
+        out["type"] = "object"
+    return out
+
+
+def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
+    """A tool in any of the seen shapes -> (original name, OpenAI tool)."""
+    if not isinstance(tool, dict):
+        raise Drop("bad_tool_schema", "tool is not an object")
+    fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    original = fn.get("name")
+    name = sanitize_name(original, keep_dots)
+    params = fn.get("parameters")
+    if params is None:
+        params = {"type": "object", "properties": {}}
+    params = fix_schema(params)
+    if not isinstance(params, dict) or params.get("type", "object") != "object":
+        raise Drop("bad_tool_schema", f"{name}: parameters must be an object schema")
+    params.setdefault("type", "object")
+    params.setdefault("properties", {})
+    description = fn.get("description")
+    out = {"type": "function", "function": {"name": name, "description": description if isinstance(description, str) else "", "parameters": params}}
+    return original, out
+
+
+def normalize_tools(raw_tools: Any, keep_dots: bool) -> list[dict[str, Any]]:
+    if not isinstance(raw_tools, list):
+        raise Drop("bad_tool_schema", "tool list is not a list")
+    tools = [normalize_tool(t, keep_dots)[1] for t in raw_tools]
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise Drop("invalid_name", "two tools share a (sanitised) name")
+    return tools
+
+
+# ----------------------------------------------------------------------------------------------
+# Call-list parsing (ToolACE's python-like bracket lists)
+
+_QUOTES = "\"'"
+
+
+def _scan_to_close(text: str, start: int) -> int:
+    """Index just past the ')' that closes the '(' at ``start``; quotes and brackets respected."""
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch in _QUOTES:
+            j = i + 1
+            while j < n and text[j] != ch:
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("unbalanced call")
+
+
+def parse_call_list(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``[F(a="x", n=2.0), G Name()]`` -> [(name, args)]; names may hold spaces, dots, slashes."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError("not a bracket list")
+    body = body[1:-1]
+    calls: list[tuple[str, dict[str, Any]]] = []
+    i = 0
+    while i < len(body):
+        while i < len(body) and body[i] in " \n\t,":
+            i += 1
+        if i >= len(body):
+            break
+        paren = body.find("(", i)
+        if paren < 0:
+            raise ValueError("call without arguments list")
+        name = body[i:paren].strip()
+        if not name or any(c in name for c in "\"'[]{}=,"):
+            raise ValueError(f"bad call name {name!r}")
+        end = _scan_to_close(body, paren)
+        call = ast.parse("f" + body[paren:end], mode="eval").body
+        if not isinstance(call, ast.Call) or call.args:
+            raise ValueError("positional arguments")
+        args: dict[str, Any] = {}
+        for kw in call.keywords:
+            if kw.arg is None:
+                raise ValueError("**kwargs in a call")
+            args[kw.arg] = _whole_floats_to_int(literal(kw.value))
+        calls.append((name, args))
+        i = end
+    if not calls:
+        raise ValueError("empty call list")
+    return calls
+
+
+_LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[^\[\]\"'(){}=,]+\(")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsers of repeated strings (cacheable)
+
+
+_TOOLACE_TOOLS_MARK = "Here is a list of functions in JSON format that you can invoke:"
+# The prompt names the tags in prose ("within <tools> </tools> XML tags") before the real block.
+_TOOL_BLOCK = re.compile(r"<tools>(?:\\n|\s)*([\[{].*?)(?:\\n|\s)*</tools>", re.S)
+_TOOL_CALL = re.compile(r"<tool_call>(?:\\n|\s)*(.*?)(?:\\n|\s)*</tool_call>", re.S)
+_TOOL_RESPONSE = re.compile(r"<tool_response>(?:\\n|\s)*(.*?)(?:\\n|\s)*</tool_response>", re.S)
+
+
+def _toolace_system(system: str, keep_dots: bool) -> tuple[str, list[dict[str, Any]]]:
+    at = system.find(_TOOLACE_TOOLS_MARK)
+    if at < 0:
+        raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
+    start = system.find("[", at)
+    if start < 0:
+        raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
+    try:
+        raw_tools, _ = json.JSONDecoder().raw_decode(system, start)
+    except ValueError:
+        raise Drop("unsupported_tool_format", "function list is not JSON") from None
+    return system[:at].strip(), normalize_tools(raw_tools, keep_dots)
+
+
+def _hermes_system(system: str, keep_dots: bool) -> tuple[str, list[dict[str, Any]]] | None:
+    match = _TOOL_BLOCK.search(system)
+    if match is None:
+        return None
+    try:
+        raw_tools = parse_loose(match.group(1).strip())
+    except ValueError:
+        raise Drop("bad_tool_schema", "unreadable <tools> block") from None
+    # The rest of the prompt teaches the XML call format, which our template replaces.
+    return system[: match.start()].strip(), normalize_tools(raw_tools, keep_dots)
+
+
+def _hermes_calls(value: str) -> list[tuple[Any, Any]]:
+    calls = []
+    for body in _TOOL_CALL.findall(value):
+        try:
+            obj = parse_loose(body)
+        except ValueError:
+            raise Drop("bad_call", "unreadable <tool_call>") from None
+        if not isinstance(obj, dict):
+            raise Drop("bad_call", "<tool_call> is not an object")
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = parse_loose(args)
+            except ValueError:
+                raise Drop("bad_call", "arguments string is not JSON") from None
+        name = obj.get("name")
+        if name is None and isinstance(args, dict) and "name" in args:
+            args = dict(args)
+            name = args.pop("name")
+        calls.append((name, args))
+    return calls
+
+
+def _hermes_responses(value: str) -> list[tuple[Any, str]]:
+    bodies = _TOOL_RESPONSE.findall(value) or [value.strip()]
+    out = []
+    for body in bodies:
+        try:
+            obj = parse_loose(body)
+        except ValueError:
+            out.append((None, body))
+            continue
+        if isinstance(obj, dict) and "name" in obj and "content" in obj:
+            content = obj["content"]
+            out.append((obj["name"], content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)))
+        else:
+            out.append((None, body))
+    return out
+
+
+def _toolace_results(value: str) -> list[tuple[Any, str]] | None:
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(obj, list) or not all(isinstance(o, dict) and "name" in o for o in obj):
+        return None
+    return [(o["name"], json.dumps(o.get("results"), ensure_ascii=False)) for o in obj]
+
+
+class Parsers:
+    """String parsers for repeated pieces. Results are treated as read-only by the normalizers."""
+
+    def __init__(self, keep_dots: bool = False, cache: bool = False) -> None:
+        self.keep_dots = keep_dots
+
+        def maybe(fn: Callable[..., Any]) -> Callable[..., Any]:
+            return lru_cache(maxsize=200_000)(fn) if cache else fn
+
+        self.toolace_system = maybe(self._toolace_system)
+        self.hermes_system = maybe(self._hermes_system)
+        self.toolace_calls = maybe(self._toolace_calls)
+        self.hermes_calls = maybe(_hermes_calls)
+        self.hermes_responses = maybe(_hermes_responses)
+        self.toolace_results = maybe(_toolace_results)
+        self.tools_json = maybe(self._tools_json)
+        self.name = maybe(self._name)
+
+    def _name(self, name: Any) -> str:
+        return sanitize_name(name, self.keep_dots)
+
+    def _toolace_system(self, system: str) -> tuple[str, list[dict[str, Any]]]:
+        return _toolace_system(system, self.keep_dots)
+
+    def _hermes_system(self, system: str) -> tuple[str, list[dict[str, Any]]] | None:
+        return _hermes_system(system, self.keep_dots)
+
+    def _tools_json(self, text: str) -> list[dict[str, Any]]:
+        try:
+            raw = parse_loose(text)
+        except ValueError:
+            raise Drop("bad_tool_schema", "tool list is not JSON") from None
+        return normalize_tools(raw, self.keep_dots)
+
+    def _toolace_calls(self, value: str) -> list[tuple[str, dict[str, Any]]] | None:
+        if not _LOOKS_LIKE_CALLS.match(value):
+            return None
+        try:
+            return parse_call_list(value)
+        except (ValueError, SyntaxError, RecursionError):
+            raise Drop("bad_call", "unreadable call list") from None
+
+
+def cached_parsers(keep_dots: bool = False) -> Parsers:
+    return Parsers(keep_dots=keep_dots, cache=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks shared by the normalizers
+
+
+class _Builder:
+    """Accumulates messages; links tool results to the calls of the last assistant turn."""
+
+    def __init__(self, parsers: Parsers) -> None:
+        self.p = parsers
+        self.messages: list[dict[str, Any]] = []
+        self._open: list[tuple[str, str]] = []  # (placeholder id, name) of unanswered calls
+        self._n = 0
+
+    def text(self, role: str, content: Any) -> None:
+        if not isinstance(content, str):
+            raise Drop("empty_turn", f"{role} content is {type(content).__name__}")
+        self._open = []
+        self.messages.append({"role": role, "content": content})
+
+    def calls(self, calls: list[tuple[Any, Any]], merge: bool = False) -> None:
+        """Add an assistant call turn; ``merge`` joins it to a directly preceding call turn
+        (the legacy format writes parallel calls as consecutive assistant messages)."""
+        last = self.messages[-1] if self.messages else None
+        if merge and last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+            tool_calls = last["tool_calls"]
+        else:
+            tool_calls = []
+            self._open = []
+            self.messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+        for name, args in calls:
+            if not isinstance(args, dict):
+                raise Drop("bad_call", "arguments are not an object")
+            clean = self.p.name(name)
+            placeholder = f"#{self._n}"
+            self._n += 1
+            tool_calls.append({"id": placeholder, "type": "function",
+                               "function": {"name": clean, "arguments": json.dumps(args, ensure_ascii=False)}})
+            self._open.append((placeholder, clean))
+
+    def result(self, name: Any, content: str) -> None:
+        if not self._open:
+            raise Drop("tool_result_mismatch", "a tool result answers no call")
+        at = 0
+        if name is not None:
+            # Results may come back in any order; a named one answers the first open call of that name.
+            clean = self.p.name(name)
+            at = next((i for i, (_, call_name) in enumerate(self._open) if call_name == clean), -1)
+            if at < 0:
+                raise Drop("tool_result_mismatch", f"result of {name!r} answers no open call")
+        placeholder, _ = self._open.pop(at)
+        self.messages.append({"role": "tool", "tool_call_id": placeholder, "content": content})
+
+
+def _turns(row: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    turns = row.get(key)
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise Drop("unparseable", f"'{key}' is not a list of turns")
+    return turns
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalizers, one per kind
+
+
+def normalize_hermes_fc(row: dict[str, Any], p: Parsers) -> Conversation:
+    turns = _turns(row, "conversations")
+    b = _Builder(p)
+    tools: list[dict[str, Any]] = []
+    if isinstance(row.get("tools"), str) and row["tools"].strip():
+        tools = p.tools_json(row["tools"])
+    for i, turn in enumerate(turns):
+        who, value = turn.get("from"), turn.get("value")
+        if not isinstance(value, str):
+            raise Drop("empty_turn", "turn value is not text")
+        if who == "system":
+            parsed = p.hermes_system(value) if i == 0 else None
+            if parsed is not None:
+                system, block_tools = parsed
+                tools = tools or block_tools
+                if system:
+                    b.text("system", system)
+            elif value.strip():
+                b.text("system", value)
+        elif who == "human":
+            b.text("user", value)
+        elif who == "gpt":
+            if "<tool_call>" in value:
+                b.calls(p.hermes_calls(value))
+            else:
+                b.text("assistant", value)
+        elif who == "tool":
+            for name, content in p.hermes_responses(value):
+                b.result(name, content)
+        else:
+            raise Drop("role_order", f"unknown role {who!r}")
+    return Conversation(b.messages, tools)
+
+
+def normalize_toolace(row: dict[str, Any], p: Parsers) -> Conversation:
+    system = row.get("system")
+    if not isinstance(system, str):
+        raise Drop("unparseable", "system is not text")
+    prompt, tools = p.toolace_system(system)
+    b = _Builder(p)
+    if prompt:
+        b.text("system", prompt)
+    for turn in _turns(row, "conversations"):
+        who, value = turn.get("from"), turn.get("value")
+        if not isinstance(value, str):
+            raise Drop("empty_turn", "turn value is not text")
+        if who == "user":
+            b.text("user", value)
+        elif who == "assistant":
+            calls = p.toolace_calls(value)
+            if calls is None:
+                b.text("assistant", value)
+            else:
+                b.calls(calls)
+        elif who == "tool":
+            results = p.toolace_results(value)
+            if results is None:
+                b.result(None, value)
+            else:
+                for name, content in results:
+                    b.result(name, content)
+        else:
+            raise Drop("role_order", f"unknown role {who!r}")
+    return Conversation(b.messages, tools)
+
+
+def _legacy_call(value: Any) -> tuple[Any, Any] | None:
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        try:
+            value = parse_loose(value)
+        except ValueError:
+            raise Drop("bad_call", "function_call is not JSON") from None
+    if not isinstance(value, dict) or "name" not in value:
+        raise Drop("bad_call", "function_call has no name")
+    args = value.get("arguments")
+    if args is None or args == "":
+        args = {}
+    if isinstance(args, str):
+        try:
+            args = parse_loose(args)
+        except ValueError:
+            raise Drop("bad_call", "function_call arguments are not JSON") from None
+    return value["name"], args
+
+
+def normalize_fc_zh_hard(row: dict[str, Any], p: Parsers) -> Conversation:
+    functions = row.get("functions")
+    if isinstance(functions, str):
+        tools = p.tools_json(functions) if functions.strip() else []
+    elif isinstance(functions, list):
+        tools = normalize_tools(functions, p.keep_dots)
+    elif functions is None:
+        tools = []
+    else:
+        raise Drop("bad_tool_schema", "functions is neither text nor a list")
+    b = _Builder(p)
+    for msg in _turns(row, "conversation"):
+        role, content = msg.get("role"), msg.get("content")
+        if role == "system":
+            if isinstance(content, str) and content.strip():
+                b.text("system", content)
+        elif role == "user":
+            b.text("user", content)
+        elif role == "assistant":
+            call = _legacy_call(msg.get("function_call"))
+            if call is None:
+                b.text("assistant", content)
+            else:
+                b.calls([call], merge=True)
+        elif role in ("function", "tool"):
+            b.result(msg.get("name") or None, content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
+        else:
+            raise Drop("role_order", f"unknown role {role!r}")
+    return Conversation(b.messages, tools)
+
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def normalize_openhermes(row: dict[str, Any], p: Parsers) -> Conversation:
+    b = _Builder(p)
+    top = row.get("system_prompt")
+    turns = _turns(row, "conversations")
+    first_system = turns[0].get("value") if turns and turns[0].get("from") == "system" else None
+    # A system turn wins over the top-level field; either may be empty or missing.
+    system = first_system if isinstance(first_system, str) and first_system.strip() else top
+    if isinstance(system, str) and system.strip():
+        b.text("system", system)
+    for i, turn in enumerate(turns):
+        who, value = turn.get("from"), turn.get("value")
+        if who == "system":
+            if i != 0:
+                raise Drop("role_order", "system turn after the start")
+            continue
+        if who not in _SHAREGPT_ROLES:
+            raise Drop("role_order", f"unknown role {who!r}")
+        b.text(_SHAREGPT_ROLES[who], value)
+    return Conversation(b.messages, [])
+
+
+def normalize_wildchat(row: dict[str, Any], p: Parsers) -> Conversation:
+    if row.get("toxic") is True:
+        raise Drop("toxic", "flagged toxic by the source")
+    b = _Builder(p)
+    for msg in _turns(row, "conversation"):
+        role = msg.get("role")
+        if role not in ("user", "assistant"):
+            raise Drop("role_order", f"unknown role {role!r}")
+        b.text(role, msg.get("content"))
+    return Conversation(b.messages, [])
+
+
+NORMALIZERS: dict[str, Callable[[dict[str, Any], Parsers], Conversation]] = {
+    "hermes_fc": normalize_hermes_fc,
+    "toolace": normalize_toolace,
+    "fc_zh_hard": normalize_fc_zh_hard,
+    "openhermes": normalize_openhermes,
+    "wildchat": normalize_wildchat,
+}
+
+
+def finalize(conv: Conversation) -> tuple[str, str]:
+    """Replace call-id placeholders with ids derived from the content; return (messages, tools) JSON.
+
+    Ids depend on the content only, so two raw rows that normalize to the same conversation give
+    byte-identical output rows (and the duplicate rule catches them).
+    """
+    messages_json = json.dumps(conv.messages, ensure_ascii=False)
+    tools_json = json.dumps(conv.tools, ensure_ascii=False)
+    if '"#' not in messages_json:
+        return messages_json, tools_json
+    digest = hashlib.blake2b((messages_json + tools_json).encode(), digest_size=8).hexdigest()
+    ids: dict[str, str] = {}
+    for msg in conv.messages:
+        for call in msg.get("tool_calls") or ():
+            real = f"call_{digest}{len(ids):03d}"
+            ids[call["id"]] = real
+            call["id"] = real
+        if msg["role"] == "tool":
+            msg["tool_call_id"] = ids[msg["tool_call_id"]]
+    return json.dumps(conv.messages, ensure_ascii=False), tools_json
+
+
+def normalize_line(kind: str, line: str, parsers: Parsers) -> tuple[str, str]:
+    """One raw JSONL line -> (messages JSON, tools JSON). Raises :class:`Drop` on any failure."""
+    if kind not in NORMALIZERS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise Drop("unparseable", "line is not JSON") from None
+    if not isinstance(row, dict):
+        raise Drop("unparseable", "line is not a JSON object")
+    return finalize(NORMALIZERS[kind](row, parsers))

@@ -1,0 +1,396 @@
+"""A bank of invented functions, built compositionally from domain vocabularies.
+
+Each function is (domain, verb, entity): its parameters come from the entity's parameter pool
+(``values.P``) under verb-specific rules, its name from a naming style (snake_case, camelCase or
+dotted), its result from the entity's result fields. The bank is fixed (its own seed), so a
+function means the same thing in every row and every run; the data seed only chooses among them.
+Nothing here is taken from any benchmark: the domains, entities and names are our own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from stages.synthetic.values import CITIES, PEOPLE, TITLES, WORDS, WORDS_ZH, P, ParamSpec
+
+BANK_SEED = 20261123
+
+# verb -> (English description verb, English request phrase, Chinese request phrase)
+VERBS: dict[str, tuple[str, str, str]] = {
+    "get": ("Retrieves", "get", "获取"),
+    "search": ("Searches for", "search for", "搜索"),
+    "list": ("Lists", "list", "列出"),
+    "create": ("Creates", "create", "创建"),
+    "update": ("Updates", "update", "更新"),
+    "cancel": ("Cancels", "cancel", "取消"),
+    "check": ("Checks", "check", "查询"),
+    "estimate": ("Estimates", "estimate", "估算"),
+    "book": ("Books", "book", "预订"),
+    "track": ("Tracks", "track", "跟踪"),
+}
+
+# Result field kinds -> generator; the result of a call is built from the entity's fields.
+def _result_value(kind: str, rng: random.Random, zh: bool) -> Any:
+    if kind == "price":
+        return round(rng.uniform(5, 900), 2)
+    if kind == "count":
+        return rng.randint(0, 500)
+    if kind == "rating":
+        return round(rng.uniform(1, 5), 1)
+    if kind == "percent":
+        return round(rng.uniform(0, 100), 1)
+    if kind == "temp":
+        return rng.randint(-10, 38)
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "time":
+        return f"{rng.randint(0, 23):02d}:{rng.choice(['00', '15', '30', '45'])}"
+    if kind == "date":
+        return f"{rng.randint(2024, 2026)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    if kind == "city":
+        return rng.choice(CITIES)[1 if zh else 0]
+    if kind == "person":
+        return rng.choice(PEOPLE)[1 if zh else 0]
+    if kind == "title":
+        return rng.choice(TITLES)[1 if zh else 0]
+    if kind == "word":
+        return rng.choice(WORDS_ZH if zh else WORDS)
+    if kind == "condition":
+        return rng.choice(["晴", "多云", "小雨", "雪"] if zh else ["sunny", "cloudy", "light rain", "snow"])
+    if kind == "status":
+        return rng.choice(["已发货", "处理中", "已送达"] if zh else ["shipped", "processing", "delivered"])
+    raise ValueError(f"unknown result kind {kind}")
+
+
+@dataclass(frozen=True)
+class Entity:
+    key: str  # snake_case words, e.g. "weather_forecast"
+    en: str
+    zh: str
+    params: tuple[str, ...]  # keys into values.P; the first is the entity's natural key
+    results: tuple[tuple[str, str], ...]  # (field name, result kind)
+    verbs: tuple[str, ...] = ()  # verbs always offered for this entity (prefix families)
+
+
+@dataclass(frozen=True)
+class Domain:
+    key: str
+    en: str
+    zh: str
+    namespace: str  # for dotted names: Namespace.verbEntity
+    entities: tuple[Entity, ...]
+
+
+def _e(key: str, en: str, zh: str, params: str, results: str, verbs: str = "") -> Entity:
+    res = tuple(tuple(r.split(":")) for r in results.split())
+    return Entity(key, en, zh, tuple(params.split()), res, tuple(verbs.split()))  # type: ignore[arg-type]
+
+
+DOMAINS: tuple[Domain, ...] = (
+    Domain("weather", "Weather", "天气", "Weather", (
+        _e("weather", "weather", "天气", "city units date", "temperature_c:temp condition:condition humidity:percent", "get"),
+        _e("weather_forecast", "weather forecast", "天气预报", "city days units include_details",
+           "high_c:temp low_c:temp condition:condition", "get"),
+        _e("air_quality", "air quality", "空气质量", "city date coordinates", "aqi:count dominant_pollutant:word"),
+    )),
+    Domain("flights", "Air travel", "航班", "Flights", (
+        _e("flight", "flight", "航班", "origin destination date cabin_class guests refundable_only",
+           "flight_number:word price:price departure_time:time"),
+        _e("boarding_pass", "boarding pass", "登机牌", "person_name date seat_numbers", "gate:count boarding_time:time"),
+        _e("baggage_allowance", "baggage allowance", "行李额度", "cabin_class weight_kg", "allowed:bool fee:price"),
+    )),
+    Domain("hotels", "Lodging", "酒店", "Lodging", (
+        _e("hotel", "hotel", "酒店", "city check_in check_out guests room_type amenities price_range",
+           "hotel_name:title nightly_rate:price rating:rating"),
+        _e("room_availability", "room availability", "房间空房情况", "city check_in check_out room_type",
+           "available:bool rooms_left:count"),
+        _e("hotel_review", "hotel review", "酒店评价", "title limit sort_order", "average_rating:rating reviews:count"),
+    )),
+    Domain("restaurants", "Dining", "餐饮", "Dining", (
+        _e("restaurant", "restaurant", "餐厅", "city cuisine vegetarian price_range limit", "name:title rating:rating"),
+        _e("table_reservation", "table reservation", "餐桌预订", "title date guests contact",
+           "confirmation:word time:time"),
+        _e("menu", "menu", "菜单", "title vegetarian language", "dishes:count cheapest:price"),
+    )),
+    Domain("stocks", "Stock market", "股票", "Stocks", (
+        _e("stock_price", "stock price", "股价", "ticker currency", "price:price change_percent:percent", "get"),
+        _e("stock_price_history", "stock price history", "股价历史", "ticker start_date end_date interval",
+           "open:price close:price", "get"),
+        _e("portfolio", "portfolio", "投资组合", "tickers currency include_details", "total_value:price positions:count"),
+    )),
+    Domain("banking", "Banking", "银行", "Banking", (
+        _e("account_balance", "account balance", "账户余额", "person_name currency", "balance:price"),
+        _e("transfer", "money transfer", "转账", "person_name amount currency notify", "reference:word fee:price"),
+        _e("loan_payment", "loan payment", "贷款月供", "amount rate days", "monthly_payment:price"),
+    )),
+    Domain("shopping", "Online shopping", "网购", "Shop", (
+        _e("product", "product", "商品", "product_name price_range sort_order limit", "price:price rating:rating stock:count"),
+        _e("order", "order", "订单", "product_name quantity shipping size", "total:price status:status", "get"),
+        _e("order_status", "order status", "订单状态", "product_name include_details", "status:status eta:date", "get"),
+    )),
+    Domain("music", "Music", "音乐", "Music", (
+        _e("song", "song", "歌曲", "title genre year", "artist:person duration_seconds:count"),
+        _e("playlist", "playlist", "歌单", "title genre tags", "tracks:count total_minutes:count"),
+        _e("concert", "concert", "演唱会", "city start_date end_date genre", "headliner:person price:price"),
+    )),
+    Domain("movies", "Film", "电影", "Cinema", (
+        _e("movie", "movie", "电影", "title year language", "director:person rating:rating"),
+        _e("showtime", "showtime", "放映场次", "title city date", "time:time seats_left:count"),
+        _e("movie_ticket", "movie ticket", "电影票", "title date seat_numbers", "price:price hall:count"),
+    )),
+    Domain("sports", "Sports", "体育", "Sports", (
+        _e("match_score", "match score", "比赛比分", "team date", "home_score:count away_score:count"),
+        _e("team_standings", "team standings", "球队排名", "team year", "rank:count wins:count"),
+        _e("player_stats", "player stats", "球员数据", "person_name year", "games:count points:count"),
+    )),
+    Domain("calendar", "Calendar", "日程", "Calendar", (
+        _e("event", "calendar event", "日程事件", "title date duration_minutes notify", "event_id:word start:time"),
+        _e("meeting", "meeting", "会议", "title date recipients duration_minutes", "room:word start:time"),
+        _e("reminder", "reminder", "提醒", "title due_date priority", "reminder_id:word"),
+    )),
+    Domain("email", "Email", "邮件", "Mail", (
+        _e("email", "email", "邮件", "recipients title text priority", "message_id:word delivered:bool"),
+        _e("inbox", "inbox", "收件箱", "keyword limit status", "unread:count total:count"),
+        _e("mail_draft", "email draft", "邮件草稿", "title text", "draft_id:word"),
+    )),
+    Domain("maps", "Maps and navigation", "地图导航", "Maps", (
+        _e("route", "route", "路线", "origin destination mode", "distance_km:count minutes:count"),
+        _e("place", "place", "地点", "keyword coordinates limit", "name:title rating:rating"),
+        _e("traffic", "traffic", "交通状况", "city date", "congestion_percent:percent incidents:count"),
+    )),
+    Domain("fitness", "Fitness", "健身", "Fitness", (
+        _e("workout", "workout", "锻炼计划", "difficulty duration_minutes weekdays", "calories:count exercises:count"),
+        _e("bmi", "BMI", "身体质量指数", "weight_kg height_cm", "category:word", "estimate"),
+        _e("step_count", "step count", "步数", "person_name date", "steps:count"),
+    )),
+    Domain("recipes", "Cooking", "烹饪", "Kitchen", (
+        _e("recipe", "recipe", "菜谱", "ingredients cuisine servings vegetarian", "name:title minutes:count"),
+        _e("nutrition", "nutrition facts", "营养成分", "product_name servings", "calories:count protein_g:count"),
+        _e("shopping_list", "shopping list", "购物清单", "ingredients servings", "items:count"),
+    )),
+    Domain("translation", "Language", "语言翻译", "Lang", (
+        _e("translation", "translation", "翻译", "text target_language language", "translated:word confidence:percent"),
+        _e("language_detection", "language detection", "语种识别", "text", "language:word confidence:percent"),
+        _e("dictionary_entry", "dictionary entry", "词典释义", "keyword language", "definitions:count"),
+    )),
+    Domain("crypto", "Cryptocurrency", "加密货币", "Crypto", (
+        _e("coin_price", "coin price", "币价", "coin currency", "price:price change_percent:percent"),
+        _e("wallet", "wallet", "钱包", "coin person_name", "balance:price"),
+        _e("gas_fee", "network fee", "网络手续费", "coin amount", "fee:price"),
+    )),
+    Domain("real_estate", "Real estate", "房产", "Realty", (
+        _e("listing", "property listing", "房源", "city price_range guests limit", "address:word price:price"),
+        _e("mortgage", "mortgage", "房贷", "amount rate year", "monthly_payment:price"),
+        _e("property_value", "property value", "房产估值", "address postal_code", "value:price"),
+    )),
+    Domain("jobs", "Careers", "求职", "Careers", (
+        _e("job_posting", "job posting", "职位", "keyword city limit", "company:title salary:price"),
+        _e("application", "job application", "职位申请", "title contact", "application_id:word"),
+        _e("salary", "salary range", "薪资范围", "keyword city currency", "median:price"),
+    )),
+    Domain("education", "Education", "教育", "Edu", (
+        _e("course", "course", "课程", "topic difficulty language", "course_name:title hours:count"),
+        _e("quiz", "quiz", "测验", "topic difficulty quantity", "quiz_id:word questions:count"),
+        _e("library_book", "library book", "图书馆藏书", "isbn city", "available:bool copies:count"),
+    )),
+    Domain("smart_home", "Smart home", "智能家居", "Home", (
+        _e("thermostat", "thermostat", "恒温器", "temperature floor mode", "current_c:temp"),
+        _e("light", "light", "灯光", "floor tags", "on:bool brightness:percent"),
+        _e("door_lock", "door lock", "门锁", "floor notify", "locked:bool"),
+    )),
+    Domain("news", "News", "新闻", "News", (
+        _e("headline", "headline", "新闻头条", "topic language limit", "headline:title source:word"),
+        _e("article", "article", "文章", "title include_details", "author:person words:count"),
+        _e("news_digest", "news digest", "新闻摘要", "tags start_date format", "digest_id:word items:count"),
+    )),
+    Domain("shipping", "Logistics", "物流", "Logistics", (
+        _e("parcel", "parcel", "包裹", "postal_code weight_kg express", "tracking:word eta:date", "track"),
+        _e("shipping_rate", "shipping rate", "运费", "origin destination weight_kg express", "price:price days:count"),
+        _e("pickup", "pickup", "上门取件", "address date", "pickup_id:word window:time"),
+    )),
+    Domain("health", "Health", "健康", "Health", (
+        _e("appointment", "doctor appointment", "门诊预约", "person_name date city", "appointment_id:word time:time"),
+        _e("medication_reminder", "medication reminder", "用药提醒", "title schedule", "reminder_id:word"),
+        _e("sleep_report", "sleep report", "睡眠报告", "person_name start_date end_date", "hours:count quality:percent"),
+    )),
+    Domain("currency", "Currency exchange", "汇率", "FX", (
+        _e("exchange_rate", "exchange rate", "汇率", "currency target_currency date", "rate:price", "get"),
+        _e("currency_conversion", "currency conversion", "货币兑换", "amount currency target_currency",
+           "converted:price", "estimate"),
+    )),
+    Domain("rideshare", "Ride hailing", "网约车", "Rides", (
+        _e("ride", "ride", "行程", "origin destination guests", "driver:person eta_minutes:count"),
+        _e("fare", "fare", "车费", "origin destination distance_km", "fare:price"),
+    )),
+)
+
+
+# Identity equality: two functions are the same only if they are the same bank entry.
+@dataclass(frozen=True, eq=False)
+class Function:
+    name: str
+    domain: Domain
+    verb: str
+    entity: Entity
+    params: tuple[ParamSpec, ...]
+    required: tuple[str, ...]
+    style: str = field(default="snake")
+
+    @cached_property
+    def description(self) -> str:
+        return f"{VERBS[self.verb][0]} the {self.entity.en} ({self.domain.en.lower()})."
+
+    @cached_property
+    def description_zh(self) -> str:
+        return f"{VERBS[self.verb][2]}{self.entity.zh}（{self.domain.zh}）。"
+
+    def parameters(self, zh: bool = False) -> dict[str, Any]:
+        """The JSON schema of the arguments; ``zh`` puts Chinese text in the descriptions."""
+        props = {}
+        for p in self.params:
+            schema = dict(p.schema)
+            if zh:
+                schema["description"] = p.phrase_zh
+            props[p.name] = schema
+        return {"type": "object", "properties": props, "required": list(self.required)}
+
+    @cached_property
+    def schema_en(self) -> dict[str, Any]:
+        return self.parameters(False)
+
+    @cached_property
+    def request_en(self) -> str:
+        return f"{VERBS[self.verb][1]} the {self.entity.en}"
+
+    @cached_property
+    def request_zh(self) -> str:
+        return f"{VERBS[self.verb][2]}{self.entity.zh}"
+
+    def arguments(self, rng: random.Random, zh: bool, omit: str | None = None) -> dict[str, Any]:
+        """Arguments valid for the schema: all required, each optional with probability 0.4."""
+        args: dict[str, Any] = {}
+        for p in self.params:
+            if p.name == omit:
+                continue
+            if p.name in self.required or rng.random() < 0.4:
+                args[p.name] = p.value(rng, zh)
+        # Date pairs drawn independently could run backwards; a real user gives them in order.
+        for a, b in (("start_date", "end_date"), ("check_in", "check_out")):
+            if a in args and b in args and args[a] > args[b]:
+                args[a], args[b] = args[b], args[a]
+        return args
+
+    def result(self, rng: random.Random, args: dict[str, Any], zh: bool) -> dict[str, Any]:
+        """A plausible result consistent with the call: it echoes the arguments it was asked for."""
+        fields = {name: _result_value(kind, rng, zh) for name, kind in self.entity.results}
+        echo = {k: v for k, v in args.items() if not isinstance(v, (dict, list))}
+        if self.verb in ("search", "list"):
+            items = [fields] + [{n: _result_value(k, rng, zh) for n, k in self.entity.results}
+                                for _ in range(rng.randint(0, 2))]
+            return {"query": echo, "results": items, "total": len(items)}
+        if self.verb in ("create", "book"):
+            return {"status": "confirmed", "id": f"{self.entity.key[:3].upper()}-{rng.randint(1000, 9999)}",
+                    **echo, **fields}
+        if self.verb == "update":
+            return {"status": "updated", "updated_fields": sorted(args), **fields}
+        if self.verb == "cancel":
+            return {"status": "cancelled", **echo}
+        return {**echo, **fields}
+
+
+# Which verbs make sense for which kind of entity: you book a hotel, you do not book the weather.
+VERB_CLASSES: dict[str, list[str]] = {
+    "info": ["get", "check", "search", "list", "track", "estimate"],
+    "record": ["get", "search", "list", "create", "update", "cancel"],
+    "booking": ["get", "search", "list", "book", "cancel", "check"],
+    "device": ["get", "update", "check", "list"],
+}
+RECORDS = {"event", "meeting", "reminder", "email", "mail_draft", "order", "playlist", "application",
+           "transfer", "portfolio", "medication_reminder", "shopping_list", "quiz", "news_digest", "wallet"}
+BOOKINGS = {"flight", "hotel", "table_reservation", "movie_ticket", "appointment", "ride", "concert",
+            "showtime", "pickup", "course", "boarding_pass"}
+DEVICES = {"thermostat", "light", "door_lock"}
+
+
+def _entity_class(entity: Entity) -> str:
+    if entity.key in RECORDS:
+        return "record"
+    if entity.key in BOOKINGS:
+        return "booking"
+    if entity.key in DEVICES:
+        return "device"
+    return "info"
+
+
+def _camel(words: list[str]) -> str:
+    return words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+
+
+def _name(verb: str, entity: Entity, domain: Domain, style: str) -> str:
+    words = [verb, *entity.key.split("_")]
+    if style == "snake":
+        return "_".join(words)
+    if style == "camel":
+        return _camel(words)
+    return f"{domain.namespace}.{_camel(words)}"
+
+
+def _choose_params(verb: str, entity: Entity, rng: random.Random) -> tuple[list[ParamSpec], list[str]]:
+    pool = [P[k] for k in entity.params]
+    key, rest = pool[0], pool[1:]
+    if verb in ("get", "check", "track", "cancel"):
+        chosen = [key, *rng.sample(rest, min(len(rest), rng.randint(0, 2)))]
+        required = [key.name] + ([chosen[1].name] if len(chosen) > 1 and rng.random() < 0.3 else [])
+    elif verb in ("search", "list"):
+        chosen = [key, *rng.sample(rest, min(len(rest), rng.randint(1, 3)))]
+        if "limit" not in {p.name for p in chosen}:
+            chosen.append(P["limit"])
+        # Some list functions take no required argument at all (called as f()).
+        required = [] if verb == "list" and rng.random() < 0.5 else [key.name]
+    else:  # create, update, book, estimate
+        chosen = pool[: max(2, len(pool) - rng.randint(0, 1))]
+        required = [p.name for p in chosen[: min(len(chosen), rng.randint(1, 3))]]
+    return chosen, required
+
+
+def build_bank(seed: int = BANK_SEED) -> list[Function]:
+    rng = random.Random(seed)
+    bank: list[Function] = []
+    seen: set[str] = set()
+    for domain in DOMAINS:
+        for entity in domain.entities:
+            allowed = VERB_CLASSES[_entity_class(entity)]
+            extra = [v for v in rng.sample(allowed, len(allowed)) if v not in entity.verbs]
+            verbs = list(entity.verbs) + extra[: rng.randint(4, 5) - len(entity.verbs)]
+            for verb in verbs:
+                # Prefix families (get_weather / get_weather_forecast) only show up as prefixes
+                # when they share a style, so their fixed verbs always use snake_case.
+                style = "snake" if verb in entity.verbs else rng.choices(
+                    ["snake", "camel", "dotted"], weights=[55, 30, 15])[0]
+                name = _name(verb, entity, domain, style)
+                if name in seen:
+                    continue
+                params, required = _choose_params(verb, entity, rng)
+                seen.add(name)
+                bank.append(Function(name, domain, verb, entity, tuple(params), tuple(required), style))
+    return bank
+
+
+BANK: list[Function] = build_bank()
+BY_NAME: dict[str, Function] = {f.name: f for f in BANK}
+BY_DOMAIN: dict[str, list[Function]] = {}
+for _f in BANK:
+    BY_DOMAIN.setdefault(_f.domain.key, []).append(_f)
+
+
+def openai_tool(fn: Function, zh: bool = False) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": fn.name, "description": fn.description_zh if zh
+                                             else fn.description, "parameters": fn.parameters(zh)}}
+
+
+def tool_json(fn: Function) -> str:
+    return json.dumps(openai_tool(fn), ensure_ascii=False)

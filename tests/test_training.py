@@ -1,0 +1,568 @@
+"""Stages train_stage1 / train_stage2 (stages/sft.py) on a tiny random model, CPU only.
+
+The model directory comes from the ``tiny_model_dir`` fixture (tests/conftest.py): a saved tiny
+model whose tokenizer carries the project's special tokens and chat template, exactly what
+``edit_tokenizer`` writes. Data rows are written here in the ``data/filtered`` schema.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages import sft
+from stages.config import ConfigError, load_section
+
+REPO = Path(__file__).resolve().parents[1]
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Local time of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def tool_conversation(city: str) -> list[dict[str, Any]]:
+    """System, user, two parallel calls, two results, a text answer: every kind of turn."""
+    return [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": f"Weather and time in {city}?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [call("c1", "get_weather", {"city": city}), call("c2", "get_time", {"city": city})],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 21}'},
+        {"role": "tool", "tool_call_id": "c2", "content": '{"time": "10:00"}'},
+        {"role": "assistant", "content": f"It is 21 degrees and 10:00 in {city}."},
+    ]
+
+
+def chat_conversation(topic: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": f"Tell me about {topic}."},
+        {"role": "assistant", "content": f"{topic} is a nice place with sunny weather."},
+        {"role": "user", "content": "Thanks!"},
+        {"role": "assistant", "content": "You are welcome."},
+    ]
+
+
+def filtered_row(messages: list[dict[str, Any]], tools: list[dict[str, Any]], source: str) -> str:
+    return json.dumps(
+        {"messages": json.dumps(messages), "tools": json.dumps(tools), "source": source}, ensure_ascii=False
+    )
+
+
+def write_data(data_dir: Path, rows: int, bad_lines: list[str] | None = None) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cities = ["Paris", "Rome", "Oslo", "Lima", "Kyiv"]
+    lines = []
+    for i in range(rows):
+        city = cities[i % len(cities)]
+        if i % 2:
+            lines.append(filtered_row(tool_conversation(city), [WEATHER_TOOL, TIME_TOOL], "hermes_fc"))
+        else:
+            lines.append(filtered_row(chat_conversation(city), [], "openhermes"))
+    (data_dir / "train.jsonl").write_text("\n".join([*lines, *(bad_lines or [])]) + "\n", encoding="utf-8")
+    (data_dir / "validation.jsonl").write_text("\n".join(lines[:4]) + "\n", encoding="utf-8")
+    return data_dir
+
+
+def cpu_profile(**overrides: Any) -> dict[str, Any]:
+    profile = {
+        "learning_rate": 3.0e-3,
+        "min_learning_rate": 1.0e-4,
+        "lr_scheduler": "cosine_with_min_lr",
+        "warmup_steps": 1,
+        "num_train_epochs": 1,
+        "max_steps": 12,
+        "max_length": 256,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_grad_norm": 1.0,
+        "weight_decay": 0.0,
+        "bf16": False,
+        "dtype": "float32",
+        "attn_implementation": "sdpa",
+        "gradient_checkpointing": False,
+        "deepspeed": None,
+        "trainable_top_layers": None,
+        "max_train_rows": None,
+        "max_eval_rows": 4,
+        "eval_steps": None,
+        "logging_steps": 1,
+        "save_steps": 4,
+        "save_total_limit": 2,
+        "seed": 7,
+    }
+    profile.update(overrides)
+    return profile
+
+
+def stage_section(tmp_path: Path, model_dir: Path, data_dir: Path, **profile_overrides: Any) -> dict[str, Any]:
+    return {
+        "model": str(model_dir),
+        "data_dir": str(data_dir),
+        "output_dir": str(tmp_path / "models" / "stage2"),
+        "checkpoint_dir": str(tmp_path / "checkpoints" / "stage2"),
+        "dvclive_dir": str(tmp_path / "dvclive" / "stage2"),
+        "tool_format": "v2",
+        "profile": "cpu",
+        "profiles": {"cpu": cpu_profile(**profile_overrides), "gpu": cpu_profile(deepspeed=None)},
+        "launcher": "python",
+        "accelerate": {
+            "config_file": str(REPO / "stages/configs/accelerate_zero2.yaml"),
+            "num_machines": 1,
+            "num_processes": 1,
+            "machine_rank": 0,
+            "main_process_ip": None,
+            "main_process_port": None,
+        },
+    }
+
+
+def write_params(path: Path, section: dict[str, Any], stage: str = "train_stage2") -> Path:
+    path.write_text(yaml.safe_dump({stage: section}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def labelled_runs(input_ids: list[int], labels: list[int]) -> list[list[int]]:
+    """Contiguous runs of tokens that carry a label."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(input_ids, labels, strict=True):
+        current = label != sft.IGNORE_INDEX
+        if current:
+            assert label == token, "a label must be the token itself (the model shifts internally)"
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = current
+    return runs
+
+
+# ------------------------------------------------------------------------------------------
+# Loss mask and data handling
+# ------------------------------------------------------------------------------------------
+
+
+def test_loss_mask_covers_exactly_the_generation_spans(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = tool_conversation("Paris")
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    input_ids, labels, truncated = sft.tokenize_conversation(tokenizer, messages, tools, "v2", 4096)
+    assert not truncated
+
+    # The spans the model must learn, read off the rendered text: after each <|ASSISTANT|>, from
+    # the text-or-call decision token through the end-of-turn token (docs/design.md).
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, tool_format="v2")
+    eos = tokenizer.eos_token
+    expected = [m.group(1) for m in re.finditer(rf"<\|ASSISTANT\|>(.*?{re.escape(eos)})", text, flags=re.S)]
+    assert len(expected) == 2
+    assert expected[0].startswith("<|FUNCTION_CALL|>get_weather<|PARAMETERS|>")
+    assert "<|FUNCTION_CALL|>get_time<|PARAMETERS|>" in expected[0]
+    assert expected[1].startswith("<|CONTENT|>It is 21 degrees")
+
+    runs = [tokenizer.decode(run, skip_special_tokens=False) for run in labelled_runs(input_ids, labels)]
+    assert runs == expected
+    # Nothing else is trained on: prompt, tools, tool results and role tokens stay at -100.
+    unlabelled = tokenizer.decode(
+        [t for t, label in zip(input_ids, labels, strict=True) if label == sft.IGNORE_INDEX],
+        skip_special_tokens=False,
+    )
+    for prompt_part in ("You are a helpful assistant.", "Weather and time in Paris?", '{"temp": 21}', "<|USER|>"):
+        assert prompt_part in unlabelled
+    assert "<|CONTENT|>" not in unlabelled and "<|FUNCTION_CALL|>" not in unlabelled
+
+
+def test_truncation_keeps_the_start_and_drops_rows_left_without_targets(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = tool_conversation("Oslo")
+    full_ids, _, _ = sft.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", 100_000)
+    first_target = next(i for i, t in enumerate(full_ids) if t == tokenizer.convert_tokens_to_ids("<|FUNCTION_CALL|>"))
+    ids, labels, truncated = sft.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target + 3)
+    assert truncated and ids == full_ids[: first_target + 3]
+    assert sum(label != sft.IGNORE_INDEX for label in labels) == 3
+    with pytest.raises(sft.RowError, match="no_trainable_tokens_within_max_length"):
+        sft.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target)
+
+
+def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bad = [
+        "{not json",
+        json.dumps({"messages": "[", "tools": "[]", "source": "x"}),
+        json.dumps({"messages": json.dumps({"role": "user"}), "tools": "[]", "source": "x"}),
+        json.dumps({"messages": json.dumps([{"role": "user", "content": "hi"}]), "tools": "[]", "source": "x"}),
+        json.dumps({"tools": "[]", "source": "x"}),
+    ]
+    data_dir = write_data(tmp_path / "data", rows=6, bad_lines=bad)
+    split = sft.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0)
+    assert len(split.input_ids) == 6
+    assert dict(split.dropped) == {
+        "invalid_json": 1,
+        "invalid_nested_json": 1,
+        "messages_not_a_list": 1,
+        "no_assistant_turn": 1,
+        "missing_messages": 1,
+    }
+
+
+def test_tool_format_reaches_the_template(tiny_model_dir: Path) -> None:
+    """V1 merges the tool results of a turn, V2 keeps one message per result: the renders differ."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages, tools = tool_conversation("Lima"), [WEATHER_TOOL, TIME_TOOL]
+    v1, _, _ = sft.tokenize_conversation(tokenizer, messages, tools, "v1", 4096)
+    v2, _, _ = sft.tokenize_conversation(tokenizer, messages, tools, "v2", 4096)
+    assert v1 != v2
+
+
+# ------------------------------------------------------------------------------------------
+# Training, outputs, resume
+# ------------------------------------------------------------------------------------------
+
+
+def read_tsv(path: Path) -> list[tuple[int, float]]:
+    lines = path.read_text().splitlines()[1:]
+    return [(int(float(a)), float(b)) for a, b in (line.split("\t")[:2] for line in lines)]
+
+
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages import train_stage2
+
+    data_dir = write_data(tmp_path / "data", rows=24, bad_lines=["garbage"])
+    section = stage_section(tmp_path, tiny_model_dir, data_dir, trainable_top_layers=1, max_steps=12)
+    train_stage2.main(["--params", str(write_params(tmp_path / "params.yaml", section))])
+
+    curve = read_tsv(tmp_path / "dvclive/stage2/plots/metrics/train/loss.tsv")
+    assert [step for step, _ in curve] == list(range(1, 13))
+    first, last = sum(v for _, v in curve[:3]) / 3, sum(v for _, v in curve[-3:]) / 3
+    assert last < first - 0.3, curve
+    lr = read_tsv(tmp_path / "dvclive/stage2/plots/metrics/train/learning_rate.tsv")
+    assert lr[-1][1] < max(v for _, v in lr)  # the cosine decays
+
+    summary = json.loads((tmp_path / "dvclive/stage2/metrics.json").read_text())
+    assert summary["train"]["global_step"] == 12
+    assert summary["data"]["train_rows_dropped"] == 1
+    assert summary["eval"]["loss"] > 0
+
+    out = tmp_path / "models/stage2"
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert not out.with_name("stage2.partial").exists()
+    if (tiny_model_dir / sft.PROJECT_METADATA_FILE).is_file():
+        assert (out / sft.PROJECT_METADATA_FILE).read_bytes() == (
+            tiny_model_dir / sft.PROJECT_METADATA_FILE
+        ).read_bytes()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.num_parameters() > 0
+
+    # Only the top layer (plus embeddings / final norm) was trained.
+    before, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    n_layers = model.config.num_hidden_layers
+    changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
+    assert any(f"layers.{n_layers - 1}." in k for k in changed)
+    assert not any(f"layers.{i}." in k for k in changed for i in range(n_layers - 1))
+
+
+def _complete_checkpoints(checkpoint_dir: Path) -> list[int]:
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in checkpoint_dir.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
+
+
+def _stage_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(sft.LAUNCHED_ENV, None)
+    env.update({"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+    return env
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data_dir = write_data(tmp_path / "data", rows=40)
+    max_steps = 40
+    section = stage_section(tmp_path, tiny_model_dir, data_dir, max_steps=max_steps, save_steps=3, max_eval_rows=0)
+    params = write_params(tmp_path / "params.yaml", section)
+    checkpoint_dir = Path(section["checkpoint_dir"])
+    argv = [sys.executable, "-m", "stages.train_stage2", "--params", str(params)]
+
+    first = subprocess.Popen(argv, cwd=REPO, env=_stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _complete_checkpoints(checkpoint_dir) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the run ended before it could be killed"
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    killed_at = _complete_checkpoints(checkpoint_dir)
+    assert killed_at and killed_at[-1] < max_steps
+    assert not Path(section["output_dir"]).exists()
+
+    second = subprocess.run(argv, cwd=REPO, env=_stage_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed_from = int(re.search(r"resuming from \S*checkpoint-(\d+)", second.stderr).group(1))
+    assert resumed_from >= killed_at[-1]
+    state = json.loads((checkpoint_dir / f"checkpoint-{max_steps}" / "trainer_state.json").read_text())
+    assert state["global_step"] == max_steps
+    summary = json.loads((tmp_path / "dvclive/stage2/metrics.json").read_text())
+    assert summary["train"]["resumed_from_step"] == resumed_from
+    steps = [step for step, _ in read_tsv(tmp_path / "dvclive/stage2/plots/metrics/train/loss.tsv")]
+    assert steps == sorted(set(steps)) and steps[-1] == max_steps  # history trimmed, no step logged twice
+    assert (Path(section["output_dir"]) / "model.safetensors").is_file()
+
+
+def test_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data_dir = write_data(tmp_path / "data", rows=4)
+    section = stage_section(tmp_path, tiny_model_dir, data_dir)
+    config = sft.Stage2Config.model_validate(section)
+    checkpoint_dir = Path(config.checkpoint_dir)
+
+    assert sft.prepare_checkpoint_dir(config, "v2") is None
+    for step in (2, 4):
+        (checkpoint_dir / f"checkpoint-{step}").mkdir()
+        (checkpoint_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (checkpoint_dir / "checkpoint-6").mkdir()  # killed while saving: no trainer_state.json
+    assert sft.prepare_checkpoint_dir(config, "v2") == checkpoint_dir / "checkpoint-4"
+    assert not (checkpoint_dir / "checkpoint-6").exists()
+
+    changed = sft.Stage2Config.model_validate({**section, "profiles": {"cpu": cpu_profile(learning_rate=1e-3)}})
+    assert sft.prepare_checkpoint_dir(changed, "v2") is None
+    assert not list(checkpoint_dir.glob("checkpoint-*"))
+
+    (checkpoint_dir / "checkpoint-2").mkdir()
+    (checkpoint_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (data_dir / "train.jsonl").write_text((data_dir / "train.jsonl").read_text() * 2)
+    assert sft.prepare_checkpoint_dir(changed, "v2") is None  # new data: start over
+
+
+# ------------------------------------------------------------------------------------------
+# DeepSpeed and the launcher
+# ------------------------------------------------------------------------------------------
+
+
+# Run in a subprocess: DeepSpeed initialises torch.distributed, which must not leak into other
+# tests. The shared-memory all-reduce kernel DeepSpeed compiles on first use (~1 min on 2 cores)
+# only speeds up multi-rank all-reduce, so this single-rank check skips building it.
+ZERO_RUNNER = """
+import sys
+import deepspeed.comm.torch as ds_torch
+ds_torch.build_shm_op = lambda: None
+from stages import train_stage2
+train_stage2.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed "
+                    "(DS_BUILD_OPS=0 pip install deepspeed==0.19.8)")
+def test_zero2_step_on_cpu_single_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data_dir = write_data(tmp_path / "data", rows=8)
+    section = stage_section(
+        tmp_path,
+        tiny_model_dir,
+        data_dir,
+        deepspeed=str(REPO / "stages/configs/zero2.json"),
+        max_steps=2,
+        save_steps=2,
+        max_eval_rows=0,
+        bf16=True,
+    )
+    params = write_params(tmp_path / "params.yaml", section)
+    env = {**_stage_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000),
+           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", ZERO_RUNNER, "--params", str(params)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = Path(section["checkpoint_dir"]) / "checkpoint-2"
+    # A DeepSpeed checkpoint: ZeRO optimizer shards under global_step2/.
+    assert list(checkpoint.glob("global_step2/*optim_states.pt"))
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
+    assert (Path(section["output_dir"]) / "model.safetensors").is_file()
+
+
+def test_accelerate_command_for_multi_gpu_and_multi_node(tmp_path: Path, tiny_model_dir: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    single = sft.Stage1Config.model_validate(params["train_stage1"])
+    argv = sft.accelerate_command(single, "stages.train_stage1", "params.yaml")
+    assert argv == [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", "stages/configs/accelerate_zero2.yaml",
+        "--num_machines", "1", "--num_processes", "8", "--machine_rank", "0",
+        "--module", "stages.train_stage1", "--params", "params.yaml",
+    ]  # fmt: skip
+
+    multi_section = {
+        **params["train_stage2"],
+        "launcher": "accelerate",
+        "accelerate": {
+            "config_file": "stages/configs/accelerate_multinode_zero3.yaml",
+            "num_machines": 4,
+            "num_processes": 32,
+            "machine_rank": 2,
+            "main_process_ip": "10.1.2.3",
+            "main_process_port": 29555,
+        },
+    }
+    multi = sft.Stage2Config.model_validate(multi_section)
+    argv = sft.accelerate_command(multi, "stages.train_stage2", "custom.yaml")
+    assert argv[3:] == [
+        "--config_file", "stages/configs/accelerate_multinode_zero3.yaml",
+        "--num_machines", "4", "--num_processes", "32", "--machine_rank", "2",
+        "--main_process_ip", "10.1.2.3", "--main_process_port", "29555",
+        "--module", "stages.train_stage2", "--params", "custom.yaml",
+    ]  # fmt: skip
+    for name in ("accelerate_zero2.yaml", "accelerate_zero3.yaml", "accelerate_multinode_zero2.yaml",
+                 "accelerate_multinode_zero3.yaml"):
+        config = yaml.safe_load((REPO / "stages/configs" / name).read_text())
+        assert config["distributed_type"] == "DEEPSPEED"
+        assert (REPO / config["deepspeed_config"]["deepspeed_config_file"]).is_file()
+    for name, stage in (("zero2.json", 2), ("zero3.json", 3)):
+        assert json.loads((REPO / "stages/configs" / name).read_text())["zero_optimization"]["stage"] == stage
+
+
+def test_accelerate_launcher_reexecutes_the_stage(tmp_path: Path, tiny_model_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`launcher: accelerate` runs the accelerate argv with the marker that makes children train."""
+    data_dir = write_data(tmp_path / "data", rows=4)
+    section = {**stage_section(tmp_path, tiny_model_dir, data_dir), "launcher": "accelerate"}
+    params = write_params(tmp_path / "params.yaml", section)
+    seen: dict[str, Any] = {}
+
+    def fake_run(argv: list[str], env: dict[str, str], check: bool) -> subprocess.CompletedProcess[str]:
+        seen.update(argv=argv, env=env)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.delenv(sft.LAUNCHED_ENV, raising=False)
+    monkeypatch.setattr(sft.subprocess, "run", fake_run)
+    from stages import train_stage2
+
+    train_stage2.main(["--params", str(params)])
+    assert seen["argv"][-4:] == ["--module", "stages.train_stage2", "--params", str(params)]
+    assert seen["env"][sft.LAUNCHED_ENV] == "1"
+    assert (Path(section["checkpoint_dir"]) / sft.FINGERPRINT_FILE).is_file()
+    assert not Path(section["output_dir"]).exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_with_zero2_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The real `accelerate launch` re-execution, one CPU process, DeepSpeed from the accelerate config."""
+    pytest.importorskip("deepspeed")
+    data_dir = write_data(tmp_path / "data", rows=8)
+    section = stage_section(tmp_path, tiny_model_dir, data_dir, max_steps=2, save_steps=2, max_eval_rows=0, bf16=True)
+    section["launcher"] = "accelerate"
+    params = write_params(tmp_path / "params.yaml", section)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train_stage2", "--params", str(params)],
+        cwd=REPO, env=_stage_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accelerate.commands.launch" in result.stderr
+    assert list((Path(section["checkpoint_dir"]) / "checkpoint-2").glob("global_step2/*optim_states.pt"))
+    assert (Path(section["output_dir"]) / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration errors
+# ------------------------------------------------------------------------------------------
+
+
+def test_repository_params_are_valid() -> None:
+    stage1 = load_section("train_stage1", sft.Stage1Config, REPO / "params.yaml")
+    stage2 = load_section("train_stage2", sft.Stage2Config, REPO / "params.yaml")
+    for config, length in ((stage1, 4096), (stage2, 8192)):
+        gpu = config.profiles["gpu"]
+        assert (gpu.learning_rate, gpu.min_learning_rate, gpu.warmup_steps) == (2e-5, 1e-6, 50)
+        assert gpu.lr_scheduler == "cosine_with_min_lr" and gpu.bf16 and gpu.max_length == length
+        assert gpu.deepspeed == "stages/configs/zero2.json"
+    assert stage1.profiles["gpu"].num_train_epochs == 2 and stage2.profiles["gpu"].num_train_epochs == 1
+    assert stage2.profiles["gpu"].max_grad_norm == 3.0
+    assert stage2.tool_format in ("v1", "v2")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(profile="tpu"), "profile 'tpu' is not one of"),
+        (lambda s: s.update(tool_format="v3"), "tool_format"),
+        (lambda s: s["profiles"]["cpu"].update(learning_rate=1e-6, min_learning_rate=1e-5), "must be below"),
+        (lambda s: s["profiles"]["cpu"].update(lr_rate=1e-3), "Extra inputs are not permitted"),
+        (lambda s: s["profiles"]["cpu"].pop("max_length"), "max_length"),
+        (lambda s: s["profiles"]["cpu"].update(deepspeed="nowhere/zero2.json"), "deepspeed config not found"),
+        (lambda s: s["accelerate"].update(num_machines=2), "main_process_ip"),
+        (lambda s: s["accelerate"].update(machine_rank=1), "out of range"),
+        (lambda s: s.update(launcher="accelerate", accelerate={**s["accelerate"], "config_file": "x.yaml"}),
+         "accelerate config not found"),
+        (lambda s: s.update(launcher="torchrun"), "launcher"),
+    ],
+)
+def test_config_errors_are_reported(tmp_path: Path, tiny_model_dir: Path, change: Any, message: str) -> None:
+    section = stage_section(tmp_path, tiny_model_dir, tmp_path / "data")
+    change(section)
+    params = write_params(tmp_path / "params.yaml", section)
+    with pytest.raises(ConfigError, match=message):
+        load_section("train_stage2", sft.Stage2Config, params)
+
+
+def test_cli_exits_with_a_clear_error(tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from stages import train_stage1
+
+    section = stage_section(tmp_path, tiny_model_dir, tmp_path / "missing-data")
+    section.pop("tool_format")
+    params = write_params(tmp_path / "params.yaml", section, stage="train_stage1")
+    with pytest.raises(SystemExit) as exc:
+        train_stage1.main(["--params", str(params)])
+    assert exc.value.code == 2
+    assert "training data not found" in caplog.text
+    with pytest.raises(SystemExit):
+        train_stage1.main(["--params", str(tmp_path / "nope.yaml")])
+    assert "params file not found" in caplog.text
