@@ -34,6 +34,7 @@ HERMES_SHAPE = ToolCallShape(
     name_close='", "arguments": ',
     call_close="}\n</tool_call>",
     call_separator="\n",
+    special_tokens=frozenset(),
 )
 
 # OpenAI allows [a-zA-Z0-9_-]{1,64}; dots are accepted too because BFCL's names may carry them.
@@ -156,13 +157,11 @@ class ToolFormat:
 
     def special_pieces(self) -> frozenset[str]:
         """Shape pieces that are single special tokens (the grammar names them as tokens)."""
-        specials = set(getattr(self.tokenizer, "all_special_tokens", []))
-        for tok in getattr(self.tokenizer, "added_tokens_decoder", {}).values():
-            if getattr(tok, "special", False):
-                specials.add(str(tok))
-        s = self.shape
-        return frozenset(p for p in (s.text_open, s.call_open, s.name_close, s.call_close, s.call_separator)
-                         if p and p in specials)
+        vocab = self.tokenizer.get_vocab()
+        missing = [p for p in self.shape.special_tokens if p not in vocab]
+        if missing:
+            raise ValueError(f"the {self.name} format needs special tokens {missing}, which the tokenizer lacks")
+        return self.shape.special_tokens
 
     def parse(self, text: str, finished: bool) -> ParsedOutput:
         return parse_with_shape(self.shape, text, finished)

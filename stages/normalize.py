@@ -194,14 +194,17 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
     return original, out
 
 
-def normalize_tools(raw_tools: Any, keep_dots: bool) -> list[dict[str, Any]]:
-    if not isinstance(raw_tools, list):
-        raise Drop("bad_tool_schema", "tool list is not a list")
-    tools = [normalize_tool(t, keep_dots)[1] for t in raw_tools]
+def check_unique_names(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = [t["function"]["name"] for t in tools]
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
     return tools
+
+
+def normalize_tools(raw_tools: Any, keep_dots: bool) -> list[dict[str, Any]]:
+    if not isinstance(raw_tools, list):
+        raise Drop("bad_tool_schema", "tool list is not a list")
+    return check_unique_names([normalize_tool(t, keep_dots)[1] for t in raw_tools])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,42 +278,57 @@ _LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[^\[\]\"'(){}=,]+\(")
 # Parsers of repeated strings (cacheable)
 
 
+_JSON = json.JSONDecoder()
 _TOOLACE_TOOLS_MARK = "Here is a list of functions in JSON format that you can invoke:"
-# The prompt names the tags in prose ("within <tools> </tools> XML tags") before the real block.
-_TOOL_BLOCK = re.compile(r"<tools>(?:\\n|\s)*([\[{].*?)(?:\\n|\s)*</tools>", re.S)
-_TOOL_CALL = re.compile(r"<tool_call>(?:\\n|\s)*(.*?)(?:\\n|\s)*</tool_call>", re.S)
-_TOOL_RESPONSE = re.compile(r"<tool_response>(?:\\n|\s)*(.*?)(?:\\n|\s)*</tool_response>", re.S)
 
 
-def _toolace_system(system: str, keep_dots: bool) -> tuple[str, list[dict[str, Any]]]:
-    at = system.find(_TOOLACE_TOOLS_MARK)
-    if at < 0:
-        raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
-    start = system.find("[", at)
-    if start < 0:
-        raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
-    try:
-        raw_tools, _ = json.JSONDecoder().raw_decode(system, start)
-    except ValueError:
-        raise Drop("unsupported_tool_format", "function list is not JSON") from None
-    return system[:at].strip(), normalize_tools(raw_tools, keep_dots)
+def _strip_escaped(text: str) -> str:
+    # Some rows carry a literal backslash-n (two characters) where a newline was meant.
+    text = text.strip()
+    while text.startswith("\\n"):
+        text = text[2:].lstrip()
+    while text.endswith("\\n"):
+        text = text[:-2].rstrip()
+    return text
 
 
-def _hermes_system(system: str, keep_dots: bool) -> tuple[str, list[dict[str, Any]]] | None:
-    match = _TOOL_BLOCK.search(system)
-    if match is None:
-        return None
-    try:
-        raw_tools = parse_loose(match.group(1).strip())
-    except ValueError:
-        raise Drop("bad_tool_schema", "unreadable <tools> block") from None
-    # The rest of the prompt teaches the XML call format, which our template replaces.
-    return system[: match.start()].strip(), normalize_tools(raw_tools, keep_dots)
+# "... function signatures within <tools> </tools> XML tags." describes a format we do not use.
+_TAGS_IN_PROSE = re.compile(r"\s*within (?:XML tags )?<tools>\s*</tools>(?: XML tags)?")
+
+
+def tag_bodies(text: str, open_tag: str, close_tag: str) -> list[str]:
+    """Bodies of every complete ``open_tag ... close_tag`` pair, stripped."""
+    out = []
+    at = text.find(open_tag)
+    while at >= 0:
+        end = text.find(close_tag, at)
+        if end < 0:
+            break
+        out.append(_strip_escaped(text[at + len(open_tag):end]))
+        at = text.find(open_tag, end)
+    return out
+
+
+def tools_block(system: str) -> tuple[int, str] | None:
+    """(start, body) of the ``<tools>`` block that holds a list or object.
+
+    The prompt also names the tags in prose ("within <tools> </tools> XML tags") before the block.
+    """
+    at = system.find("<tools>")
+    while at >= 0:
+        end = system.find("</tools>", at)
+        if end < 0:
+            return None
+        body = _strip_escaped(system[at + 7:end])
+        if body[:1] in ("[", "{"):
+            return at, body
+        at = system.find("<tools>", at + 7)
+    return None
 
 
 def _hermes_calls(value: str) -> list[tuple[Any, Any]]:
     calls = []
-    for body in _TOOL_CALL.findall(value):
+    for body in tag_bodies(value, "<tool_call>", "</tool_call>"):
         try:
             obj = parse_loose(body)
         except ValueError:
@@ -332,7 +350,7 @@ def _hermes_calls(value: str) -> list[tuple[Any, Any]]:
 
 
 def _hermes_responses(value: str) -> list[tuple[Any, str]]:
-    bodies = _TOOL_RESPONSE.findall(value) or [value.strip()]
+    bodies = tag_bodies(value, "<tool_response>", "</tool_response>") or [value.strip()]
     out = []
     for body in bodies:
         try:
@@ -358,15 +376,39 @@ def _toolace_results(value: str) -> list[tuple[Any, str]] | None:
     return [(o["name"], json.dumps(o.get("results"), ensure_ascii=False)) for o in obj]
 
 
+_ELEMENT_GAP = re.compile(r"\}\s*,\s*\{")
+
+
+def split_elements(text: str) -> list[str] | None:
+    """Cheap split of a list of objects into element texts, so repeated tools are read once.
+
+    A split inside a string leaves a piece that does not parse; callers then read the whole list.
+    """
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        return None
+    inner = body[1:-1].strip()
+    if not inner:
+        return []
+    if not (inner.startswith("{") and inner.endswith("}")):
+        return None
+    parts = _ELEMENT_GAP.split(inner)
+    last = len(parts) - 1
+    return [("" if i == 0 else "{") + part + ("" if i == last else "}") for i, part in enumerate(parts)]
+
+
 class Parsers:
     """String parsers for repeated pieces. Results are treated as read-only by the normalizers."""
 
     def __init__(self, keep_dots: bool = False, cache: bool = False) -> None:
         self.keep_dots = keep_dots
 
-        def maybe(fn: Callable[..., Any]) -> Callable[..., Any]:
-            return lru_cache(maxsize=200_000)(fn) if cache else fn
+        def maybe(fn: Callable[..., Any], size: int = 4096) -> Callable[..., Any]:
+            # Whole prompts and call lists repeat less than tools and names: small caches for them
+            # keep memory bounded on large inputs.
+            return lru_cache(maxsize=size)(fn) if cache else fn
 
+        self.cache = cache
         self.toolace_system = maybe(self._toolace_system)
         self.hermes_system = maybe(self._hermes_system)
         self.toolace_calls = maybe(self._toolace_calls)
@@ -374,23 +416,52 @@ class Parsers:
         self.hermes_responses = maybe(_hermes_responses)
         self.toolace_results = maybe(_toolace_results)
         self.tools_json = maybe(self._tools_json)
-        self.name = maybe(self._name)
+        self.tool_element = maybe(self._tool_element, 100_000)
+        self.name = maybe(self._name, 100_000)
+
+    def _tool_element(self, text: str) -> dict[str, Any]:
+        return normalize_tool(parse_loose(text), self.keep_dots)[1]
+
+    def tool_list(self, text: str) -> list[dict[str, Any]]:
+        """A list of tools (JSON or python repr) -> OpenAI tools; each distinct tool read once."""
+        pieces = split_elements(text) if self.cache else None
+        if pieces is not None:
+            try:
+                tools = [self.tool_element(piece) for piece in pieces]
+            except ValueError:
+                pass  # a piece cut inside a string: read the list as a whole below
+            else:
+                return check_unique_names(tools)
+        try:
+            raw = parse_loose(text)
+        except ValueError:
+            raise Drop("bad_tool_schema", "tool list is neither JSON nor a python literal") from None
+        return normalize_tools(raw, self.keep_dots)
 
     def _name(self, name: Any) -> str:
         return sanitize_name(name, self.keep_dots)
 
     def _toolace_system(self, system: str) -> tuple[str, list[dict[str, Any]]]:
-        return _toolace_system(system, self.keep_dots)
+        at = system.find(_TOOLACE_TOOLS_MARK)
+        start = system.find("[", at) if at >= 0 else -1
+        if start < 0:
+            raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
+        try:
+            _, end = _JSON.raw_decode(system, start)
+        except ValueError:
+            raise Drop("unsupported_tool_format", "function list is not JSON") from None
+        return system[:at].strip(), self.tool_list(system[start:end])
 
     def _hermes_system(self, system: str) -> tuple[str, list[dict[str, Any]]] | None:
-        return _hermes_system(system, self.keep_dots)
+        block = tools_block(system)
+        if block is None:
+            return None
+        # The rest of the prompt teaches the XML call format, which our template replaces.
+        start, body = block
+        return _TAGS_IN_PROSE.sub("", system[:start]).strip(), self.tool_list(body)
 
     def _tools_json(self, text: str) -> list[dict[str, Any]]:
-        try:
-            raw = parse_loose(text)
-        except ValueError:
-            raise Drop("bad_tool_schema", "tool list is not JSON") from None
-        return normalize_tools(raw, self.keep_dots)
+        return self.tool_list(text)
 
     def _toolace_calls(self, value: str) -> list[tuple[str, dict[str, Any]]] | None:
         if not _LOOKS_LIKE_CALLS.match(value):
@@ -632,6 +703,9 @@ NORMALIZERS: dict[str, Callable[[dict[str, Any], Parsers], Conversation]] = {
 }
 
 
+_PLACEHOLDER = re.compile(r'("id": |"tool_call_id": )"#(\d+)"')
+
+
 def finalize(conv: Conversation) -> tuple[str, str]:
     """Replace call-id placeholders with ids derived from the content; return (messages, tools) JSON.
 
@@ -640,18 +714,11 @@ def finalize(conv: Conversation) -> tuple[str, str]:
     """
     messages_json = json.dumps(conv.messages, ensure_ascii=False)
     tools_json = json.dumps(conv.tools, ensure_ascii=False)
-    if '"#' not in messages_json:
+    if not any(m.get("tool_calls") for m in conv.messages):
         return messages_json, tools_json
     digest = hashlib.blake2b((messages_json + tools_json).encode(), digest_size=8).hexdigest()
-    ids: dict[str, str] = {}
-    for msg in conv.messages:
-        for call in msg.get("tool_calls") or ():
-            real = f"call_{digest}{len(ids):03d}"
-            ids[call["id"]] = real
-            call["id"] = real
-        if msg["role"] == "tool":
-            msg["tool_call_id"] = ids[msg["tool_call_id"]]
-    return json.dumps(conv.messages, ensure_ascii=False), tools_json
+    # Inside JSON text a quote in content is escaped, so these patterns only match the real keys.
+    return _PLACEHOLDER.sub(lambda m: f'{m.group(1)}"call_{digest}{int(m.group(2)):03d}"', messages_json), tools_json
 
 
 def normalize_line(kind: str, line: str, parsers: Parsers) -> tuple[str, str]:

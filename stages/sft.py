@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt, model_validator
 
 from stages.config import ConfigError, StrictModel, log_config
+from stages.toolcall_format import ArgumentsError, canonicalize_messages
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so `--help` and config errors are instant
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -213,6 +214,11 @@ def decode_row(line: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         raise RowError("tools_not_a_list")
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn")
+    try:
+        # Train on the exact argument bytes parse_output returns at serving time (compact JSON).
+        messages = canonicalize_messages(messages)
+    except ArgumentsError as exc:
+        raise RowError("invalid_arguments") from exc
     return messages, tools
 
 
@@ -608,7 +614,7 @@ def load_model(config: SFTStageConfig) -> PreTrainedModel:
     return model
 
 
-def _save_final(trainer: Any, tokenizer: PreTrainedTokenizerBase, config: SFTStageConfig) -> None:
+def _save_final(trainer: Any, tokenizer: PreTrainedTokenizerBase, config: SFTStageConfig, tool_format: str) -> None:
     output = Path(config.output_dir)
     partial = output.with_name(output.name + ".partial")
     if trainer.is_world_process_zero() and partial.exists():
@@ -617,9 +623,14 @@ def _save_final(trainer: Any, tokenizer: PreTrainedTokenizerBase, config: SFTSta
     trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the shards here
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(partial))
-        metadata = Path(config.model) / PROJECT_METADATA_FILE
-        if metadata.is_file():
-            shutil.copy2(metadata, partial / PROJECT_METADATA_FILE)
+        metadata_path = Path(config.model) / PROJECT_METADATA_FILE
+        if metadata_path.is_file():
+            metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+            # The server renders prompts with the recipe the model was trained on.
+            metadata["tool_format"] = tool_format
+            (partial / PROJECT_METADATA_FILE).write_text(
+                json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
         for leftover in ("training_args.bin",):  # trainer bookkeeping, not part of the model
             (partial / leftover).unlink(missing_ok=True)
         if output.exists():
@@ -683,6 +694,7 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
         "data": {
             "train_rows_used": len(train_split.input_ids),
             "train_rows_dropped": sum(train_split.dropped.values()),
+            "train_rows_dropped_by_reason": dict(train_split.dropped),
             "train_rows_truncated": train_split.truncated,
             "train_trained_tokens": train_split.trained_tokens,
             "train_tokens": train_split.tokens,
@@ -692,7 +704,7 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
         metrics = trainer.evaluate()
         summary["eval"] = {"loss": metrics.get("eval_loss")}
         summary["data"]["eval_rows_used"] = len(eval_split.input_ids)
-    _save_final(trainer, tokenizer, config)
+    _save_final(trainer, tokenizer, config, tool_format)
     if trainer.is_world_process_zero():
         live.close(summary)
         log.info("summary: %s", json.dumps(summary, sort_keys=True))

@@ -23,6 +23,7 @@ import yaml
 
 from stages import sft
 from stages.config import ConfigError, load_section
+from stages.toolcall_format import canonicalize_messages, render_assistant
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def cpu_profile(**overrides: Any) -> dict[str, Any]:
         "warmup_steps": 1,
         "num_train_epochs": 1,
         "max_steps": 12,
-        "max_length": 256,
+        "max_length": 512,
         "per_device_batch_size": 2,
         "gradient_accumulation_steps": 1,
         "max_grad_norm": 1.0,
@@ -186,14 +187,20 @@ def test_loss_mask_covers_exactly_the_generation_spans(tiny_model_dir: Path) -> 
     assert not truncated
 
     # The spans the model must learn, read off the rendered text: after each <|ASSISTANT|>, from
-    # the text-or-call decision token through the end-of-turn token (docs/design.md).
-    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, tool_format="v2")
+    # the text-or-call decision token through the end-of-turn token (docs/design.md). Arguments
+    # are trained in the compact form the server's parser returns.
+    canonical = canonicalize_messages(messages)
+    text = tokenizer.apply_chat_template(canonical, tools=tools, tokenize=False, tool_format="v2")
     eos = tokenizer.eos_token
     expected = [m.group(1) for m in re.finditer(rf"<\|ASSISTANT\|>(.*?{re.escape(eos)})", text, flags=re.S)]
     assert len(expected) == 2
-    assert expected[0].startswith("<|FUNCTION_CALL|>get_weather<|PARAMETERS|>")
+    assert expected[0].startswith('<|FUNCTION_CALL|>get_weather<|PARAMETERS|>{"city":"Paris"}')
     assert "<|FUNCTION_CALL|>get_time<|PARAMETERS|>" in expected[0]
     assert expected[1].startswith("<|CONTENT|>It is 21 degrees")
+
+    # ... which is also what the format module says an assistant turn is.
+    assistant_turns = [m for m in canonical if m["role"] == "assistant"]
+    assert expected == [render_assistant(m, eos) for m in assistant_turns]
 
     runs = [tokenizer.decode(run, skip_special_tokens=False) for run in labelled_runs(input_ids, labels)]
     assert runs == expected
@@ -231,6 +238,12 @@ def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) 
         json.dumps({"messages": json.dumps({"role": "user"}), "tools": "[]", "source": "x"}),
         json.dumps({"messages": json.dumps([{"role": "user", "content": "hi"}]), "tools": "[]", "source": "x"}),
         json.dumps({"tools": "[]", "source": "x"}),
+        filtered_row(
+            [{"role": "user", "content": "hi"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{'a': 1}"}}]}],
+            [], "x",
+        ),
     ]
     data_dir = write_data(tmp_path / "data", rows=6, bad_lines=bad)
     split = sft.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0)
@@ -241,6 +254,7 @@ def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) 
         "messages_not_a_list": 1,
         "no_assistant_turn": 1,
         "missing_messages": 1,
+        "invalid_arguments": 1,
     }
 
 
@@ -285,16 +299,15 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path: Path, tin
 
     summary = json.loads((tmp_path / "dvclive/stage2/metrics.json").read_text())
     assert summary["train"]["global_step"] == 12
-    assert summary["data"]["train_rows_dropped"] == 1
+    assert summary["data"]["train_rows_dropped_by_reason"] == {"invalid_json": 1}
     assert summary["eval"]["loss"] > 0
 
     out = tmp_path / "models/stage2"
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert not out.with_name("stage2.partial").exists()
-    if (tiny_model_dir / sft.PROJECT_METADATA_FILE).is_file():
-        assert (out / sft.PROJECT_METADATA_FILE).read_bytes() == (
-            tiny_model_dir / sft.PROJECT_METADATA_FILE
-        ).read_bytes()
+    metadata_in = json.loads((tiny_model_dir / sft.PROJECT_METADATA_FILE).read_text())
+    metadata_out = json.loads((out / sft.PROJECT_METADATA_FILE).read_text())
+    assert metadata_out == {**metadata_in, "tool_format": "v2"}
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -538,7 +551,7 @@ def test_repository_params_are_valid() -> None:
         (lambda s: s["profiles"]["cpu"].update(lr_rate=1e-3), "Extra inputs are not permitted"),
         (lambda s: s["profiles"]["cpu"].pop("max_length"), "max_length"),
         (lambda s: s["profiles"]["cpu"].update(deepspeed="nowhere/zero2.json"), "deepspeed config not found"),
-        (lambda s: s["accelerate"].update(num_machines=2), "main_process_ip"),
+        (lambda s: s["accelerate"].update(num_machines=2, num_processes=2), "main_process_ip"),
         (lambda s: s["accelerate"].update(machine_rank=1), "out of range"),
         (lambda s: s.update(launcher="accelerate", accelerate={**s["accelerate"], "config_file": "x.yaml"}),
          "accelerate config not found"),

@@ -58,7 +58,8 @@ def build_lark(spec: GrammarSpec) -> str:
         else:
             lines.append("calls: call+")
         lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(spec.tools))))
-        ws = {"whitespace_pattern": f"[\\x20\\x0A\\x0D\\x09]{{0,{spec.max_whitespace}}}"}
+        ws: dict[str, Any] = ({"whitespace_pattern": f"[\\x20\\x0A]{{0,{spec.max_whitespace}}}"}
+                                  if spec.max_whitespace > 0 else {"whitespace_flexible": False})
         for i, tool in enumerate(spec.tools):
             parts = [_piece(s.call_open, sp)]
             if s.name_close in sp:
@@ -72,7 +73,7 @@ def build_lark(spec: GrammarSpec) -> str:
                 parts.append(_piece(s.call_close, sp))
             lines.append(f"call_{i}: " + " ".join(parts))
             schema = json.loads(tool.schema_json)
-            schema["x-guidance"] = {**ws, **schema.get("x-guidance", {})}
+            schema["x-guidance"] = ws  # the client's own x-guidance (e.g. lenient) would defeat failing closed
             lines.append(f"args_{i}: %json {json.dumps(schema)}")
     if not alts:
         raise GrammarError("nothing to generate: neither text nor a tool call is allowed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ CHAT_DEFECTS = ("empty_turn", "wrong_role_order", "no_answer")
 # Share of cases that go on to a tool result and a final answer. ToolACE rows mostly end on the
 # call; hermes rows mostly carry the result; the legacy zh format sits in between.
 EXECUTE_P = {"hermes_fc": 0.7, "toolace": 0.35, "fc_zh_hard": 0.6}
+# ToolACE also has rows whose tools and calls use a row-specific non-JSON syntax
+# ("(Name=>['k'--'v'])"); a normalizer cannot read them, so they count as malformed here.
+KIND_DEFECTS = {"hermes_fc": DEFECTS, "toolace": (*DEFECTS, "foreign_call_format"), "fc_zh_hard": DEFECTS}
 _FC_WRITERS = {"hermes_fc": write_hermes, "toolace": write_toolace, "fc_zh_hard": write_fc_zh}
 
 
@@ -58,33 +62,36 @@ def _malformed_positions(rng: random.Random, n: int, fraction: float) -> set[int
     return set(rng.sample(range(n), round(n * fraction)))
 
 
-def generate_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> list[Sample]:
+def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> Iterator[Sample]:
+    """Rows one at a time (the stage streams them to disk behind a progress bar)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if n < 0:
         raise ValueError(f"row count must be >= 0, got {n}")
     rng = random.Random(f"{kind}:{seed}")
     bad = _malformed_positions(rng, n, malformed_fraction)
-    out: list[Sample] = []
     if kind in FC_KINDS:
         zh = kind == "fc_zh_hard"
         write = _FC_WRITERS[kind]
         execute_p = EXECUTE_P[kind]
         for i in range(n):
             if i in bad:
-                case = make_malformed(rng, zh, execute_p)
+                case = make_malformed(rng, zh, execute_p, KIND_DEFECTS[kind])
             else:
                 case = make_case(rng, rng.choices(CASE_TYPES, weights=CASE_WEIGHTS)[0], zh, execute_p)
-            out.append(Sample(write(rng, case), case.case_type, case.defect))
-        return out
+            yield Sample(write(rng, case), case.case_type, case.defect)
+        return
     for i in range(n):
         defect = rng.choice(CHAT_DEFECTS) if i in bad else None
         # WildChat is multilingual; a share of its synthetic rows is Chinese.
         zh = kind == "wildchat" and rng.random() < 0.15
         turns, topic = _chat_turns(rng, zh, defect)
         row = write_openhermes(rng, turns, topic) if kind == "openhermes" else write_wildchat(rng, turns, zh)
-        out.append(Sample(row, "chat", defect))
-    return out
+        yield Sample(row, "chat", defect)
+
+
+def generate_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> list[Sample]:
+    return list(iter_samples(kind, n, seed, malformed_fraction))
 
 
 def generate_rows(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> list[dict[str, Any]]:
@@ -92,9 +99,9 @@ def generate_rows(kind: str, n: int, seed: int, malformed_fraction: float = 0.05
     return [s.row for s in generate_samples(kind, n, seed, malformed_fraction)]
 
 
-def defect_counts(samples: list[Sample]) -> Counter[str]:
+def defect_counts(samples: Iterable[Sample]) -> Counter[str]:
     return Counter(s.defect for s in samples if s.defect)
 
 
-__all__ = ["KINDS", "FC_KINDS", "CHAT_KINDS", "CASE_TYPES", "DEFECTS", "CHAT_DEFECTS", "Sample",
-           "generate_samples", "generate_rows", "defect_counts"]
+__all__ = ["KINDS", "FC_KINDS", "CHAT_KINDS", "CASE_TYPES", "DEFECTS", "KIND_DEFECTS", "CHAT_DEFECTS", "Sample",
+           "iter_samples", "generate_samples", "generate_rows", "defect_counts"]

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from stages.synthetic.chat import qa
 from stages.synthetic.function_bank import BANK, BY_DOMAIN, BY_NAME, DOMAINS, Function
 
 CASE_TYPES = ("single", "parallel", "multiple", "parallel_multiple", "irrelevance", "missing_info", "multi_turn")
@@ -58,24 +59,36 @@ def _fmt(value: Any, zh: bool) -> str:
     return str(value)
 
 
-def _arg_text(fn: Function, args: dict[str, Any], zh: bool) -> str:
+def _arg_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: bool) -> str:
+    """Every argument in words; the phrasing varies so a model cannot key on one template."""
     by_name = {p.name: p for p in fn.params}
     if zh:
-        return "，".join(f"{by_name[k].phrase_zh}为{_fmt(v, zh)}" for k, v in args.items())
-    return ", ".join(f"{by_name[k].phrase_en} {_fmt(v, zh)}" for k, v in args.items())
+        sep = rng.choice(["，", "；"])
+        return sep.join(f"{by_name[k].phrase_zh}{rng.choice(['为', '是'])}{_fmt(v, zh)}" for k, v in args.items())
+    pattern = rng.choice(["{p} {v}", "{p}: {v}", "the {p} set to {v}"])
+    items = []
+    for k, v in args.items():
+        phrase = by_name[k].phrase_en
+        if isinstance(v, bool):  # boolean phrases read as actions: "send a notification"
+            items.append(phrase if v else f"don't {phrase}")
+        else:
+            items.append(pattern.format(p=phrase, v=_fmt(v, zh)))
+    if len(items) > 1 and rng.random() < 0.5:
+        return ", ".join(items[:-1]) + " and " + items[-1]
+    return ", ".join(items)
 
 
 def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: bool) -> str:
     """A user request that states every argument value, so the call is grounded in the text."""
+    body = _arg_text(rng, fn, args, zh)
     if zh:
-        body = _arg_text(fn, args, zh)
         tail = f"，{body}" if body else ""
-        return rng.choice(["请帮我{r}{t}。", "能不能{r}？{t2}", "我想{r}{t}。", "麻烦{r}{t}，谢谢！"]).format(
+        return rng.choice(["请帮我{r}{t}。", "能不能{r}？{t2}", "我想{r}{t}。", "麻烦{r}{t}，谢谢！", "帮忙{r}一下{t}。"]).format(
             r=fn.request_zh, t=tail, t2=(body + "。") if body else "")
-    body = _arg_text(fn, args, zh)
     tail = f" with {body}" if body else ""
-    return rng.choice(["Could you {r}{t}?", "Please {r}{t}.", "I need to {r}{t}.", "Hi! Can you {r} for me{t}?"]
-                      ).format(r=fn.request_en, t=tail)
+    template = rng.choice(["Could you {r}{t}?", "Please {r}{t}.", "I need to {r}{t}.", "Hi! Can you {r} for me{t}?",
+                           "{R}{t}.", "Can you help me {r}{t}?", "I'd like you to {r}{t}, thanks."])
+    return template.format(r=fn.request_en, R=fn.request_en[:1].upper() + fn.request_en[1:], t=tail)
 
 
 def _words(name: str) -> str:
@@ -153,10 +166,10 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float) ->
         calls = [_call(rng, fn, zh) for _ in range(rng.randint(2, 4))]
         tools = _pick_tools(rng, [fn], rng.randint(0, 2))
         if zh:
-            parts = "；".join(f"（{i + 1}）{_arg_text(fn, c.args, zh)}" for i, c in enumerate(calls))
+            parts = "；".join(f"（{i + 1}）{_arg_text(rng, fn, c.args, zh)}" for i, c in enumerate(calls))
             text = f"请分别{fn.request_zh}：{parts}。"
         else:
-            parts = "; ".join(f"({i + 1}) {_arg_text(fn, c.args, zh)}" for i, c in enumerate(calls))
+            parts = "; ".join(f"({i + 1}) {_arg_text(rng, fn, c.args, zh)}" for i, c in enumerate(calls))
             text = f"Please {fn.request_en} for each of these: {parts}."
         turns = [Turn("user", text), Turn("assistant", calls=calls)]
     elif case_type == "parallel_multiple":
@@ -166,11 +179,11 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float) ->
         calls = [_call(rng, f, zh) for f in fns]
         tools = _pick_tools(rng, fns, rng.randint(0, 2))
         if zh:
-            text = "我有几件事：" + "；".join(f"{'先' if i == 0 else '再'}{f.request_zh}，{_arg_text(f, c.args, zh)}"
+            text = "我有几件事：" + "；".join(f"{'先' if i == 0 else '再'}{f.request_zh}，{_arg_text(rng, f, c.args, zh)}"
                                          for i, (f, c) in enumerate(zip(fns, calls))) + "。"
         else:
             text = f"I have {len(fns)} requests. " + " ".join(
-                f"{'First' if i == 0 else 'Also'}, {f.request_en} with {_arg_text(f, c.args, zh)}."
+                f"{'First' if i == 0 else 'Also'}, {f.request_en} with {_arg_text(rng, f, c.args, zh)}."
                 for i, (f, c) in enumerate(zip(fns, calls)))
         turns = [Turn("user", text), Turn("assistant", calls=calls)]
     elif case_type == "irrelevance":
@@ -211,7 +224,12 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float) ->
     else:  # multi_turn: two rounds of call, result and answer
         second = rng.choice([f for f in BY_DOMAIN[fn.domain.key] if f is not fn])
         tools = _pick_tools(rng, [fn, second], rng.randint(0, 2))
-        for f in (fn, second):
+        for i, f in enumerate((fn, second)):
+            if i == 1 and rng.random() < 0.3:
+                # Real multi-turn rows drift into small talk between tool uses; the answer is
+                # computed, so it is still correct.
+                question, answer = qa(rng, zh)
+                turns += [Turn("user", question), Turn("assistant", text=answer)]
             call = _call(rng, f, zh)
             turns += [Turn("user", request_text(rng, f, call.args, zh)), Turn("assistant", calls=[call])]
             turns += list(_execute(rng, [call], zh))
@@ -235,9 +253,13 @@ def _wrong_value(schema: dict[str, Any]) -> Any:
     return "n/a"
 
 
-def make_malformed(rng: random.Random, zh: bool, execute_p: float) -> Case:
-    """A case with one realistic defect; which one is recorded in ``Case.defect``."""
-    defect = rng.choice(DEFECTS)
+def make_malformed(rng: random.Random, zh: bool, execute_p: float, defects: tuple[str, ...] = DEFECTS) -> Case:
+    """A case with one realistic defect; which one is recorded in ``Case.defect``.
+
+    Defects outside :data:`DEFECTS` (kind-specific ones) leave the conversation alone: the
+    kind's writer renders them.
+    """
+    defect = rng.choice(defects)
     needs_result = defect in ("missing_tool_result", "result_mismatch")
     case_type = rng.choice(["single", "multiple", "parallel_multiple", "multi_turn"])
     case = make_case(rng, case_type, zh, 1.0 if needs_result else execute_p)

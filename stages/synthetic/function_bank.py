@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from stages.synthetic.values import CITIES, PEOPLE, TITLES, WORDS, WORDS_ZH, P, ParamSpec
+from stages.synthetic.values import CITIES, LANG_CODES, PEOPLE, TITLES, WORDS, WORDS_ZH, P, ParamSpec
 
 BANK_SEED = 20261123
 
@@ -61,6 +61,10 @@ def _result_value(kind: str, rng: random.Random, zh: bool) -> Any:
         return rng.choice(WORDS_ZH if zh else WORDS)
     if kind == "condition":
         return rng.choice(["晴", "多云", "小雨", "雪"] if zh else ["sunny", "cloudy", "light rain", "snow"])
+    if kind == "lang":
+        return rng.choice(LANG_CODES)
+    if kind == "level":
+        return rng.choice(["偏低", "正常", "偏高"] if zh else ["low", "normal", "high"])
     if kind == "status":
         return rng.choice(["已发货", "处理中", "已送达"] if zh else ["shipped", "processing", "delivered"])
     raise ValueError(f"unknown result kind {kind}")
@@ -164,7 +168,7 @@ DOMAINS: tuple[Domain, ...] = (
     )),
     Domain("fitness", "Fitness", "健身", "Fitness", (
         _e("workout", "workout", "锻炼计划", "difficulty duration_minutes weekdays", "calories:count exercises:count"),
-        _e("bmi", "BMI", "身体质量指数", "weight_kg height_cm", "category:word", "estimate"),
+        _e("bmi", "BMI", "身体质量指数", "weight_kg height_cm", "category:level", "estimate"),
         _e("step_count", "step count", "步数", "person_name date", "steps:count"),
     )),
     Domain("recipes", "Cooking", "烹饪", "Kitchen", (
@@ -173,8 +177,8 @@ DOMAINS: tuple[Domain, ...] = (
         _e("shopping_list", "shopping list", "购物清单", "ingredients servings", "items:count"),
     )),
     Domain("translation", "Language", "语言翻译", "Lang", (
-        _e("translation", "translation", "翻译", "text target_language language", "translated:word confidence:percent"),
-        _e("language_detection", "language detection", "语种识别", "text", "language:word confidence:percent"),
+        _e("translation", "translation", "翻译", "text target_language language", "translated_text:word confidence:percent"),
+        _e("language_detection", "language detection", "语种识别", "text", "detected_language:lang confidence:percent"),
         _e("dictionary_entry", "dictionary entry", "词典释义", "keyword language", "definitions:count"),
     )),
     Domain("crypto", "Cryptocurrency", "加密货币", "Crypto", (
@@ -289,8 +293,10 @@ class Function:
         fields = {name: _result_value(kind, rng, zh) for name, kind in self.entity.results}
         echo = {k: v for k, v in args.items() if not isinstance(v, (dict, list))}
         if self.verb in ("search", "list"):
+            # Never more results than the call's own limit allows.
+            count = min(rng.randint(1, 3), args.get("limit", 3))
             items = [fields] + [{n: _result_value(k, rng, zh) for n, k in self.entity.results}
-                                for _ in range(rng.randint(0, 2))]
+                                for _ in range(count - 1)]
             return {"query": echo, "results": items, "total": len(items)}
         if self.verb in ("create", "book"):
             return {"status": "confirmed", "id": f"{self.entity.key[:3].upper()}-{rng.randint(1000, 9999)}",

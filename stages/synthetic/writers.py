@@ -126,8 +126,18 @@ PY_TYPES = {"string": "string", "integer": "int", "number": "float", "boolean": 
             "object": "dict"}
 
 
+_TOOLACE_NAMES: dict[str, str] = {}
+
+
 def toolace_name(fn: Function) -> str:
     """ToolACE names often have spaces or hyphens; pick per function, stable across runs (crc32)."""
+    name = _TOOLACE_NAMES.get(fn.name)
+    if name is None:
+        name = _TOOLACE_NAMES[fn.name] = _toolace_name(fn)
+    return name
+
+
+def _toolace_name(fn: Function) -> str:
     if fn.verb in fn.entity.verbs:  # keep prefix families (get_weather / get_weather_forecast) intact
         return fn.name
     bucket = zlib.crc32(fn.name.encode()) % 10
@@ -175,7 +185,41 @@ def _toolace_calls(calls: list[Call], names: dict[str, str], int_as_float: bool)
     return "[" + ", ".join(parts) + ("" if any(c.broken for c in calls) else "]")
 
 
+FOREIGN_HEAD = (
+    "You are an intelligent assistant that helps the user by calling tools when needed.\n"
+    "Here are the tools you can use:\n"
+)
+FOREIGN_TAIL = (
+    "\nPlease use the following format to call the tool:\nWhen there is only one API request, the API request "
+    "should be output in the format of (api_Name=>['param_name1'--'value_1', 'param_name2'--'value_2', ...]). "
+    "When there are multiple API requests, they should be separated by commas.\n"
+    "Do not include parameters not mentioned by the user or not present in the historical conversation."
+)
+
+
+def _write_toolace_foreign(case: Case) -> Row:
+    """The ~4% of real ToolACE rows that list tools as text and define their own call syntax."""
+    lines = []
+    for f in case.tools:
+        params = ", ".join(f"{p.name} ({p.schema['type']})" for p in f.params)
+        lines.append(f"- {toolace_name(f)}: {f.description} Parameters: {params or 'none'}")
+    conv = []
+    for turn in case.turns:
+        if turn.calls:
+            calls = ", ".join(
+                f"{toolace_name(BY_NAME[c.name]) if c.name in BY_NAME else c.name}=>["
+                + ", ".join(f"{k!r}--{v!r}" for k, v in c.args.items()) + "]" for c in turn.calls)
+            conv.append({"from": "assistant", "value": f"({calls})"})
+        elif turn.role == "tool":
+            conv.append({"from": "tool", "value": _dumps([{"name": n, "results": r} for n, r in turn.results])})
+        else:
+            conv.append({"from": turn.role, "value": turn.text or ""})
+    return {"system": FOREIGN_HEAD + "\n".join(lines) + FOREIGN_TAIL, "conversations": conv}
+
+
 def write_toolace(rng: random.Random, case: Case) -> Row:
+    if case.defect == "foreign_call_format":
+        return _write_toolace_foreign(case)
     names = {f.name: toolace_name(f) for f in case.tools}
     for t in case.turns:
         for c in t.calls:
@@ -316,14 +360,21 @@ AGENTS = ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, 
 _NOT_FLAGGED = {k: False for k in MODERATION_KEYS}
 
 
+def _score_pool(seed: int, keys: tuple[str, ...], scale: float) -> list[dict[str, float]]:
+    rng = random.Random(seed)
+    return [{k: round(rng.random() * scale, 8) for k in keys} for _ in range(256)]
+
+
+# Benign chat scores near zero, drawn from fixed pools: per-key draws for every message were
+# most of this kind's generation time.
+_OPENAI_SCORES = _score_pool(1, MODERATION_KEYS, 1e-4)
+_DETOX_SCORES = _score_pool(2, DETOXIFY_KEYS, 1e-3)
+
+
 def _moderation(rng: random.Random) -> tuple[Row, Row]:
-    # Benign chat scores near zero. One draw of random bits feeds every score: the per-key
-    # draws were most of the generator's time for this kind.
-    bits = rng.getrandbits(18 * 12 + 7 * 12)
-    scores = {k: ((bits >> (12 * i)) & 0xFFF) * 2.5e-8 for i, k in enumerate(MODERATION_KEYS)}
-    bits >>= 18 * 12
-    detox = {k: ((bits >> (12 * i)) & 0xFFF) * 2.5e-7 for i, k in enumerate(DETOXIFY_KEYS)}
-    return {"categories": dict(_NOT_FLAGGED), "category_scores": scores, "flagged": False}, detox
+    bits = rng.getrandbits(16)
+    return ({"categories": dict(_NOT_FLAGGED), "category_scores": dict(_OPENAI_SCORES[bits & 0xFF]),
+             "flagged": False}, dict(_DETOX_SCORES[bits >> 8]))
 
 
 def write_wildchat(rng: random.Random, turns: ChatTurns, zh: bool) -> Row:

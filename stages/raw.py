@@ -1,0 +1,219 @@
+"""Stage ``raw``: one JSONL file per declared source, in that source's own hub schema.
+
+    python -m stages.raw [--params params.yaml]
+
+Each source in ``params.yaml`` (section ``raw``) has a kind (the schema its rows follow) and an
+origin: ``synthetic`` (the offline, seeded generator in ``stages.synthetic``), ``hub`` (a pinned
+revision loaded with ``datasets.load_dataset``, for machines that reach the Hugging Face hub) or
+``local`` (a ``.json`` array, ``.jsonl`` or ``.parquet`` file). Output:
+``<output_dir>/<source>.jsonl``, one row per line, ``ensure_ascii=False``, keys in the source's
+order. This module does not import torch (``datasets`` is imported only for hub origins).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from tqdm import tqdm
+
+from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
+
+log = logging.getLogger("stages.raw")
+
+Kind = Literal["hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"]
+
+
+class SyntheticOrigin(StrictModel):
+    type: Literal["synthetic"]
+    rows: int = Field(ge=0, description="number of rows to generate")
+    seed: int = Field(description="same seed and params give byte-identical files")
+    malformed_fraction: float = Field(ge=0.0, le=1.0, description="share of deliberately broken rows")
+
+
+class HubOrigin(StrictModel):
+    type: Literal["hub"]
+    dataset: str = Field(description="hub dataset id, e.g. Team-ACE/ToolACE")
+    config: str | None = Field(description="dataset config name, or null for the default")
+    split: str
+    revision: str = Field(description="pinned commit sha or tag, so reruns read the same data")
+    max_rows: int | None = Field(default=None, ge=0, description="keep only the first N rows (null: all)")
+
+
+class LocalOrigin(StrictModel):
+    type: Literal["local"]
+    path: str = Field(description=".json (array), .jsonl or .parquet file")
+    max_rows: int | None = Field(default=None, ge=0, description="keep only the first N rows (null: all)")
+
+
+Origin = Annotated[SyntheticOrigin | HubOrigin | LocalOrigin, Field(discriminator="type")]
+
+
+class Source(StrictModel):
+    kind: Kind
+    origin: Origin
+
+
+class RawConfig(StrictModel):
+    output_dir: str
+    sources: dict[str, Source]
+
+    @field_validator("sources")
+    @classmethod
+    def _names_are_file_names(cls, sources: dict[str, Source]) -> dict[str, Source]:
+        for name in sources:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"source name {name!r} must be a plain file name (letters, digits, _ . -)")
+        if not sources:
+            raise ValueError("at least one source is required")
+        return sources
+
+
+def _json_default(value: Any) -> Any:
+    # Hub rows carry datetimes (WildChat timestamps); JSONL stores them as ISO strings.
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
+
+
+def _limit(rows: Iterable[dict[str, Any]], max_rows: int | None) -> Iterator[dict[str, Any]]:
+    for i, row in enumerate(rows):
+        if max_rows is not None and i >= max_rows:
+            return
+        yield row
+
+
+def hub_rows(origin: HubOrigin) -> Iterator[dict[str, Any]]:
+    """Rows of a pinned hub revision. Needs network access to the hub; imported lazily."""
+    import datasets  # heavy, and only hub origins need it
+
+    ds = datasets.load_dataset(origin.dataset, origin.config, split=origin.split, revision=origin.revision)
+    return _limit(iter(ds), origin.max_rows)
+
+
+def local_rows(origin: LocalOrigin) -> Iterator[dict[str, Any]]:
+    """Rows of a local file. Lines or items that are not JSON objects are skipped and counted."""
+    path = Path(origin.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"local source file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows: Iterable[dict[str, Any]] = pq.read_table(path).to_pylist()
+    elif suffix == ".jsonl":
+        rows = _jsonl_objects(path)
+    elif suffix == ".json":
+        with path.open(encoding="utf-8") as fh:
+            data = json.load(fh)
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a .json source must hold a JSON array of rows, got {type(data).__name__}")
+        rows = _objects_only(data, str(path))
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .parquet)")
+    return _limit(rows, origin.max_rows)
+
+
+def _objects_only(items: Iterable[Any], where: str) -> Iterator[dict[str, Any]]:
+    skipped = 0
+    for item in items:
+        if isinstance(item, dict):
+            yield item
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d items that are not JSON objects", where, skipped)
+
+
+def _jsonl_objects(path: Path) -> Iterator[dict[str, Any]]:
+    skipped = 0
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if isinstance(item, dict):
+                yield item
+            else:
+                skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d lines that are not JSON objects", path, skipped)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: Path, desc: str, total: int | None = None) -> int:
+    """Write rows atomically (a temporary file renamed at the end); returns the row count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+            for row in tqdm(rows, desc=desc, total=total, unit="row", leave=False, mininterval=1.0):
+                fh.write(json.dumps(row, ensure_ascii=False, default=_json_default))
+                fh.write("\n")
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def build_source(name: str, source: Source, output_dir: Path) -> int:
+    out = output_dir / f"{name}.jsonl"
+    origin = source.origin
+    if isinstance(origin, SyntheticOrigin):
+        from stages.synthetic import iter_samples
+
+        defects: Counter[str] = Counter()
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction):
+                if sample.defect:
+                    defects[sample.defect] += 1
+                yield sample.row
+
+        count = write_jsonl(rows(), out, name, total=origin.rows)
+        log.info("%s: %d synthetic %s rows (seed %d), %d malformed on purpose: %s", name, count, source.kind,
+                 origin.seed, sum(defects.values()), json.dumps(dict(sorted(defects.items()))))
+    elif isinstance(origin, HubOrigin):
+        count = write_jsonl(hub_rows(origin), out, name)
+        log.info("%s: %d %s rows from hub %s (config %s, split %s, revision %s)", name, count, source.kind,
+                 origin.dataset, origin.config, origin.split, origin.revision)
+    else:
+        count = write_jsonl(local_rows(origin), out, name)
+        log.info("%s: %d %s rows from %s", name, count, source.kind, origin.path)
+    return count
+
+
+def run(config: RawConfig) -> dict[str, int]:
+    output_dir = Path(config.output_dir)
+    counts = {name: build_source(name, source, output_dir) for name, source in config.sources.items()}
+    log.info("raw rows per source: %s (total %d)", json.dumps(counts), sum(counts.values()))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_argparser(__doc__.splitlines()[0]).parse_args(argv)
+    setup_logging()
+    config = load_section("raw", RawConfig, args.params)
+    log_config("raw", config)
+    counts = run(config)
+    for name, n in counts.items():
+        print(f"{name}: {n} rows -> {Path(config.output_dir) / (name + '.jsonl')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""DVC behaviour in a throw-away git repository: changing a ``filter`` param reruns filter, not raw."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DVC = BIN / "dvc"
+
+pytestmark = pytest.mark.skipif(not DVC.exists() or not (ROOT / "stages" / "raw.py").exists(),
+                                reason="needs the dvc CLI next to the interpreter and stages/raw.py")
+
+
+def sh(repo: Path, *args: str) -> str:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo))
+    proc = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_changing_a_filter_param_reruns_filter_and_not_raw(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for source in params["raw"]["sources"].values():
+        if source["origin"]["type"] == "synthetic":
+            source["origin"]["rows"] = 30
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, str(DVC), "init", "-q")
+    with (repo / ".dvc" / "config").open("a") as fh:
+        fh.write("[core]\n    analytics = false\n    check_update = false\n")
+
+    first = sh(repo, str(DVC), "repro", "raw", "filter")
+    assert "Running stage 'raw'" in first and "Running stage 'filter'" in first
+    raw_files = sorted((repo / "data" / "raw").glob("*.jsonl"))
+    assert raw_files, "raw stage wrote nothing"
+    raw_mtimes = [f.stat().st_mtime_ns for f in raw_files]
+    train = repo / "data" / "filtered" / "stage2" / "train.jsonl"
+    before = train.read_bytes()
+    assert before and (repo / "metrics" / "filter.json").exists()
+
+    params["filter"]["max_chars"] = 2000
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sh(repo, str(DVC), "status", "raw", "filter")
+    assert "filter:" in status and "raw:" not in status
+    second = sh(repo, str(DVC), "repro", "raw", "filter")
+    assert "Running stage 'filter'" in second and "Running stage 'raw'" not in second
+    assert [f.stat().st_mtime_ns for f in raw_files] == raw_mtimes
+    assert train.read_bytes() != before  # the shorter limit dropped rows

@@ -1,0 +1,219 @@
+"""Stage ``filter`` end to end on raw files written here: rules, counts, mixing, determinism."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.filter_rowwise import filter_rowwise
+from stages.config import ConfigError, load_section
+from stages.filter import FilterConfig, filter_source, run
+from stages.filter_rules import RULES
+from stages.normalize import cached_parsers
+from test_normalize import (HERMES_CALL, HERMES_RESULT, OPENHERMES, WILDCHAT, hermes_row, toolace_row,
+                            zh_row)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _hermes_variant(i: int, guests: int | str = 4) -> dict:
+    call = HERMES_CALL.replace("'guests': 4", f"'guests': {guests!r}").replace("Luigi's", f"Luigi's {i}")
+    return hermes_row(call, HERMES_RESULT, f"Booked table {i}.")
+
+
+def _chat(i: int) -> dict:
+    row = json.loads(json.dumps(OPENHERMES))
+    row["conversations"][1]["value"] = f"What is {i} * 28?"
+    row["conversations"][2]["value"] = f"{i} * 28 = {i * 28}."
+    return row
+
+
+def _wild(i: int) -> dict:
+    row = json.loads(json.dumps(WILDCHAT))
+    row["conversation"][0]["content"] = f"Name prime number {i}."
+    return row
+
+
+def raw_lines() -> dict[str, list[str]]:
+    """Per source: good rows plus one row breaking each rule (the expected counts are below)."""
+    dumps = lambda r: json.dumps(r, ensure_ascii=False)  # noqa: E731
+    hermes = [dumps(_hermes_variant(i)) for i in range(6)]
+    hermes.append(hermes[0])                                             # duplicate
+    hermes.append(dumps(_hermes_variant(90, guests="four")))             # invalid_arguments
+    unknown = hermes_row(HERMES_CALL.replace("'book_table'", "'cancel_table'"),
+                         HERMES_RESULT.replace('"book_table"', '"cancel_table"'))
+    hermes.append(dumps(unknown))                                        # unknown_tool
+    hermes.append(dumps(hermes_row(HERMES_CALL, HERMES_RESULT, "x" * 5000)))  # too_long
+    hermes.append("{not json")                                           # unparseable
+    hermes.append(dumps(hermes_row("<tool_call>\n{'name': 'book_table', 'arguments': {\n</tool_call>", None, None)))  # bad_call
+    hermes.append(dumps(hermes_row(HERMES_CALL, HERMES_RESULT.replace('"book_table"', '"Venue.lookup"'))))  # tool_result_mismatch
+    bad_schema = hermes_row(HERMES_CALL, HERMES_RESULT)
+    bad_schema["conversations"][0]["value"] = bad_schema["conversations"][0]["value"].replace(
+        "'venue': {'type': 'string'}", "'venue': {'type': 'string', 'minLength': -1}")
+    hermes.append(dumps(bad_schema))                                     # bad_tool_schema
+    hermes.append(dumps({"id": "n", "conversations": [
+        {"from": "system", "value": "s\n<tools>\n[{'name': '获取', 'parameters': {'type': 'object'}}]\n</tools>"},
+        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}))  # invalid_name
+    toolace = [dumps(toolace_row(f'[Get Stock Quote(symbol="T{i}")]')) for i in range(7)]
+    toolace.append(dumps({"system": "Here are the tools you can use:\n- Foo: bar\n", "conversations": [
+        {"from": "user", "value": "q"}, {"from": "assistant", "value": "(Foo=>['a'--'1'])"}]}))  # unsupported_tool_format
+    zh = [dumps(zh_row({"name": "get_weather", "arguments": json.dumps({"city": c}, ensure_ascii=False)}))
+          for c in ("北京", "上海", "广州")]
+    openhermes = [dumps(_chat(i)) for i in range(10)]
+    empty = _chat(99)
+    empty["conversations"][1]["value"] = "   "
+    openhermes.append(dumps(empty))                                      # empty_turn
+    no_answer = _chat(98)
+    no_answer["conversations"].pop()
+    openhermes.append(dumps(no_answer))                                  # role_order
+    wildchat = [dumps(_wild(i)) for i in range(6)] + [dumps(dict(_wild(50), toxic=True))]  # toxic
+    return {"hermes": hermes, "toolace": toolace, "zh": zh, "chat": openhermes, "wild": wildchat}
+
+
+EXPECTED_DROPS = {
+    "hermes": {"duplicate": 1, "invalid_arguments": 1, "unknown_tool": 1, "too_long": 1, "unparseable": 1,
+               "bad_call": 1, "tool_result_mismatch": 1, "bad_tool_schema": 1, "invalid_name": 1},
+    "toolace": {"unsupported_tool_format": 1, "function_cap": 1},
+    "zh": {}, "chat": {"empty_turn": 1, "role_order": 1}, "wild": {"toxic": 1},
+}
+KINDS = {"hermes": "hermes_fc", "toolace": "toolace", "zh": "fc_zh_hard", "chat": "openhermes", "wild": "wildchat"}
+
+
+def make_config(tmp: Path, **overrides) -> FilterConfig:
+    values = {
+        "raw_dir": str(tmp / "raw"), "out_dir": str(tmp / "filtered"), "metrics_file": str(tmp / "metrics.json"),
+        "sources": KINDS, "keep_dots": False, "max_chars": 4000, "max_rows_per_function": 6,
+        "validation_fraction": 0.25, "seed": 3,
+        "mix": {"stage1": {"chat": 1.0, "wild": 0.5}, "stage2": {"hermes": 2.0, "toolace": 1.0, "zh": 3.0, "chat": 0.5}},
+    }
+    values.update(overrides)
+    return FilterConfig.model_validate(values)
+
+
+def write_raw(tmp: Path, lines: dict[str, list[str]], shuffle_seed: int | None = None) -> None:
+    (tmp / "raw").mkdir(parents=True, exist_ok=True)
+    for name, rows in lines.items():
+        rows = list(rows)
+        if shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(rows)
+        (tmp / "raw" / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_rule_is_counted_and_outputs_follow_the_contract(tmp_path):
+    write_raw(tmp_path, raw_lines())
+    metrics = run(make_config(tmp_path))
+    for name, expected in EXPECTED_DROPS.items():
+        got = {rule: n for rule, n in metrics["sources"][name]["dropped"].items() if n}
+        assert got == expected, name
+    assert set(metrics["dropped"]) == set(RULES)
+    assert metrics["sources"]["hermes"]["rows_in"] == 15 and metrics["sources"]["hermes"]["rows_out"] == 6
+    assert metrics["sources"]["toolace"]["rows_out"] == 6  # 7 rows call Get_Stock_Quote, capped at 6
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    for stage in ("stage1", "stage2"):
+        for split in ("train", "validation"):
+            rows = read_jsonl(tmp_path / "filtered" / stage / f"{split}.jsonl")
+            assert len(rows) == metrics["outputs"][f"{stage}/{split}"]["rows"]
+            for row in rows:
+                assert set(row) == {"messages", "tools", "source"}
+                messages, tools = json.loads(row["messages"]), json.loads(row["tools"])
+                assert messages[-1]["role"] == "assistant"
+                assert all(t["type"] == "function" and set(t["function"]) == {"name", "description", "parameters"} for t in tools)
+    stage1 = read_jsonl(tmp_path / "filtered" / "stage1" / "train.jsonl")
+    assert {r["source"] for r in stage1} <= {"chat", "wild"} and all(r["tools"] == "[]" for r in stage1)
+
+
+def test_mix_ratios_repeat_and_subsample_and_splits_do_not_overlap(tmp_path):
+    write_raw(tmp_path, raw_lines())
+    metrics = run(make_config(tmp_path, validation_fraction=0.0))
+    s2 = metrics["outputs"]["stage2/train"]["per_source"]
+    assert s2["hermes"] == 2 * 6 and s2["zh"] == 3 * 3 and s2["toolace"] == 6
+    assert 0 < s2["chat"] < 10  # 0.5 of the 10 chat rows, seeded
+    assert metrics["outputs"]["stage2/validation"]["rows"] == 0
+    write_raw(tmp_path, raw_lines())
+    metrics = run(make_config(tmp_path, validation_fraction=0.5))
+    train = {json.dumps(r) for r in read_jsonl(tmp_path / "filtered" / "stage2" / "train.jsonl")}
+    val = read_jsonl(tmp_path / "filtered" / "stage2" / "validation.jsonl")
+    assert val and not train & {json.dumps(r) for r in val}
+    # Validation is never repeated: each row once, even for sources mixed above 1.
+    assert len({json.dumps(r) for r in val}) == len(val)
+
+
+def test_same_params_give_identical_bytes_whatever_the_input_order(tmp_path):
+    outputs = []
+    for i, shuffle_seed in enumerate((None, 1, 2)):
+        tmp = tmp_path / str(i)
+        write_raw(tmp, raw_lines(), shuffle_seed)
+        run(make_config(tmp))
+        outputs.append([(tmp / "filtered" / s / f"{p}.jsonl").read_bytes()
+                        for s in ("stage1", "stage2") for p in ("train", "validation")]
+                       + [(tmp / "metrics.json").read_text().replace(str(tmp), "")])
+    assert outputs[0] == outputs[1] == outputs[2]
+    tmp = tmp_path / "seed"
+    write_raw(tmp, raw_lines())
+    run(make_config(tmp, seed=4))
+    assert (tmp / "filtered" / "stage2" / "train.jsonl").read_bytes() != outputs[0][2]
+
+
+def test_polars_path_and_row_by_row_baseline_keep_the_same_rows(tmp_path):
+    for name, lines in raw_lines().items():
+        kind = KINDS[name]
+        kept, drops = filter_source(kind, lines, cached_parsers(), 4000, 2)
+        base_kept, base_drops = filter_rowwise(kind, lines, False, 4000, 2)
+        assert [(m, t) for m, t, _ in kept.iter_rows()] == base_kept, name
+        assert +drops == +base_drops, name
+
+
+def test_synthetic_rows_defects_dropped_and_good_rows_kept():
+    synthetic = pytest.importorskip("stages.synthetic")
+    for kind in ("hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"):
+        samples = synthetic.generate_samples(kind, 300, seed=5, malformed_fraction=0.2)
+        lines = [json.dumps(s.row, ensure_ascii=False) for s in samples]
+        kept, drops = filter_source(kind, lines, cached_parsers(), 10**6, None)
+        base_kept, base_drops = filter_rowwise(kind, lines, False, 10**6, None)
+        assert [(m, t) for m, t, _ in kept.iter_rows()] == base_kept and +drops == +base_drops, kind
+        good = [line for line, s in zip(lines, samples) if s.defect is None]
+        bad = len(samples) - len(good)
+        # Every malformed row is dropped; good rows only go as duplicates of other good rows.
+        assert sum(drops.values()) - drops["duplicate"] == bad, (kind, drops)
+        assert kept.height + drops["duplicate"] == len(good), kind
+
+
+def test_config_is_strict_and_missing_input_is_a_clear_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    good = make_config(tmp_path).model_dump(mode="json")
+    params.write_text(yaml.safe_dump({"filter": dict(good, unknown_key=1)}))
+    with pytest.raises(ConfigError, match="unknown_key"):
+        load_section("filter", FilterConfig, params)
+    bad_mix = dict(good, mix={"stage1": {"nope": 1.0}, "stage2": {}})
+    params.write_text(yaml.safe_dump({"filter": bad_mix}))
+    with pytest.raises(ConfigError, match="nope"):
+        load_section("filter", FilterConfig, params)
+    params.write_text(yaml.safe_dump({"filter": dict(good, sources={"x": "not_a_kind"})}))
+    with pytest.raises(ConfigError):
+        load_section("filter", FilterConfig, params)
+    with pytest.raises(FileNotFoundError, match="raw stage"):
+        run(make_config(tmp_path))
+
+
+def test_cli_runs_the_stage_from_a_params_file(tmp_path):
+    write_raw(tmp_path, raw_lines())
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"filter": make_config(tmp_path).model_dump(mode="json"), "raw": {"ignored": True}}))
+    proc = subprocess.run([sys.executable, "-m", "stages.filter", "--params", str(params)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert Counter({k: v for k, v in metrics["dropped"].items() if v}) == sum(
+        (Counter(v) for v in EXPECTED_DROPS.values()), Counter())
+    assert (tmp_path / "filtered" / "stage2" / "train.jsonl").stat().st_size > 0

@@ -1,0 +1,325 @@
+"""Normalizers: raw rows written here in each source's hub schema -> OpenAI messages and tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from stages.filter_rules import prepare_row
+from stages.normalize import Drop, Parsers, cached_parsers, fix_schema, parse_call_list, sanitize_name
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures in the raw schemas (hand-written; quirks as described for each hub dataset)
+
+HERMES_SYSTEM = (
+    "You are a function calling AI model. You are provided with function signatures within <tools> </tools> "
+    "XML tags. You may call one or more functions.\n<tools>\n"
+    "[{'type': 'function', 'function': {'name': 'book_table', 'description': 'Books a table.', 'parameters': "
+    "{'type': 'object', 'properties': {'venue': {'type': 'string'}, 'guests': {'type': 'integer'}, "
+    "'terrace': {'type': 'boolean'}}, 'required': ['venue', 'guests']}}}, "
+    "{'type': 'function', 'function': {'name': 'Venue.lookup', 'description': 'Finds a venue.', 'parameters': "
+    "{'type': 'object', 'properties': {'city': {'type': 'string'}}, 'required': ['city']}}}]\n</tools>\n"
+    "For each function call return a json object with function name and arguments within <tool_call> "
+    "</tool_call> tags with the following schema:\n<tool_call>\n{'arguments': <args-dict>, 'name': "
+    "<function-name>}\n</tool_call>\n"
+)
+
+
+def hermes_row(gpt_value: str, tool_value: str | None = None, final: str | None = "Done: table booked.") -> dict:
+    turns = [
+        {"from": "system", "value": HERMES_SYSTEM},
+        {"from": "human", "value": "Book a table for 4 at Luigi's, terrace please.\n"},
+        {"from": "gpt", "value": gpt_value},
+    ]
+    if tool_value is not None:
+        turns.append({"from": "tool", "value": tool_value})
+    if final is not None:
+        turns.append({"from": "gpt", "value": final})
+    return {"id": "0b7c1f7e-aaaa-4bbb-8ccc-123456789abc", "conversations": turns,
+            "category": "Hospitality", "subcategory": "Restaurants", "task": "Book a table"}
+
+
+HERMES_CALL = ("<tool_call>\n{'arguments': {'venue': \"Luigi's\", 'guests': 4, 'terrace': True}, "
+               "'name': 'book_table'}\n</tool_call>\n")
+HERMES_RESULT = '<tool_response>\n{"name": "book_table", "content": {"confirmed": true, "ref": "B12"}}\n</tool_response>\n'
+
+TOOLACE_SYSTEM = (
+    "You are an expert in composing functions. You are given a question and a set of possible functions. \n"
+    "The current time is 2024-05-01 10:00:00.Here is a list of functions in JSON format that you can invoke:\n"
+    + json.dumps([
+        {"name": "Get Stock Quote", "description": "Quote for a ticker.", "parameters": {"type": "dict", "properties": {
+            "symbol": {"description": "Ticker", "type": "string"}, "days": {"description": "Window", "type": "int"},
+            "ratio": {"description": "Ratio", "type": "float", "default": 1}}, "required": ["symbol"]}, "required": None},
+        {"name": "/quotes/postcode/GetQuote", "description": "Insurance quote.", "parameters": {"type": "dict",
+            "properties": {"postcode": {"type": "string"}, "extras": {"type": "array", "items": {"type": "dict",
+                "properties": {"k": {"type": "str"}}}}}, "required": ["postcode"]}, "required": None},
+        {"name": "VRAnimator.animateScene", "description": "Animate.", "parameters": {"type": "dict", "properties": {},
+            "required": []}, "required": None},
+    ])
+    + ". \nShould you decide to return the function call(s). \nPut it in the format of "
+    "[func1(params_name=params_value, params_name2=params_value2...), func2(params)]\n\nNO other text MUST be included. \n"
+)
+
+
+def toolace_row(assistant: str, tool: str | None = None, final: str | None = None) -> dict:
+    turns = [{"from": "user", "value": "Quote for AAPL over 30 days, and animate the scene."},
+             {"from": "assistant", "value": assistant}]
+    if tool is not None:
+        turns.append({"from": "tool", "value": tool})
+    if final is not None:
+        turns.append({"from": "assistant", "value": final})
+    return {"system": TOOLACE_SYSTEM, "conversations": turns}
+
+
+ZH_FUNCTIONS = json.dumps([{"name": "get_weather", "description": "查询天气", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}], ensure_ascii=False)
+
+
+def zh_row(function_call, result_name: str = "get_weather") -> dict:
+    return {"functions": ZH_FUNCTIONS, "conversation": [
+        {"content": "你是一个助手。", "function_call": None, "name": None, "role": "system"},
+        {"content": "北京天气怎么样？", "function_call": None, "name": None, "role": "user"},
+        {"content": None, "function_call": function_call, "name": None, "role": "assistant"},
+        {"content": '{"temp": 21}', "function_call": None, "name": result_name, "role": "function"},
+        {"content": "北京今天21度。", "function_call": None, "name": None, "role": "assistant"},
+    ]}
+
+
+OPENHERMES = {"conversations": [{"from": "system", "value": "", "weight": None},
+                                {"from": "human", "value": "What is 7 * 28?", "weight": 0.0},
+                                {"from": "gpt", "value": "7 * 28 = 196.", "weight": 1.0}],
+              "source": "airoboros2.2", "category": "orca", "system_prompt": "Answer briefly.", "skip_prompt_formatting": False}
+
+WILDCHAT = {"conversation_hash": "ab12", "model": "gpt-4-0314", "timestamp": "2023-04-09 00:02:53+00:00",
+            "conversation": [
+                {"content": "Hi, name a prime.", "country": "France", "hashed_ip": "x", "header": {"accept-language": "fr", "user-agent": "ua"},
+                 "language": "English", "redacted": False, "role": "user", "state": None, "timestamp": None, "toxic": False, "turn_identifier": 1},
+                {"content": "7 is prime.", "country": None, "hashed_ip": None, "header": None, "language": "English",
+                 "redacted": False, "role": "assistant", "state": None, "timestamp": "2023-04-09 00:02:53+00:00", "toxic": False, "turn_identifier": 1}],
+            "turn": 1, "language": "English", "openai_moderation": [], "detoxify_moderation": [], "toxic": False,
+            "redacted": False, "state": None, "country": "France", "hashed_ip": "x", "header": {}}
+
+
+def run(kind: str, row, parsers: Parsers | None = None):
+    line = row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)
+    messages, tools, calls, schemas = prepare_row(kind, line, parsers or Parsers())
+    assert [n for n, _ in schemas] == [t["function"]["name"] for t in json.loads(tools)]
+    return json.loads(messages), json.loads(tools), calls
+
+
+def rule_of(kind: str, row) -> str:
+    with pytest.raises(Drop) as info:
+        run(kind, row)
+    return info.value.rule
+
+
+# ---------------------------------------------------------------------------------------------
+# hermes_fc
+
+
+def test_hermes_python_repr_tools_calls_and_results():
+    messages, tools, calls = run("hermes_fc", hermes_row(HERMES_CALL, HERMES_RESULT))
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert "<tools>" not in messages[0]["content"] and messages[0]["content"].startswith("You are a function")
+    assert [t["function"]["name"] for t in tools] == ["book_table", "Venue_lookup"]
+    call = messages[2]["tool_calls"][0]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert json.loads(call["function"]["arguments"]) == {"venue": "Luigi's", "guests": 4, "terrace": True}
+    assert messages[3] == {"role": "tool", "tool_call_id": call["id"], "content": '{"confirmed": true, "ref": "B12"}'}
+    assert calls == [("book_table", call["function"]["arguments"])]
+
+
+def test_hermes_literal_backslash_n_and_name_nested_in_arguments():
+    gpt = '<tool_call>\\n{"arguments": {"city": \'Rome\', "name": "Venue.lookup"}}\\n</tool_call>'
+    messages, _, calls = run("hermes_fc", hermes_row(gpt, None, None))
+    assert messages[-1]["tool_calls"][0]["function"]["name"] == "Venue_lookup"
+    assert json.loads(calls[0][1]) == {"city": "Rome"}
+
+
+def test_hermes_parallel_calls_and_optional_tools_column():
+    two = HERMES_CALL + "<tool_call>\n{\"name\": \"Venue.lookup\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n"
+    results = HERMES_RESULT + '<tool_response>\n{"name": "Venue.lookup", "content": {"id": 3}}\n</tool_response>\n'
+    row = hermes_row(two, results)
+    row["tools"] = json.dumps([{"type": "function", "function": {"name": "book_table", "description": "",
+                                "parameters": {"type": "object", "properties": {}}}}, {"type": "function", "function":
+                                {"name": "Venue.lookup", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+    messages, tools, calls = run("hermes_fc", row)
+    assert len(messages[2]["tool_calls"]) == 2 and [m["role"] for m in messages[3:5]] == ["tool", "tool"]
+    assert messages[4]["tool_call_id"] == messages[2]["tool_calls"][1]["id"]
+    assert tools[0]["function"]["parameters"]["properties"] == {}  # the column wins over the <tools> block
+
+
+def test_hermes_json_mode_row_is_kept_as_chat():
+    row = {"id": "x", "conversations": [
+        {"from": "system", "value": "Answer in JSON. Here's the json schema you must adhere to:\n<schema>\n{'type': 'object'}\n</schema>\n"},
+        {"from": "human", "value": "Give me a movie."}, {"from": "gpt", "value": '{"title": "Heat"}'}],
+        "category": "Media", "subcategory": "Movies", "schema": '{"type": "object"}'}
+    messages, tools, calls = run("hermes_fc", row)
+    assert tools == [] and calls == [] and messages[-1] == {"role": "assistant", "content": '{"title": "Heat"}'}
+
+
+def test_hermes_malformed_rows_are_dropped_with_their_rule():
+    assert rule_of("hermes_fc", hermes_row("<tool_call>\n{'name': 'book_table', 'arguments': {'venue': \n</tool_call>", None, None)) == "bad_call"
+    wrong = HERMES_RESULT.replace('"book_table"', '"other_fn"')
+    assert rule_of("hermes_fc", hermes_row(HERMES_CALL, wrong)) == "tool_result_mismatch"
+    assert rule_of("hermes_fc", hermes_row(HERMES_CALL, None, "No result came back.")) == "role_order"
+    assert rule_of("hermes_fc", hermes_row("  \n", None, None)) == "empty_turn"
+    bad_tools = hermes_row(HERMES_CALL, HERMES_RESULT)
+    bad_tools["conversations"][0]["value"] = "sys\n<tools>\n[{'name': 'f', 'parameters': {'type': 'dict', 'properties': {'a': {'type': 'frobnicate'}}}}]\n</tools>"
+    assert rule_of("hermes_fc", bad_tools) == "bad_tool_schema"
+    assert rule_of("hermes_fc", {"id": "x", "conversations": "not a list"}) == "unparseable"
+    assert rule_of("hermes_fc", "{not json") == "unparseable"
+    assert rule_of("hermes_fc", "[1, 2]") == "unparseable"
+
+
+# ---------------------------------------------------------------------------------------------
+# toolace
+
+
+def test_toolace_tools_in_system_prompt_with_python_type_names():
+    messages, tools, calls = run("toolace", toolace_row('[Get Stock Quote(symbol="AAPL", days=30.0, ratio=0.5), VRAnimator.animateScene()]'))
+    assert messages[0] == {"role": "system", "content": "You are an expert in composing functions. You are given a question "
+                           "and a set of possible functions. \nThe current time is 2024-05-01 10:00:00."}
+    names = [t["function"]["name"] for t in tools]
+    assert names == ["Get_Stock_Quote", "quotes_postcode_GetQuote", "VRAnimator_animateScene"]
+    params = tools[0]["function"]["parameters"]
+    assert params["type"] == "object" and params["properties"]["days"]["type"] == "integer"
+    assert params["properties"]["ratio"]["type"] == "number" and "required" in params
+    assert "required" not in tools[0] and "required" not in tools[0]["function"]  # the stray "required": null
+    nested = tools[1]["function"]["parameters"]["properties"]["extras"]["items"]
+    assert nested["type"] == "object" and nested["properties"]["k"]["type"] == "string"
+    assert [n for n, _ in calls] == ["Get_Stock_Quote", "VRAnimator_animateScene"]
+    assert json.loads(calls[0][1]) == {"symbol": "AAPL", "days": 30, "ratio": 0.5}  # 30.0 -> 30
+    assert json.loads(calls[1][1]) == {}
+
+
+def test_toolace_call_values_are_literals_never_code():
+    calls = parse_call_list('[f(a="x, y(z)", b=[{"k": true, "n": null}], c=-2.5), g/h.i-j(flag=false)]')
+    assert calls == [("f", {"a": "x, y(z)", "b": [{"k": True, "n": None}], "c": -2.5}), ("g/h.i-j", {"flag": False})]
+    # One call whose string holds what looks like a call boundary; python spellings read too.
+    assert parse_call_list('[Get It(q="a), B(c=1", n=2.0)]') == [("Get It", {"q": "a), B(c=1", "n": 2})]
+    assert parse_call_list("[f(a=True, b='s', c=None)]") == [("f", {"a": True, "b": "s", "c": None})]
+    for bad in ('[f(a=__import__("os").system("true"))]', "[f(a=1+1)]", "[f(1)]", "[f(**x)]", "[f(a=1]",
+                "[f(a=1, a=2)]", "[f(a=NaN)]", "[f(a=1), g(b=2]"):
+        with pytest.raises((ValueError, SyntaxError)):
+            parse_call_list(bad)
+
+
+def test_toolace_results_text_answers_and_bad_variants():
+    results = json.dumps([{"name": "Get Stock Quote", "results": {"price": 190.1}}])
+    messages, _, _ = run("toolace", toolace_row('[Get Stock Quote(symbol="AAPL")]', results, "AAPL is at 190.1."))
+    assert messages[3]["role"] == "tool" and json.loads(messages[3]["content"]) == {"price": 190.1}
+    assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"]
+    text, _, calls = run("toolace", toolace_row("None of the functions can answer that."))
+    assert calls == [] and text[-1]["content"] == "None of the functions can answer that."
+    # Ending on a call without its result is allowed (ToolACE rows often do).
+    assert run("toolace", toolace_row('[Get Stock Quote(symbol="AAPL")]'))[2]
+    wrong = json.dumps([{"name": "VRAnimator.animateScene", "results": {}}])
+    assert rule_of("toolace", toolace_row('[Get Stock Quote(symbol="AAPL")]', wrong, "ok")) == "tool_result_mismatch"
+    assert rule_of("toolace", toolace_row('[Get Stock Quote(symbol="AAPL", 5)]')) == "bad_call"
+    assert rule_of("toolace", toolace_row("")) == "empty_turn"
+    yaml_like = {"system": "Here are the tools you can use:\n- NutriTracker.getDailyIntake: user_id (string)\n",
+                 "conversations": [{"from": "user", "value": "intake?"},
+                                   {"from": "assistant", "value": "(NutriTracker.getDailyIntake=>['user_id'--'1'])"}]}
+    assert rule_of("toolace", yaml_like) == "unsupported_tool_format"
+    assert rule_of("toolace", {"system": 3, "conversations": []}) == "unparseable"
+
+
+# ---------------------------------------------------------------------------------------------
+# fc_zh_hard, openhermes, wildchat
+
+
+@pytest.mark.parametrize("function_call", [
+    '{"name": "get_weather", "arguments": "{\\"city\\": \\"北京\\"}"}',  # string form
+    {"arguments": '{"city": "北京"}', "name": "get_weather"},  # struct form of the sibling sets
+])
+def test_fc_zh_hard_legacy_function_call_string_or_struct(function_call):
+    messages, tools, calls = run("fc_zh_hard", zh_row(function_call))
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert tools[0]["function"]["description"] == "查询天气"
+    assert calls == [("get_weather", '{"city": "北京"}')]  # non-ASCII kept, not \\u-escaped
+    assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"]
+
+
+def test_fc_zh_hard_consecutive_calls_merge_and_bad_rows_drop():
+    row = zh_row({"name": "get_weather", "arguments": '{"city": "北京"}'})
+    row["conversation"].insert(3, {"content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "上海"}'},
+                                   "name": None, "role": "assistant"})
+    row["conversation"].insert(5, {"content": '{"temp": 25}', "function_call": None, "name": "get_weather", "role": "function"})
+    messages, _, calls = run("fc_zh_hard", row)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert len(calls) == 2
+    assert rule_of("fc_zh_hard", zh_row('{"name": "get_weather", "arguments": "{bad')) == "bad_call"
+    assert rule_of("fc_zh_hard", zh_row('{"name": "get_weather", "arguments": "{}"}', result_name="other")) == "tool_result_mismatch"
+
+
+def test_openhermes_system_turn_or_system_prompt_field():
+    messages, tools, _ = run("openhermes", OPENHERMES)
+    assert messages == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 7 * 28?"},
+                        {"role": "assistant", "content": "7 * 28 = 196."}] and tools == []
+    row = json.loads(json.dumps(OPENHERMES))
+    row["conversations"][0]["value"] = "Be a tutor."
+    assert run("openhermes", row)[0][0]["content"] == "Be a tutor."
+    row["conversations"].append({"from": "human", "value": "and 8 * 28?"})
+    assert rule_of("openhermes", row) == "role_order"
+
+
+def test_wildchat_conversation_and_toxic_flag():
+    messages, _, _ = run("wildchat", WILDCHAT)
+    assert messages == [{"role": "user", "content": "Hi, name a prime."}, {"role": "assistant", "content": "7 is prime."}]
+    assert rule_of("wildchat", dict(WILDCHAT, toxic=True)) == "toxic"
+    broken = json.loads(json.dumps(WILDCHAT))
+    broken["conversation"][1]["content"] = None
+    assert rule_of("wildchat", broken) == "empty_turn"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def test_sanitize_name_and_dots():
+    assert sanitize_name("Get Manager Placeholder Image") == "Get_Manager_Placeholder_Image"
+    assert sanitize_name("/quotes/postcode/oca/GetQuote") == "quotes_postcode_oca_GetQuote"
+    assert sanitize_name("get-best-picture-winners") == "get-best-picture-winners"
+    assert sanitize_name("VRAnimator.animateScene") == "VRAnimator_animateScene"
+    assert sanitize_name("VRAnimator.animateScene", keep_dots=True) == "VRAnimator.animateScene"
+    assert len(sanitize_name("x" * 100)) == 64
+    for bad in ("", "  ", "获取", None):
+        with pytest.raises(Drop):
+            sanitize_name(bad)
+
+
+def test_fix_schema_maps_type_names_recursively():
+    fixed = fix_schema({"type": "dict", "properties": {"a": {"type": "tuple", "items": {"type": "bool"}},
+                        "b": {"type": ["int", "None"]}, "c": {"type": "any"}, "type": {"type": "str"}}, "required": None})
+    assert fixed == {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "boolean"}},
+                     "b": {"type": ["integer", "null"]}, "c": {}, "type": {"type": "string"}}}
+    with pytest.raises(Drop):
+        fix_schema({"type": "dict", "properties": {"a": {"type": "widget"}}})
+
+
+def test_cached_and_plain_parsers_give_identical_rows():
+    rows = [hermes_row(HERMES_CALL, HERMES_RESULT), toolace_row('[Get Stock Quote(symbol="AAPL")]')]
+    kinds = ["hermes_fc", "toolace"]
+    cached = cached_parsers()
+    for kind, row in zip(kinds * 2, rows * 2):
+        assert run(kind, row, cached) == run(kind, row, Parsers())
+
+
+def test_call_ids_are_deterministic_and_content_derived():
+    a = run("hermes_fc", hermes_row(HERMES_CALL, HERMES_RESULT))
+    row = hermes_row(HERMES_CALL, HERMES_RESULT)
+    row["id"] = "another-uuid"  # same conversation from a different raw row: same output
+    assert run("hermes_fc", row) == a
+    other = run("hermes_fc", hermes_row(HERMES_CALL.replace("4", "5"), HERMES_RESULT))
+    assert other[0][2]["tool_calls"][0]["id"] != a[0][2]["tool_calls"][0]["id"]
+
+
+def test_data_modules_do_not_import_torch():
+    import subprocess
+
+    code = "import sys, stages.normalize, stages.filter_rules, stages.filter; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
