@@ -29,7 +29,7 @@ def filter_rowwise(kind: str, lines: list[str], keep_dots: bool, max_chars: int,
     candidates: list[tuple[int, str, str, list[str]]] = []
     for line in lines:
         try:
-            messages, tools_json, calls = prepare_row(kind, line, parsers)
+            messages, tools_json, calls, _ = prepare_row(kind, line, parsers)
         except Drop as drop:
             drops[drop.rule] += 1
             continue

@@ -67,7 +67,8 @@ def build_core(args: argparse.Namespace) -> Any:
 
     backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads)
     fmt = make_format(args.format, backend.tokenizer)
-    engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids())
+    engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
+                         special_tokens=fmt.special_pieces())
     config = ServerConfig(
         model_name=args.served_model_name or Path(args.model).resolve().name,
         default_max_tokens=args.default_max_tokens, repetition_window=args.repetition_window,

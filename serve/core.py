@@ -8,6 +8,7 @@ assembles it), which is why, for the same request and seed, both give the same r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -138,7 +139,8 @@ def validate_call(name: str | None, arguments: str, tools: dict[str, dict[str, A
     errors = sorted(jsonschema.validators.validator_for(tools[name], default=jsonschema.Draft202012Validator)(
         tools[name]).iter_errors(args), key=lambda e: list(e.path))
     if errors:
-        return f"arguments of '{name}' fail the schema: {errors[0].message}"
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        return f"arguments of '{name}' fail the schema at {where}: {errors[0].message}"
     return None
 
 
@@ -189,11 +191,14 @@ class ServingCore:
         calls_allowed = bool(tools) and tool_choice != "none"
         allowed = [named] if tool_choice == "named" else list(schemas) if calls_allowed else []
 
+        limits = self.config.limits
+        if not self.engine.enforces_number_bounds:
+            limits = dataclasses.replace(limits, max_integer_digits=0)
         compiled = None
         if calls_allowed or self.fmt.constrain_chat or tools:
             # Every tool's schema must be enforceable, even under tool_choice none: fail closed.
             grammar_tools = tuple(
-                ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], self.config.limits),
+                ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], limits),
                                                            sort_keys=True))
                 for n in (allowed if calls_allowed else list(schemas)))
             spec = GrammarSpec(shape=self.fmt.shape, special_pieces=self.special_pieces,
@@ -306,7 +311,8 @@ class ServingCore:
                 if incremental:
                     yield from diff(parsed, False)
             if stopped_by_string:
-                yield Finished(reason="stop", completion_tokens=len(ids))
+                self._observe(state, "stop")
+                yield Finished(reason="stop", completion_tokens=state.completion_tokens)
                 return
             if state.finish_reason == "error":
                 self.metrics.invalid_tool_calls.labels(self.engine.name).inc()

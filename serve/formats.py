@@ -37,6 +37,12 @@ HERMES_SHAPE = ToolCallShape(
     special_tokens=frozenset(),
 )
 
+# Used only when a ChatML tokenizer ships without a template.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # OpenAI allows [a-zA-Z0-9_-]{1,64}; dots are accepted too because BFCL's names may carry them.
 # The name is written verbatim into the grammar and, for hermes, into a JSON string, so nothing
 # outside this set may pass.
@@ -156,12 +162,19 @@ class ToolFormat:
         raise NotImplementedError
 
     def special_pieces(self) -> frozenset[str]:
-        """Shape pieces that are single special tokens (the grammar names them as tokens)."""
+        """Strings inside the shape's pieces that are single added tokens of this tokenizer.
+
+        A grammar must match them as tokens: the shape's declared special tokens, plus added
+        tokens such as Qwen2.5's ``<tool_call>`` that happen to occur in the pieces.
+        """
         vocab = self.tokenizer.get_vocab()
         missing = [p for p in self.shape.special_tokens if p not in vocab]
         if missing:
             raise ValueError(f"the {self.name} format needs special tokens {missing}, which the tokenizer lacks")
-        return self.shape.special_tokens
+        s = self.shape
+        pieces = [p for p in (s.text_open, s.call_open, s.name_close, s.call_close, s.call_separator) if p]
+        added = {str(t) for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values()}
+        return frozenset(self.shape.special_tokens | {a for a in added if any(a in p for p in pieces)})
 
     def parse(self, text: str, finished: bool) -> ParsedOutput:
         return parse_with_shape(self.shape, text, finished)
@@ -200,8 +213,12 @@ class HermesFormat(ToolFormat):
 
     def __init__(self, tokenizer: Any) -> None:
         super().__init__(tokenizer)
-        if not tokenizer.chat_template:
-            raise ValueError("the hermes format needs a tokenizer with a chat template (ChatML)")
+        self.template = tokenizer.chat_template
+        if not self.template:
+            if "<|im_start|>" not in tokenizer.get_vocab():
+                raise ValueError("the hermes format needs a chat template or a ChatML tokenizer (<|im_start|>)")
+            log.warning("the tokenizer has no chat template; using plain ChatML")
+            self.template = CHATML_TEMPLATE
         self.template_renders_tools = self._template_renders_tools()
         log.info("hermes format: chat template %s tools itself",
                  "renders" if self.template_renders_tools else "does not render; injecting")
@@ -211,7 +228,8 @@ class HermesFormat(ToolFormat):
                                                     "parameters": {"type": "object", "properties": {}}}}]
         try:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=probe,
-                                                      add_generation_prompt=True, tokenize=False)
+                                                      chat_template=self.template, add_generation_prompt=True,
+                                                      tokenize=False)
         except Exception:  # a template that chokes on tools cannot render them
             return False
         return "zz_probe_tool_zz" in text
@@ -227,9 +245,9 @@ class HermesFormat(ToolFormat):
                         "name": c["function"]["name"],
                         "arguments": _loads_or_keep(c["function"]["arguments"])}} for c in m["tool_calls"]]
                 msgs.append(m)
-            return self.tokenizer.apply_chat_template(msgs, tools=tools or None,
+            return self.tokenizer.apply_chat_template(msgs, tools=tools or None, chat_template=self.template,
                                                       add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.apply_chat_template(self._inject(messages, tools),
+        return self.tokenizer.apply_chat_template(self._inject(messages, tools), chat_template=self.template,
                                                   add_generation_prompt=True, tokenize=False)
 
     @staticmethod

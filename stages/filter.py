@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
-from stages.filter_rules import RULES, arguments_ok, content_key, prepare_row, schema_key, schema_ok
+from stages.filter_rules import RULES, arguments_ok, content_key, prepare_row, schema_ok
 from stages.normalize import Drop, Parsers, cached_parsers
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,16 @@ def read_lines(path: Path) -> list[str]:
     return out
 
 
-def normalize_source(kind: str, lines: Iterable[str], parsers: Parsers, desc: str = "") -> tuple[pl.DataFrame, pl.DataFrame, Counter[str]]:
-    """Per-row reading. Returns (rows: row, messages, tools, key), (calls: row, name, arguments), drops."""
+def normalize_source(kind: str, lines: Iterable[str], parsers: Parsers,
+                     desc: str = "") -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, Counter[str]]:
+    """Per-row reading: (rows: row, messages, tools, key), (calls: row, name, arguments),
+    (tool table: tools_id, name, schema for each distinct tools JSON), drops.
+
+    Rows carry ``tools_id`` (one per distinct tools JSON) so joins run on integers, not long text."""
     drops: Counter[str] = Counter()
+    tool_lists: dict[str, tuple[tuple[str, str], ...]] = {}
+    tool_ids: dict[str, int] = {}
+    row_tool_ids: list[int] = []
     messages: list[str] = []
     tools: list[str] = []
     keys: list[int] = []
@@ -94,7 +101,7 @@ def normalize_source(kind: str, lines: Iterable[str], parsers: Parsers, desc: st
     call_args: list[str] = []
     for line in tqdm(lines, desc=f"normalize {desc}", unit="row", mininterval=2.0, disable=None):
         try:
-            m, t, calls = prepare_row(kind, line, parsers)
+            m, t, calls, schemas = prepare_row(kind, line, parsers)
         except Drop as drop:
             drops[drop.rule] += 1
             continue
@@ -106,51 +113,52 @@ def normalize_source(kind: str, lines: Iterable[str], parsers: Parsers, desc: st
         messages.append(m)
         tools.append(t)
         keys.append(content_key(m, t))
+        tid = tool_ids.get(t)
+        if tid is None:
+            tid = tool_ids[t] = len(tool_ids)
+            tool_lists[t] = schemas
+        row_tool_ids.append(tid)
         for name, args in calls:
             call_rows.append(row)
             call_names.append(name)
             call_args.append(args)
     rows = pl.DataFrame(
         {"row": np.arange(len(messages), dtype=np.int64), "messages": messages, "tools": tools,
-         "key": np.array(keys, dtype=np.uint64)},
-        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64},
+         "key": np.array(keys, dtype=np.uint64), "tools_id": row_tool_ids},
+        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64},
     )
     calls_df = pl.DataFrame(
         {"row": call_rows, "name": call_names, "arguments": call_args},
         schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String},
     )
-    return rows, calls_df, drops
+    tool_table = pl.DataFrame(
+        {"tools_id": [tool_ids[t] for t, schemas in tool_lists.items() for _ in schemas],
+         "name": [n for s in tool_lists.values() for n, _ in s],
+         "schema": [k for s in tool_lists.values() for _, k in s]},
+        schema={"tools_id": pl.Int64, "name": pl.String, "schema": pl.String},
+    )
+    return rows, calls_df, tool_table, drops
 
 
 # ----------------------------------------------------------------------------------------------
 # Table rules
 
 
-def _tool_table(rows: pl.DataFrame) -> pl.DataFrame:
-    """(tools, name, schema, schema_ok) for every distinct tools list: each list is decoded once."""
-    lists: list[str] = []
-    names: list[str] = []
-    schemas: list[str] = []
-    for tools_json in rows.get_column("tools").unique().to_list():
-        for tool in json.loads(tools_json):
-            lists.append(tools_json)
-            names.append(tool["function"]["name"])
-            schemas.append(schema_key(tool["function"]["parameters"]))
-    table = pl.DataFrame({"tools": lists, "name": names, "schema": schemas},
-                         schema={"tools": pl.String, "name": pl.String, "schema": pl.String})
+def _check_schemas(table: pl.DataFrame) -> pl.DataFrame:
+    """Add schema_ok to the tool table; each distinct schema is checked once."""
     distinct = table.get_column("schema").unique()
     valid = pl.DataFrame({"schema": distinct, "schema_ok": [schema_ok(s) for s in distinct.to_list()]},
                          schema={"schema": pl.String, "schema_ok": pl.Boolean})
     return table.join(valid, on="schema", how="left")
 
 
-def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, max_chars: int,
+def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame, max_chars: int,
                 max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
     """The table rules, in RULES order from bad_tool_schema on. Returns kept rows and drops."""
-    tool_table = _tool_table(rows)
-    bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools").unique()
-    calls = (calls.join(rows.select("row", "tools"), on="row", how="left")
-             .join(tool_table.select("tools", "name", "schema", "schema_ok"), on=["tools", "name"], how="left"))
+    tool_table = _check_schemas(tool_table)
+    bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools_id").unique()
+    calls = (calls.join(rows.select("row", "tools_id"), on="row", how="left")
+             .join(tool_table, on=["tools_id", "name"], how="left"))
     unknown_rows = calls.filter(pl.col("schema").is_null()).get_column("row").unique()
     pairs = calls.filter(pl.col("schema_ok").fill_null(False)).select("schema", "arguments").unique()
     pair_ok = pl.DataFrame(
@@ -161,7 +169,7 @@ def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, max_chars: int,
     invalid_rows = (calls.join(pair_ok, on=["schema", "arguments"], how="inner")
                     .filter(~pl.col("args_ok")).get_column("row").unique())
     reason = (
-        pl.when(pl.col("tools").is_in(bad_schema_lists.implode())).then(pl.lit("bad_tool_schema"))
+        pl.when(pl.col("tools_id").is_in(bad_schema_lists.implode())).then(pl.lit("bad_tool_schema"))
         .when(pl.col("row").is_in(unknown_rows.implode())).then(pl.lit("unknown_tool"))
         .when(pl.col("row").is_in(invalid_rows.implode())).then(pl.lit("invalid_arguments"))
         .when(pl.col("messages").str.len_chars() + pl.col("tools").str.len_chars() > max_chars)
@@ -194,8 +202,8 @@ def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, max_chars: int,
 def filter_source(kind: str, lines: list[str], parsers: Parsers, max_chars: int,
                   max_rows_per_function: int | None, desc: str = "") -> tuple[pl.DataFrame, Counter[str]]:
     """Normalize and filter one source; kept rows (messages, tools, key) sorted by key."""
-    rows, calls, drops = normalize_source(kind, lines, parsers, desc)
-    kept, table_drops = apply_rules(rows, calls, max_chars, max_rows_per_function)
+    rows, calls, tool_table, drops = normalize_source(kind, lines, parsers, desc)
+    kept, table_drops = apply_rules(rows, calls, tool_table, max_chars, max_rows_per_function)
     drops.update(table_drops)
     return kept, drops
 

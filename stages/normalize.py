@@ -16,7 +16,7 @@ import ast
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -37,12 +37,27 @@ class Drop(Exception):
         self.rule = rule
 
 
+@dataclass(frozen=True)
+class ToolSet:
+    """A row's OpenAI tools, their JSON text, and (name, canonical schema JSON) per tool.
+
+    Built from per-tool pieces, so a tool repeated across rows is encoded once.
+    """
+
+    tools: tuple[dict[str, Any], ...] = ()
+    json: str = "[]"
+    schemas: tuple[tuple[str, str], ...] = ()
+
+
+NO_TOOLS = ToolSet()
+
+
 @dataclass
 class Conversation:
     """A normalized row. Tool messages carry ``tool_call_id`` placeholders until :func:`finalize`."""
 
     messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] = field(default_factory=list)
+    tools: ToolSet = NO_TOOLS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,12 +87,48 @@ def literal(node: ast.AST) -> Any:
     raise ValueError(f"not a literal: {type(node).__name__}")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a literal")  # NaN/Infinity: python's ast would not accept them either
+
+
+# Strings (either quote) are matched whole, so True/False/None are only seen outside them.
+_PY_TOKEN = re.compile(r"""'([^'\\]*)'|"(?:[^"\\]|\\.)*"|\b(True|False|None)\b""")
+_PY_WORDS = {"True": "true", "False": "false", "None": "null"}
+
+
+def _python_repr_as_json(text: str) -> str | None:
+    """Rewrite a simple python repr as JSON text: 'x' -> "x", True -> true, None -> null.
+
+    Single-quoted strings with a backslash are left to ``ast`` (their escapes differ from JSON's).
+    """
+    if "\\'" in text:
+        return None
+
+    def swap(m: re.Match[str]) -> str:
+        if m.group(2) is not None:
+            return _PY_WORDS[m.group(2)]
+        if m.group(0)[0] == '"':
+            return m.group(0)
+        return '"' + m.group(1).replace('"', '\\"') + '"'
+
+    return _PY_TOKEN.sub(swap, text)
+
+
 def parse_loose(text: str) -> Any:
-    """JSON first; then a python-repr literal (single quotes, True/None), read with ``ast``."""
+    """JSON first; then a python-repr literal (single quotes, True/None), never evaluated.
+
+    Simple reprs are rewritten to JSON (fast); anything else is read with ``ast``.
+    """
     try:
         return json.loads(text)
     except ValueError:
         pass
+    rewritten = _python_repr_as_json(text)
+    if rewritten is not None:
+        try:
+            return json.loads(rewritten, parse_constant=_reject_constant)
+        except ValueError:
+            pass
     try:
         return literal(ast.parse(text.strip(), mode="eval").body)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
@@ -194,17 +245,28 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
     return original, out
 
 
-def check_unique_names(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    names = [t["function"]["name"] for t in tools]
+ToolEntry = tuple[dict[str, Any], str, str, str]  # (tool, tool JSON, name, canonical schema JSON)
+
+
+def tool_entry(tool: dict[str, Any]) -> ToolEntry:
+    fn = tool["function"]
+    return (tool, json.dumps(tool, ensure_ascii=False), fn["name"],
+            json.dumps(fn["parameters"], sort_keys=True, ensure_ascii=False))
+
+
+def tool_set(entries: list[ToolEntry]) -> ToolSet:
+    names = [e[2] for e in entries]
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
-    return tools
+    # Same text as json.dumps(list_of_tools) with the default separators.
+    return ToolSet(tuple(e[0] for e in entries), "[" + ", ".join(e[1] for e in entries) + "]",
+                   tuple((e[2], e[3]) for e in entries))
 
 
-def normalize_tools(raw_tools: Any, keep_dots: bool) -> list[dict[str, Any]]:
+def normalize_tools(raw_tools: Any, keep_dots: bool) -> ToolSet:
     if not isinstance(raw_tools, list):
         raise Drop("bad_tool_schema", "tool list is not a list")
-    return check_unique_names([normalize_tool(t, keep_dots)[1] for t in raw_tools])
+    return tool_set([tool_entry(normalize_tool(t, keep_dots)[1]) for t in raw_tools])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,12 +298,70 @@ def _scan_to_close(text: str, start: int) -> int:
     raise ValueError("unbalanced call")
 
 
+_KEYWORD = re.compile(r"(^\s*|,\s*)([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+
+
+def _keywords_as_json(args_text: str) -> dict[str, Any] | None:
+    """Fast path: ``a="x", n=2`` read as the JSON object ``{"a": "x", "n": 2}``; None if that fails.
+
+    A keyword-looking match inside a string inserts quotes into it and breaks the JSON, and a
+    count check catches repeated keywords, so a success here means the same as the ast reading.
+    """
+    if not args_text.strip():
+        return {}
+    found = 0
+
+    def quote(m: re.Match[str]) -> str:
+        nonlocal found
+        found += 1
+        return f'{m.group(1)}"{m.group(2)}": '
+
+    try:
+        obj = json.loads("{" + _KEYWORD.sub(quote, args_text) + "}", parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or len(obj) != found:
+        return None
+    return {k: _whole_floats_to_int(v) for k, v in obj.items()}
+
+
+def _keywords_by_ast(call_text: str) -> dict[str, Any]:
+    call = ast.parse("f" + call_text, mode="eval").body
+    if not isinstance(call, ast.Call) or call.args:
+        raise ValueError("positional arguments")
+    args: dict[str, Any] = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise ValueError("**kwargs in a call")
+        if kw.arg in args:
+            raise ValueError(f"argument {kw.arg!r} given twice")
+        args[kw.arg] = _whole_floats_to_int(literal(kw.value))
+    return args
+
+
+def _call_name(body: str, start: int, paren: int) -> str:
+    name = body[start:paren].strip()
+    if not name or any(c in name for c in "\"'[]{}=,"):
+        raise ValueError(f"bad call name {name!r}")
+    return name
+
+
 def parse_call_list(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """``[F(a="x", n=2.0), G Name()]`` -> [(name, args)]; names may hold spaces, dots, slashes."""
+    """``[F(a="x", n=2.0), G Name()]`` -> [(name, args)]; names may hold spaces, dots, slashes.
+
+    Values are literals only (JSON or python spelling); nothing is evaluated.
+    """
     body = text.strip()
     if not (body.startswith("[") and body.endswith("]")):
         raise ValueError("not a bracket list")
-    body = body[1:-1]
+    body = body[1:-1].strip()
+    paren = body.find("(")
+    if paren > 0 and body.endswith(")"):
+        # Most lists hold one call: if the whole rest reads as one JSON keyword list, it is one call
+        # (any ")" in between sits inside a string).
+        args = _keywords_as_json(body[paren + 1:-1])
+        if args is not None:
+            return [(_call_name(body, 0, paren), args)]
     calls: list[tuple[str, dict[str, Any]]] = []
     i = 0
     while i < len(body):
@@ -252,19 +372,10 @@ def parse_call_list(text: str) -> list[tuple[str, dict[str, Any]]]:
         paren = body.find("(", i)
         if paren < 0:
             raise ValueError("call without arguments list")
-        name = body[i:paren].strip()
-        if not name or any(c in name for c in "\"'[]{}=,"):
-            raise ValueError(f"bad call name {name!r}")
+        name = _call_name(body, i, paren)
         end = _scan_to_close(body, paren)
-        call = ast.parse("f" + body[paren:end], mode="eval").body
-        if not isinstance(call, ast.Call) or call.args:
-            raise ValueError("positional arguments")
-        args: dict[str, Any] = {}
-        for kw in call.keywords:
-            if kw.arg is None:
-                raise ValueError("**kwargs in a call")
-            args[kw.arg] = _whole_floats_to_int(literal(kw.value))
-        calls.append((name, args))
+        args = _keywords_as_json(body[paren + 1:end - 1])
+        calls.append((name, args if args is not None else _keywords_by_ast(body[paren:end])))
         i = end
     if not calls:
         raise ValueError("empty call list")
@@ -419,19 +530,19 @@ class Parsers:
         self.tool_element = maybe(self._tool_element, 100_000)
         self.name = maybe(self._name, 100_000)
 
-    def _tool_element(self, text: str) -> dict[str, Any]:
-        return normalize_tool(parse_loose(text), self.keep_dots)[1]
+    def _tool_element(self, text: str) -> ToolEntry:
+        return tool_entry(normalize_tool(parse_loose(text), self.keep_dots)[1])
 
-    def tool_list(self, text: str) -> list[dict[str, Any]]:
+    def tool_list(self, text: str) -> ToolSet:
         """A list of tools (JSON or python repr) -> OpenAI tools; each distinct tool read once."""
         pieces = split_elements(text) if self.cache else None
         if pieces is not None:
             try:
-                tools = [self.tool_element(piece) for piece in pieces]
+                entries = [self.tool_element(piece) for piece in pieces]
             except ValueError:
                 pass  # a piece cut inside a string: read the list as a whole below
             else:
-                return check_unique_names(tools)
+                return tool_set(entries)
         try:
             raw = parse_loose(text)
         except ValueError:
@@ -441,7 +552,7 @@ class Parsers:
     def _name(self, name: Any) -> str:
         return sanitize_name(name, self.keep_dots)
 
-    def _toolace_system(self, system: str) -> tuple[str, list[dict[str, Any]]]:
+    def _toolace_system(self, system: str) -> tuple[str, ToolSet]:
         at = system.find(_TOOLACE_TOOLS_MARK)
         start = system.find("[", at) if at >= 0 else -1
         if start < 0:
@@ -452,7 +563,7 @@ class Parsers:
             raise Drop("unsupported_tool_format", "function list is not JSON") from None
         return system[:at].strip(), self.tool_list(system[start:end])
 
-    def _hermes_system(self, system: str) -> tuple[str, list[dict[str, Any]]] | None:
+    def _hermes_system(self, system: str) -> tuple[str, ToolSet] | None:
         block = tools_block(system)
         if block is None:
             return None
@@ -460,7 +571,7 @@ class Parsers:
         start, body = block
         return _TAGS_IN_PROSE.sub("", system[:start]).strip(), self.tool_list(body)
 
-    def _tools_json(self, text: str) -> list[dict[str, Any]]:
+    def _tools_json(self, text: str) -> ToolSet:
         return self.tool_list(text)
 
     def _toolace_calls(self, value: str) -> list[tuple[str, dict[str, Any]]] | None:
@@ -543,7 +654,7 @@ def _turns(row: dict[str, Any], key: str) -> list[dict[str, Any]]:
 def normalize_hermes_fc(row: dict[str, Any], p: Parsers) -> Conversation:
     turns = _turns(row, "conversations")
     b = _Builder(p)
-    tools: list[dict[str, Any]] = []
+    tools = NO_TOOLS
     if isinstance(row.get("tools"), str) and row["tools"].strip():
         tools = p.tools_json(row["tools"])
     for i, turn in enumerate(turns):
@@ -554,7 +665,7 @@ def normalize_hermes_fc(row: dict[str, Any], p: Parsers) -> Conversation:
             parsed = p.hermes_system(value) if i == 0 else None
             if parsed is not None:
                 system, block_tools = parsed
-                tools = tools or block_tools
+                tools = tools if tools.tools else block_tools
                 if system:
                     b.text("system", system)
             elif value.strip():
@@ -630,11 +741,11 @@ def _legacy_call(value: Any) -> tuple[Any, Any] | None:
 def normalize_fc_zh_hard(row: dict[str, Any], p: Parsers) -> Conversation:
     functions = row.get("functions")
     if isinstance(functions, str):
-        tools = p.tools_json(functions) if functions.strip() else []
+        tools = p.tools_json(functions) if functions.strip() else NO_TOOLS
     elif isinstance(functions, list):
         tools = normalize_tools(functions, p.keep_dots)
     elif functions is None:
-        tools = []
+        tools = NO_TOOLS
     else:
         raise Drop("bad_tool_schema", "functions is neither text nor a list")
     b = _Builder(p)
@@ -679,7 +790,7 @@ def normalize_openhermes(row: dict[str, Any], p: Parsers) -> Conversation:
         if who not in _SHAREGPT_ROLES:
             raise Drop("role_order", f"unknown role {who!r}")
         b.text(_SHAREGPT_ROLES[who], value)
-    return Conversation(b.messages, [])
+    return Conversation(b.messages)
 
 
 def normalize_wildchat(row: dict[str, Any], p: Parsers) -> Conversation:
@@ -691,7 +802,7 @@ def normalize_wildchat(row: dict[str, Any], p: Parsers) -> Conversation:
         if role not in ("user", "assistant"):
             raise Drop("role_order", f"unknown role {role!r}")
         b.text(role, msg.get("content"))
-    return Conversation(b.messages, [])
+    return Conversation(b.messages)
 
 
 NORMALIZERS: dict[str, Callable[[dict[str, Any], Parsers], Conversation]] = {
@@ -713,7 +824,7 @@ def finalize(conv: Conversation) -> tuple[str, str]:
     byte-identical output rows (and the duplicate rule catches them).
     """
     messages_json = json.dumps(conv.messages, ensure_ascii=False)
-    tools_json = json.dumps(conv.tools, ensure_ascii=False)
+    tools_json = conv.tools.json
     if not any(m.get("tool_calls") for m in conv.messages):
         return messages_json, tools_json
     digest = hashlib.blake2b((messages_json + tools_json).encode(), digest_size=8).hexdigest()

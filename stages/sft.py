@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # Set in the children of `accelerate launch` so they train instead of launching again.
 LAUNCHED_ENV = "OCTUPUS_SFT_LAUNCHED"
 FINGERPRINT_FILE = "run_fingerprint.json"
+# Fields that change how often a run logs, saves or evaluates, not what it trains: editing them
+# keeps the checkpoints resumable.
+BOOKKEEPING_FIELDS = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "max_eval_rows")
 TRAIN_CURVES = frozenset({"loss", "learning_rate", "grad_norm", "mean_token_accuracy"})
 EVAL_CURVES = frozenset({"eval_loss", "eval_mean_token_accuracy"})
 PROJECT_METADATA_FILE = "octupus.json"
@@ -214,11 +217,6 @@ def decode_row(line: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         raise RowError("tools_not_a_list")
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn")
-    try:
-        # Train on the exact argument bytes parse_output returns at serving time (compact JSON).
-        messages = canonicalize_messages(messages)
-    except ArgumentsError as exc:
-        raise RowError("invalid_arguments") from exc
     return messages, tools
 
 
@@ -233,6 +231,11 @@ def tokenize_conversation(
 
     Returns (input_ids, labels, truncated). Raises :class:`RowError` when nothing trainable is left.
     """
+    try:
+        # Train on the exact argument bytes parse_output returns at serving time (compact JSON).
+        messages = canonicalize_messages(messages)
+    except ArgumentsError as exc:
+        raise RowError("invalid_arguments") from exc
     try:
         encoded = tokenizer.apply_chat_template(
             messages,
@@ -393,7 +396,7 @@ def run_fingerprint(config: SFTStageConfig, tool_format: str) -> dict[str, Any]:
             digest.update(str(path.stat().st_size).encode())
     return {
         "profile": config.profile,
-        "hyperparameters": config.active.model_dump(mode="json"),
+        "hyperparameters": config.active.model_dump(mode="json", exclude=set(BOOKKEEPING_FIELDS)),
         "tool_format": tool_format,
         "inputs_sha256": digest.hexdigest(),
     }

@@ -80,6 +80,15 @@ KNOWN_EOS_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>", "</s>")
 _TURN_BREAKS: tuple[str, ...] = (SYSTEM, USER, ASSISTANT, FUNCTION_OUTPUT)
 
 
+def reserved_marker_in(text: str, eos_tokens: Sequence[str] = KNOWN_EOS_TOKENS) -> str | None:
+    """The first format marker or eos string found in ``text`` (data text must contain none: it
+    would render as a control token and end or split a turn), else None. For data filters."""
+    for marker in (*SPECIAL_TOKENS, *eos_tokens):
+        if marker in text:
+            return marker
+    return None
+
+
 @dataclass(frozen=True)
 class ToolCallShape:
     """How an assistant turn looks, independent of any constraint engine.
@@ -343,5 +352,5 @@ __all__ = [
     "FUNCTION_OUTPUT", "OCTUPUS_SHAPE", "PARAMETERS", "SPECIAL_TOKENS", "SYSTEM", "TOOL_FORMATS", "USER",
     "ArgumentsError", "ParsedCall", "ParsedOutput", "ToolCallShape", "canonical_arguments",
     "canonicalize_messages", "compact_json", "format_metadata", "parse_output", "render_assistant",
-    "render_chat",
+    "render_chat", "reserved_marker_in",
 ]

@@ -217,3 +217,32 @@ def test_cli_runs_the_stage_from_a_params_file(tmp_path):
     assert Counter({k: v for k, v in metrics["dropped"].items() if v}) == sum(
         (Counter(v) for v in EXPECTED_DROPS.values()), Counter())
     assert (tmp_path / "filtered" / "stage2" / "train.jsonl").stat().st_size > 0
+
+
+def test_fast_validator_agrees_with_jsonschema():
+    import jsonschema
+
+    from stages.filter_rules import compile_simple
+
+    schema = {"type": "object", "properties": {
+        "n": {"type": "integer", "minimum": 1, "maximum": 5}, "x": {"type": "number", "exclusiveMinimum": 0},
+        "s": {"type": "string", "enum": ["a", "b"]}, "t": {"type": ["string", "null"], "maxLength": 3},
+        "xs": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "boolean"}},
+                                          "required": ["k"], "additionalProperties": False}, "minItems": 1},
+        "o": {"type": "object", "additionalProperties": {"type": "integer"}}},
+        "required": ["n"]}
+    check = compile_simple(schema)
+    assert check is not None
+    instances = [{"n": 1}, {"n": 0}, {"n": 2.0}, {"n": 2.5}, {"n": True}, {"n": "1"}, {}, [], "x", None,
+                 {"n": 3, "x": 0}, {"n": 3, "x": 0.1}, {"n": 3, "x": False}, {"n": 3, "s": "a"}, {"n": 3, "s": "c"},
+                 {"n": 3, "s": 1}, {"n": 3, "t": None}, {"n": 3, "t": "abcd"}, {"n": 3, "t": 5},
+                 {"n": 3, "xs": []}, {"n": 3, "xs": [{"k": True}]}, {"n": 3, "xs": [{"k": 1}]},
+                 {"n": 3, "xs": [{"k": True, "z": 1}]}, {"n": 3, "xs": [{}]}, {"n": 3, "o": {"a": 1, "b": 2}},
+                 {"n": 3, "o": {"a": 1.5}}, {"n": 3, "o": []}, {"n": 6}, {"n": 3, "extra": [1]}]
+    validator = jsonschema.Draft7Validator(schema)
+    for instance in instances:
+        assert check(instance) == validator.is_valid(instance), instance
+    # Outside the subset: no fast check, jsonschema is used.
+    assert compile_simple({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}) is None
+    assert compile_simple({"type": "string", "pattern": "^a"}) is None
+    assert compile_simple({"enum": [1, True]}) is None

@@ -93,14 +93,15 @@ FIXTURE_ROWS = [
 ]
 
 
-def filtered_rows(limit_per_file: int = 3000) -> list[dict]:
-    """Rows of data/filtered when the pipeline has produced them, else the fixture rows."""
+def filtered_rows(limit_per_file: int | None) -> list[dict]:
+    """Rows of data/filtered when the pipeline has produced them (the first ``limit_per_file`` of
+    each file), else the fixture rows."""
     files = sorted((REPO / "data" / "filtered").glob("*/*.jsonl"))
     rows: list[dict] = []
     for path in files:
         with path.open(encoding="utf-8") as fh:
             for i, line in enumerate(fh):
-                if i >= limit_per_file:
+                if limit_per_file is not None and i >= limit_per_file:
                     break
                 if line.strip():
                     rows.append(json.loads(line))
@@ -298,29 +299,39 @@ def test_assistant_mask_covers_exactly_the_generation_spans(tiny_tokenizer) -> N
             assert tok.decode(ids[a:b]) == render_assistant(message, tok.eos_token)
 
 
-def test_round_trip_filtered_rows(tiny_tokenizer) -> None:
+def check_round_trip(rows: list[dict]) -> None:
     """Every assistant turn renders (template) and parses back to the same calls/content."""
-    rows = filtered_rows()
     checked_turns = 0
     for n, row in enumerate(rows):
         messages = canonicalize_messages(json.loads(row["messages"]))
         tools = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+        turns = [m for m in messages if m["role"] == "assistant"]
         for tool_format in ("v2", "v1"):
             rendered = render_chat(messages, tools, eos_token=EOS, tool_format=tool_format)
-            turns = [m for m in messages if m["role"] == "assistant"]
             spans = assistant_spans(rendered, EOS)
-            assert len(spans) == len(turns), f"row {n}"
+            assert len(spans) == len(turns), f"row {n} ({row.get('source')})"
             for span, message in zip(spans, turns, strict=True):
-                assert span == render_assistant(message, EOS), f"row {n}"
+                assert span == render_assistant(message, EOS), f"row {n} ({row.get('source')})"
                 parsed = parse_output(span)
                 content, calls = expected_of(message)
-                assert parsed.complete and parsed.ended, f"row {n}: {parsed.error}"
-                assert parsed.content == content, f"row {n}"
+                assert parsed.complete and parsed.ended, f"row {n} ({row.get('source')}): {parsed.error}"
+                assert parsed.content == content, f"row {n} ({row.get('source')})"
                 assert [(c.name, c.arguments) for c in parsed.tool_calls] == calls, f"row {n}"
                 checked_turns += 1
     assert checked_turns >= len(rows)
+
+
+def test_round_trip_filtered_rows(tiny_tokenizer) -> None:
+    rows = filtered_rows(limit_per_file=500)
+    check_round_trip(rows)
     # The tokenizer path gives the same text as the tokenizer-free renderer.
-    messages = canonicalize_messages(json.loads(rows[0]["messages"]))
-    tools = json.loads(rows[0]["tools"])
-    assert tiny_tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False) == render_chat(
-        messages, tools, eos_token=EOS)
+    for row in (rows[0], FIXTURE_ROWS[0]):
+        messages = canonicalize_messages(json.loads(row["messages"]))
+        tools = json.loads(row["tools"])
+        assert tiny_tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False) == render_chat(
+            messages, tools, eos_token=EOS)
+
+
+@pytest.mark.slow
+def test_round_trip_every_filtered_row() -> None:
+    check_round_trip(filtered_rows(limit_per_file=None))

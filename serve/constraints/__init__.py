@@ -9,8 +9,13 @@ from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, 
 ENGINES = ("llguidance", "lm-format-enforcer")
 
 
-def make_engine(name: str, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> ConstraintEngine:
-    """Build an engine; its tokenizer data is prepared here, once, not per request."""
+def make_engine(name: str, tokenizer: Any, vocab_size: int, stop_token_ids: list[int],
+                special_tokens: frozenset[str] = frozenset()) -> ConstraintEngine:
+    """Build an engine; its tokenizer data is prepared here, once, not per request.
+
+    ``special_tokens``: special tokens the grammar uses (the format's markers); engines whose
+    tokenizer preparation drops special tokens keep these.
+    """
     if name == "llguidance":
         from serve.constraints.llguidance_engine import LLGuidanceEngine
 
@@ -18,7 +23,7 @@ def make_engine(name: str, tokenizer: Any, vocab_size: int, stop_token_ids: list
     if name == "lm-format-enforcer":
         from serve.constraints.lmfe_engine import LMFormatEnforcerEngine
 
-        return LMFormatEnforcerEngine(tokenizer, vocab_size, stop_token_ids)
+        return LMFormatEnforcerEngine(tokenizer, vocab_size, stop_token_ids, special_tokens=special_tokens)
     raise ValueError(f"unknown constraint engine '{name}' (choose from {', '.join(ENGINES)})")
 
 

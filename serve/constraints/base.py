@@ -89,6 +89,9 @@ class ConstraintEngine(ABC):
     """Prepares tokenizer data once (constructor) and compiles specs with an LRU cache."""
 
     name: str
+    # Whether minimum/maximum are enforced; if not, the server adds no number bounds and refuses
+    # schemas that carry them.
+    enforces_number_bounds: bool = True
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], cache_size: int = 64) -> None:
         self.tokenizer = tokenizer

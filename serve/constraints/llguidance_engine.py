@@ -22,10 +22,24 @@ log = logging.getLogger(__name__)
 
 
 def _piece(piece: str, specials: frozenset[str]) -> str:
-    """A Lark expression for a literal piece of the shape: a special token or a quoted string."""
-    if piece in specials:
-        return piece  # llguidance names special tokens as <|...|> directly
-    return json.dumps(piece)
+    """A Lark expression for a literal piece of the shape.
+
+    Substrings that are single added tokens of the tokenizer are named as tokens (``<tool_call>``
+    in Qwen2.5, the octupus markers): llguidance never spells them out of ordinary text.
+    """
+    parts: list[str] = []
+    rest = piece
+    while rest:
+        hits = [(rest.find(t), -len(t), t) for t in specials if t and t in rest]
+        if not hits:
+            parts.append(json.dumps(rest))
+            break
+        pos, _, token = min(hits)
+        if pos:
+            parts.append(json.dumps(rest[:pos]))
+        parts.append(token)
+        rest = rest[pos + len(token):]
+    return " ".join(parts)
 
 
 def _literal_regex_char_class_excluding(ch: str) -> str:
@@ -61,13 +75,9 @@ def build_lark(spec: GrammarSpec) -> str:
         ws: dict[str, Any] = ({"whitespace_pattern": f"[\\x20\\x0A]{{0,{spec.max_whitespace}}}"}
                                   if spec.max_whitespace > 0 else {"whitespace_flexible": False})
         for i, tool in enumerate(spec.tools):
-            parts = [_piece(s.call_open, sp)]
-            if s.name_close in sp:
-                parts += [json.dumps(tool.name), _piece(s.name_close, sp)]
-            else:
-                # One literal for name + closing text, so that "get" and "get_weather" never
-                # compete as lexemes.
-                parts.append(json.dumps(tool.name + s.name_close))
+            # Name and the text closing it form one literal, so that "get" and "get_weather" never
+            # compete as lexemes; a special token closing the name separates them anyway.
+            parts = [_piece(s.call_open, sp), _piece(tool.name + s.name_close, sp)]
             parts.append(f"args_{i}")
             if s.call_close:
                 parts.append(_piece(s.call_close, sp))
@@ -126,7 +136,8 @@ class LLGuidanceEngine(ConstraintEngine):
         grammar = build_lark(spec)
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
         if is_error:
-            raise GrammarError(f"llguidance cannot enforce the tool schemas: {messages[0] if messages else 'unknown'}")
+            first = messages[0].splitlines()[0] if messages else "unknown error"
+            raise GrammarError(f"llguidance cannot enforce the tool schemas: {first}")
         # The compiled form is a fresh matcher; requests get deep copies, which skips re-parsing
         # the grammar and surfaces construction-time errors here, where they fail closed.
         prototype = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)

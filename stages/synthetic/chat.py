@@ -110,14 +110,16 @@ def _date_fact(rng: random.Random, zh: bool) -> QA:
         later = day + dt.timedelta(days=n)
         if zh:
             return f"{day.isoformat()}之后{n}天是哪一天？", f"{day.isoformat()}之后{n}天是{later.isoformat()}。"
-        return f"What date is {n} days after {day.isoformat()}?", f"{n} days after {day.isoformat()} is {later.isoformat()}."
+        return (f"What date is {n} days after {day.isoformat()}?",
+                f"{n} days after {day.isoformat()} is {later.isoformat()}.")
     year = day.year + rng.randint(-100, 100)
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
     why = ("divisible by 400" if year % 400 == 0 else "divisible by 100 but not by 400" if year % 100 == 0
            else "divisible by 4" if year % 4 == 0 else "not divisible by 4")
     if zh:
         return f"{year}年是闰年吗？", f"{year}年{'是' if leap else '不是'}闰年。"
-    return f"Is {year} a leap year?", f"{'Yes' if leap else 'No'}: {year} is {why}, so it is {'' if leap else 'not '}a leap year."
+    return (f"Is {year} a leap year?",
+            f"{'Yes' if leap else 'No'}: {year} is {why}, so it is {'' if leap else 'not '}a leap year.")
 
 
 def _fact(rng: random.Random, zh: bool) -> QA:
@@ -140,7 +142,8 @@ def _gcd(rng: random.Random, zh: bool) -> QA:
     a, b = rng.randint(6, 400), rng.randint(6, 400)
     if zh:
         return f"{a}和{b}的最大公约数是多少？", f"{a}和{b}的最大公约数是{math.gcd(a, b)}。"
-    return f"What is the greatest common divisor of {a} and {b}?", f"The greatest common divisor of {a} and {b} is {math.gcd(a, b)}."
+    return (f"What is the greatest common divisor of {a} and {b}?",
+            f"The greatest common divisor of {a} and {b} is {math.gcd(a, b)}.")
 
 
 # Generators with a Chinese form; the others are English only.

@@ -9,7 +9,6 @@ Nothing here is taken from any benchmark: the domains, entities and names are ou
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -96,7 +95,8 @@ def _e(key: str, en: str, zh: str, params: str, results: str, verbs: str = "") -
 
 DOMAINS: tuple[Domain, ...] = (
     Domain("weather", "Weather", "天气", "Weather", (
-        _e("weather", "weather", "天气", "city units date", "temperature_c:temp condition:condition humidity:percent", "get"),
+        _e("weather", "weather", "天气", "city units date",
+           "temperature_c:temp condition:condition humidity:percent", "get"),
         _e("weather_forecast", "weather forecast", "天气预报", "city days units include_details",
            "high_c:temp low_c:temp condition:condition", "get"),
         _e("air_quality", "air quality", "空气质量", "city date coordinates", "aqi:count dominant_pollutant:word"),
@@ -132,7 +132,8 @@ DOMAINS: tuple[Domain, ...] = (
         _e("loan_payment", "loan payment", "贷款月供", "amount rate days", "monthly_payment:price"),
     )),
     Domain("shopping", "Online shopping", "网购", "Shop", (
-        _e("product", "product", "商品", "product_name price_range sort_order limit", "price:price rating:rating stock:count"),
+        _e("product", "product", "商品", "product_name price_range sort_order limit",
+           "price:price rating:rating stock:count"),
         _e("order", "order", "订单", "product_name quantity shipping size", "total:price status:status", "get"),
         _e("order_status", "order status", "订单状态", "product_name include_details", "status:status eta:date", "get"),
     )),
@@ -177,7 +178,8 @@ DOMAINS: tuple[Domain, ...] = (
         _e("shopping_list", "shopping list", "购物清单", "ingredients servings", "items:count"),
     )),
     Domain("translation", "Language", "语言翻译", "Lang", (
-        _e("translation", "translation", "翻译", "text target_language language", "translated_text:word confidence:percent"),
+        _e("translation", "translation", "翻译", "text target_language language",
+           "translated_text:word confidence:percent"),
         _e("language_detection", "language detection", "语种识别", "text", "detected_language:lang confidence:percent"),
         _e("dictionary_entry", "dictionary entry", "词典释义", "keyword language", "definitions:count"),
     )),
@@ -397,6 +399,3 @@ def openai_tool(fn: Function, zh: bool = False) -> dict[str, Any]:
     return {"type": "function", "function": {"name": fn.name, "description": fn.description_zh if zh
                                              else fn.description, "parameters": fn.parameters(zh)}}
 
-
-def tool_json(fn: Function) -> str:
-    return json.dumps(openai_tool(fn), ensure_ascii=False)

@@ -23,8 +23,8 @@ Row = dict[str, Any]
 ChatTurns = list[tuple[str, str]]  # (role "system"|"user"|"assistant", text)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+# json.dumps builds a new encoder for every call with non-default options; reuse one.
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _cached(cache: dict[str, str], fn: Function, render: Any) -> str:
@@ -353,7 +353,8 @@ WILDCHAT_MODELS = ("gpt-3.5-turbo-0301", "gpt-3.5-turbo-0613", "gpt-4-0314", "gp
 GEO = [("United States", "California"), ("Germany", "Bavaria"), ("China", "Guangdong"), ("India", "Karnataka"),
        ("Brazil", "São Paulo"), ("Canada", "Ontario"), ("France", "Île-de-France")]
 AGENTS = ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/112.0 Safari/537.36",
-          "Mozilla/5.0 (Macintosh; Intel Mac OS X 13_3) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.4 Safari/605.1.15",
+          "Mozilla/5.0 (Macintosh; Intel Mac OS X 13_3) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/16.4 Safari/605.1.15",
           "Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/113.0"]
 
 

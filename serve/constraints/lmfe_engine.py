@@ -1,0 +1,208 @@
+"""lm-format-enforcer, the original project's engine, expressing the grammar with its parser combinators.
+
+The grammar is built from ``StringParser`` (fixed pieces of the shape and the tool names),
+``JsonSchemaParser`` (each tool's arguments), ``SequenceParser`` / ``UnionParser``, plus two small
+parsers of our own: free text, and "zero or more further calls" for parallel calls.
+
+Limits of this engine, handled here rather than discovered in production:
+- it ignores numeric bounds, ``uniqueItems``, ``format`` and other keywords: schemas using them
+  are refused with a 400 (fail closed) instead of being half enforced;
+- its own tokenizer preparation drops every special token, so the shape's special tokens are
+  added back here (otherwise it could never emit ``<|FUNCTION_CALL|>``);
+- it lets a few invalid strings through (raw control characters): the server's validation after
+  generation catches those as engine faults (500, counted in /metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lmformatenforcer import (CharacterLevelParser, CharacterLevelParserConfig, JsonSchemaParser, SequenceParser,
+                              StringParser, TokenEnforcer, TokenEnforcerTokenizerData, UnionParser)
+
+from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher
+
+log = logging.getLogger(__name__)
+
+# Keywords lm-format-enforcer 0.11 acts on (or that carry no constraint).
+_ENFORCED = {"type", "properties", "required", "items", "enum", "const", "anyOf", "allOf", "oneOf", "$ref", "$defs",
+             "definitions", "minLength", "maxLength", "pattern", "minItems", "maxItems", "additionalProperties",
+             "description", "title", "default", "examples", "example", "nullable", "$schema", "$id"}
+_SUB_MAPS = ("properties", "$defs", "definitions")
+_SUB_LISTS = ("anyOf", "allOf", "oneOf")
+
+
+def unenforced_keywords(node: Any, path: str = "") -> list[str]:
+    """Keywords of a schema that this engine would silently ignore, with where they are."""
+    if not isinstance(node, dict):
+        return []
+    found = [f"'{k}' at {path or '/'}" for k in node if k not in _ENFORCED]
+    for key in _SUB_MAPS:
+        for name, child in (node.get(key) or {}).items():
+            found += unenforced_keywords(child, f"{path}/{key}/{name}")
+    for key in _SUB_LISTS:
+        for i, child in enumerate(node.get(key) or []):
+            found += unenforced_keywords(child, f"{path}/{key}/{i}")
+    for key in ("items", "additionalProperties"):
+        found += unenforced_keywords(node.get(key), f"{path}/{key}")
+    return found
+
+
+class AnyText(CharacterLevelParser):
+    """Any text; optionally not starting with one character (so text cannot look like a call)."""
+
+    def __init__(self, alphabet: str, not_first: str = "") -> None:
+        super().__init__(CharacterLevelParserConfig(alphabet=alphabet))
+        self.alphabet = alphabet
+        self.not_first = not_first
+
+    def add_character(self, new_character: str) -> CharacterLevelParser:
+        return AnyText(self.alphabet) if self.not_first else self
+
+    def get_allowed_characters(self) -> str:
+        return self.alphabet.replace(self.not_first, "") if self.not_first else self.alphabet
+
+    def can_end(self) -> bool:
+        return True
+
+    def cache_key(self) -> Any:
+        # Lets the enforcer reuse the (large) allowed-token list of free text across steps.
+        return ("any_text", self.not_first)
+
+
+class MoreCalls(CharacterLevelParser):
+    """Zero or more ``separator call`` repetitions, built lazily (the grammar is recursive)."""
+
+    def __init__(self, separator: str, make_call: Callable[[], CharacterLevelParser]) -> None:
+        super().__init__()
+        self.separator = separator
+        self.make_call = make_call
+        self._inner: CharacterLevelParser | None = None
+
+    def _expand(self) -> CharacterLevelParser:
+        if self._inner is None:
+            parts = [StringParser(self.separator)] if self.separator else []
+            self._inner = SequenceParser(parts + [self.make_call(), MoreCalls(self.separator, self.make_call)])
+        return self._inner
+
+    def add_character(self, new_character: str) -> CharacterLevelParser:
+        return self._expand().add_character(new_character)
+
+    def get_allowed_characters(self) -> str:
+        return self._expand().get_allowed_characters()
+
+    def can_end(self) -> bool:
+        return True
+
+
+class LMFEMatcher(Matcher):
+    def __init__(self, enforcer: TokenEnforcer, vocab: int) -> None:
+        self.enforcer = enforcer
+        self.tokens: list[int] = []
+        self.vocab = vocab
+
+    def _state(self) -> Any:
+        self.enforcer.get_allowed_tokens(self.tokens)
+        return self.enforcer.prefix_states[tuple(self.tokens)]
+
+    def apply(self, logits: torch.Tensor) -> None:
+        allowed = self.enforcer.get_allowed_tokens(self.tokens).allowed_tokens
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        keep[torch.tensor(allowed, dtype=torch.long)] = True
+        logits.masked_fill_(~keep, float("-inf"))
+
+    def consume(self, token_id: int) -> bool:
+        self.tokens.append(token_id)
+        return True
+
+    def is_finished(self) -> bool:
+        parser = self._state().parser
+        return parser.can_end() and not parser.get_allowed_characters()
+
+    def is_accepting(self) -> bool:
+        return self._state().parser.can_end()
+
+
+class LMFormatEnforcerEngine(ConstraintEngine):
+    name = "lm-format-enforcer"
+    enforces_number_bounds = False
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int], cache_size: int = 64,
+                 special_tokens: frozenset[str] = frozenset()) -> None:
+        super().__init__(tokenizer, vocab_size, stop_token_ids, cache_size)
+        self.data = self._tokenizer_data(tokenizer, special_tokens)
+        self.alphabet = self.data.tokenizer_alphabet
+        log.info("lm-format-enforcer: tokenizer prepared (%d tokens)", len(self.data.regular_tokens))
+
+    def _tokenizer_data(self, tokenizer: Any, keep_special: frozenset[str]) -> TokenEnforcerTokenizerData:
+        vocab = len(tokenizer)
+        keep_ids = {tokenizer.convert_tokens_to_ids(t) for t in keep_special}
+        skip = set(tokenizer.all_special_ids) - keep_ids
+        # Whether a token starts a word shows when it is decoded after another token: a
+        # SentencePiece-style leading space appears only then.
+        anchor = tokenizer.encode("0", add_special_tokens=False)[-1]
+        anchor_text = tokenizer.decode([anchor])
+        regular = []
+        for idx in range(vocab):
+            if idx in skip:
+                continue
+            after = tokenizer.decode([anchor, idx])[len(anchor_text):]
+            alone = tokenizer.decode([idx])
+            regular.append((idx, after, len(after) > len(alone)))
+
+        def decode(tokens: list[int]) -> str:
+            return tokenizer.decode(tokens).rstrip("\ufffd")
+
+        return TokenEnforcerTokenizerData(regular, decode, list(self.stop_token_ids), False, vocab)
+
+    def _compile(self, spec: GrammarSpec) -> Any:
+        tools = []
+        for tool in spec.tools:
+            schema = json.loads(tool.schema_json)
+            problems = unenforced_keywords(schema)
+            if problems:
+                raise GrammarError(f"lm-format-enforcer cannot enforce tool '{tool.name}': keywords "
+                                   f"{', '.join(problems[:5])} are not supported (use --engine llguidance)")
+            tools.append((tool.name, schema))
+        if not (spec.allow_text or (spec.allow_calls and tools)):
+            raise GrammarError("nothing to generate: neither text nor a tool call is allowed")
+        # Building parsers is cheap; what is compiled and cached is the recipe plus a shared
+        # allowed-token cache, so free text is walked through the vocabulary once per grammar.
+        return {"spec": spec, "tools": tools, "token_cache": {}}
+
+    def _root(self, compiled: dict[str, Any]) -> CharacterLevelParser:
+        spec: GrammarSpec = compiled["spec"]
+        s = spec.shape
+        config = CharacterLevelParserConfig(alphabet=self.alphabet, max_consecutive_whitespaces=spec.max_whitespace)
+
+        def one_call() -> CharacterLevelParser:
+            options = []
+            for name, schema in compiled["tools"]:
+                parts: list[CharacterLevelParser] = [StringParser(s.call_open + name + s.name_close),
+                                                     JsonSchemaParser(schema, config=config)]
+                if s.call_close:
+                    parts.append(StringParser(s.call_close))
+                options.append(SequenceParser(parts))
+            return options[0] if len(options) == 1 else UnionParser(options)
+
+        branches: list[CharacterLevelParser] = []
+        if spec.allow_text:
+            if s.text_open:
+                branches.append(SequenceParser([StringParser(s.text_open), AnyText(self.alphabet)]))
+            else:
+                branches.append(AnyText(self.alphabet, not_first=s.call_open[0]))
+        if spec.allow_calls and compiled["tools"]:
+            if spec.parallel:
+                branches.append(SequenceParser([one_call(), MoreCalls(s.call_separator, one_call)]))
+            else:
+                branches.append(one_call())
+        return branches[0] if len(branches) == 1 else UnionParser(branches)
+
+    def matcher(self, compiled: dict[str, Any]) -> LMFEMatcher:
+        enforcer = TokenEnforcer(self.data, self._root(compiled))
+        enforcer.allowed_token_cache = compiled["token_cache"]
+        return LMFEMatcher(enforcer, len(self.tokenizer))

@@ -1,0 +1,161 @@
+"""The request grammar on the real vocabularies: Qwen2.5's (production) and SmolLM2's (the embedded model).
+
+Each case feeds a candidate output token by token: a token must be allowed by the mask before it
+is consumed, and the output is accepted only if the grammar may end there (end-of-turn allowed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import torch
+
+from serve.constraints import GrammarError, GrammarSpec, JsonLimits, ToolGrammar, make_engine
+from serve.constraints.schema import bound_schema, check_schema
+from serve.errors import BadRequest
+from serve.formats import HERMES_SHAPE, make_format
+from stages.toolcall_format import OCTUPUS_SHAPE
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
+                                            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+           "required": ["city"]}
+NAMES = ["get", "get_weather", "get_weather_forecast"]
+LIMITS = JsonLimits(max_whitespace=2, max_string_length=16, max_integer_digits=6)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    # Masks over 152k logits: intra-op threads only add contention on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spec(fmt: Any, names: list[str] = NAMES, schema: dict[str, Any] = WEATHER, *, text: bool = True,
+         calls: bool = True, parallel: bool = True) -> GrammarSpec:
+    bounded = json.dumps(bound_schema(schema, LIMITS), sort_keys=True)
+    return GrammarSpec(shape=fmt.shape, special_pieces=fmt.special_pieces(),
+                       tools=tuple(ToolGrammar(n, bounded) for n in names), allow_text=text, allow_calls=calls,
+                       parallel=parallel, max_whitespace=LIMITS.max_whitespace)
+
+
+class Checker:
+    def __init__(self, tokenizer: Any, format_name: str) -> None:
+        self.tokenizer = tokenizer
+        self.fmt = make_format(format_name, tokenizer)
+        self.stop = self.fmt.stop_token_ids()
+        self.engine = make_engine("llguidance", tokenizer, len(tokenizer), self.stop)
+
+    def accepts(self, grammar: GrammarSpec, text: str) -> bool:
+        matcher = self.engine.matcher(self.engine.compile(grammar))
+        vocab = len(self.tokenizer)
+        for token in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+            logits = torch.zeros(vocab)
+            matcher.apply(logits)
+            if not torch.isfinite(logits[token]):
+                return False
+            assert matcher.consume(token)
+        logits = torch.zeros(vocab)
+        matcher.apply(logits)
+        return bool(torch.isfinite(logits[self.stop[0]])) and matcher.is_accepting()
+
+
+@pytest.fixture(scope="module", params=["qwen", "smollm2"])
+def octupus(request: pytest.FixtureRequest) -> Checker:
+    fixture = {"qwen": "qwen_format_tokenizer", "smollm2": "smollm2_format_tokenizer"}[request.param]
+    return Checker(request.getfixturevalue(fixture), "octupus")
+
+
+@pytest.fixture(scope="module", params=["qwen", "smollm2"])
+def hermes(request: pytest.FixtureRequest) -> Checker:
+    fixture = {"qwen": "qwen_tokenizer", "smollm2": "smollm2_tokenizer"}[request.param]
+    return Checker(request.getfixturevalue(fixture), "hermes")
+
+
+def call(name: str, args: str) -> str:
+    return OCTUPUS_SHAPE.render_call(name, args)
+
+
+def test_octupus_decision_names_and_arguments(octupus: Checker) -> None:
+    g = spec(octupus.fmt)
+    assert octupus.accepts(g, "<|CONTENT|>Hello there, 你好!")
+    for name in NAMES:  # names that are prefixes of one another all stay reachable
+        assert octupus.accepts(g, call(name, '{"city": "Paris"}'))
+    assert octupus.accepts(g, call("get", '{"city":"Rome","unit":"celsius"}') + call("get_weather", '{"city":"Oslo"}'))
+    assert not octupus.accepts(g, call("get_w", '{"city": "Paris"}'))  # truncated name
+    assert not octupus.accepts(g, call("post", '{"city": "Paris"}'))  # not offered
+    assert not octupus.accepts(g, call("get", '{"city": "Paris", "zip": 1}'))  # extra property
+    assert not octupus.accepts(g, call("get", '{"city": "Paris", "unit": "kelvin"}'))  # not in enum
+    assert not octupus.accepts(g, call("get", "{}"))  # required property missing
+    assert not octupus.accepts(g, call("get", '{"city": "' + "x" * 17 + '"}'))  # over the string cap
+    assert not octupus.accepts(g, call("get", '{"city":     "Paris"}'))  # whitespace run over the cap
+    assert not octupus.accepts(g, call("get", '{"city": "Paris"'))  # unfinished
+    assert not octupus.accepts(g, "plain text without a decision token")
+
+
+def test_octupus_tool_choice_variants(octupus: Checker) -> None:
+    one = call("get", '{"city": "Paris"}')
+    single = spec(octupus.fmt, parallel=False, text=True)
+    assert octupus.accepts(single, one)
+    assert not octupus.accepts(single, one + one)
+    required = spec(octupus.fmt, text=False)
+    assert not octupus.accepts(required, "<|CONTENT|>hi")
+    assert octupus.accepts(required, one)
+    named = spec(octupus.fmt, names=["get_weather"], text=False, parallel=False)
+    assert octupus.accepts(named, call("get_weather", '{"city": "Paris"}'))
+    assert not octupus.accepts(named, one)
+    text_only = spec(octupus.fmt, names=[], calls=False)
+    assert octupus.accepts(text_only, "<|CONTENT|>hi")
+    assert not octupus.accepts(text_only, one)
+
+
+def hcall(name: str, args: str) -> str:
+    return HERMES_SHAPE.render_call(name, args)
+
+
+def test_hermes_grammar(hermes: Checker) -> None:
+    g = spec(hermes.fmt)
+    assert hermes.accepts(g, "Sure, it is sunny.")
+    for name in NAMES:
+        assert hermes.accepts(g, hcall(name, '{"city": "Paris"}'))
+    two = hcall("get", '{"city": "Rome"}') + "\n" + hcall("get_weather_forecast", '{"city": "Oslo"}')
+    assert hermes.accepts(g, two)
+    assert not hermes.accepts(spec(hermes.fmt, parallel=False), two)
+    assert not hermes.accepts(g, hcall("get_weath", '{"city": "Paris"}'))
+    assert not hermes.accepts(g, hcall("get", '{"town": "Paris"}'))
+    assert not hermes.accepts(g, "<tool_call>\nnot json</tool_call>")  # text may not start like a call
+    assert not hermes.accepts(spec(hermes.fmt, text=False), "Sure.")
+
+
+def test_cache_and_fail_closed(octupus: Checker) -> None:
+    g = spec(octupus.fmt)
+    first = octupus.engine.compile(g)
+    assert octupus.engine.compile(copy.deepcopy(g)) is first  # same tool set: no recompilation
+    unique = {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(GrammarError, match="uniqueItems"):
+        octupus.engine.compile(spec(octupus.fmt, schema=unique))
+
+
+def test_schema_checks_and_bounds() -> None:
+    with pytest.raises(BadRequest, match="invalid JSON schema"):
+        check_schema({"type": "object", "properties": {"a": {"type": "strng"}}}, "tools[0]")
+    with pytest.raises(BadRequest, match="must describe an object"):
+        check_schema({"type": "string"}, "tools[0]")
+    assert check_schema(None, "tools[0]") == {"type": "object", "properties": {}}
+    schema = {"type": "object", "properties": {
+        "s": {"type": "string"}, "short": {"type": "string", "maxLength": 3}, "e": {"type": "string", "enum": ["a"]},
+        "i": {"type": "integer", "minimum": 0}, "n": {"type": "number"},
+        "o": {"type": "object", "properties": {"x": {"type": "string"}}, "additionalProperties": True},
+        "l": {"type": "array", "items": {"type": "object", "properties": {"y": {"type": "integer"}}}}}}
+    b = bound_schema(schema, LIMITS)
+    p = b["properties"]
+    assert p["s"]["maxLength"] == 16 and p["short"]["maxLength"] == 3 and "maxLength" not in p["e"]
+    assert p["i"] == {"type": "integer", "minimum": 0, "maximum": 999999}
+    assert p["n"]["minimum"] == -999999
+    assert b["additionalProperties"] is False and p["o"]["additionalProperties"] is True
+    assert p["l"]["items"]["additionalProperties"] is False
+    assert "maxLength" not in schema["properties"]["s"]  # the client's schema is untouched

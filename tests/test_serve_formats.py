@@ -1,0 +1,95 @@
+"""Prompt rendering and output parsing of the serving formats (no model needed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from serve.errors import BadRequest
+from serve.formats import HERMES_SHAPE, make_format, normalize_messages, parse_with_shape
+from stages.toolcall_format import OCTUPUS_SHAPE, parse_output
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def test_auto_detects_format(tiny_tokenizer: Any, smollm2_tokenizer: Any) -> None:
+    assert make_format("auto", tiny_tokenizer).name == "octupus"
+    assert make_format("auto", smollm2_tokenizer).name == "hermes"
+
+
+def test_hermes_injects_tools_and_history_when_template_cannot(smollm2_tokenizer: Any) -> None:
+    fmt = make_format("hermes", smollm2_tokenizer)
+    assert not fmt.template_renders_tools  # SmolLM2's template ignores tools
+    messages = normalize_messages([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ])
+    prompt = fmt.render(messages, TOOLS)
+    assert prompt.startswith("<|im_start|>system\nBe brief.")
+    assert json.dumps(TOOLS[0]["function"]) in prompt
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
+    assert "<tool_response>\nsunny\n</tool_response>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_octupus_renders_with_project_template(tiny_tokenizer: Any) -> None:
+    fmt = make_format("octupus", tiny_tokenizer)
+    prompt = fmt.render([{"role": "user", "content": "hi"}], TOOLS)
+    assert prompt.startswith("<|SYSTEM|>") and '"name": "get_weather"' in prompt
+    assert prompt.endswith("<|USER|>hi" + tiny_tokenizer.eos_token + "<|ASSISTANT|>")
+
+
+@pytest.mark.parametrize("shape", [OCTUPUS_SHAPE, HERMES_SHAPE], ids=["octupus", "hermes"])
+def test_incremental_parse_never_retracts(shape: Any) -> None:
+    calls = [("get", '{"city": "Rome", "n": [1, 2]}'), ("get_weather", '{"city": "}\\n</tool_call>"}')]
+    text = shape.render_calls(calls)
+    sent_args: dict[int, str] = {}
+    for end in range(1, len(text) + 1):
+        parsed = parse_with_shape(shape, text[:end], finished=False)
+        assert parsed.content is None
+        for i, call in enumerate(parsed.calls):
+            if call.name is not None:
+                assert call.name == calls[i][0]  # a name is only reported once whole
+                assert call.arguments.startswith(sent_args.get(i, ""))
+                assert calls[i][1].startswith(call.arguments)
+                sent_args[i] = call.arguments
+    final = parse_with_shape(shape, text, finished=True)
+    assert [(c.name, c.arguments, c.complete) for c in final.calls] == [(n, a, True) for n, a in calls]
+    cut = parse_with_shape(shape, text[:-3], finished=False)
+    assert not cut.calls[-1].complete
+
+
+def test_octupus_parse_agrees_with_toolcall_format() -> None:
+    text = OCTUPUS_SHAPE.render_calls([("a", '{"x": 1}'), ("b_c", '{"y": ["z"]}')])
+    ours = parse_with_shape(OCTUPUS_SHAPE, text, finished=True)
+    theirs = parse_output(text)
+    assert [(c.name, json.loads(c.arguments)) for c in ours.calls] == \
+        [(c.name, json.loads(c.arguments)) for c in theirs.tool_calls]
+    assert parse_with_shape(OCTUPUS_SHAPE, "<|CONTENT|>hello", True).content == parse_output("<|CONTENT|>hello").content
+
+
+def test_text_is_held_while_it_could_still_become_a_call() -> None:
+    assert parse_with_shape(HERMES_SHAPE, "<tool", finished=False).content is None
+    assert parse_with_shape(HERMES_SHAPE, "<tool", finished=True).content == "<tool"
+    assert parse_with_shape(HERMES_SHAPE, "Hi", finished=False).content == "Hi"
+
+
+@pytest.mark.parametrize("messages, problem", [
+    ([{"role": "assistant", "content": "hi"}], "at least one user message"),
+    ([{"role": "user", "content": "a"}, {"role": "tool", "tool_call_id": "x", "content": "r"}], "not a pending"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}], "unanswered"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "user", "content": "b"}], "no tool message"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "text only"),
+])
+def test_bad_message_order_is_rejected(messages: list[dict[str, Any]], problem: str) -> None:
+    with pytest.raises(BadRequest, match=problem):
+        normalize_messages(messages)
