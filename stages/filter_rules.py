@@ -1,7 +1,7 @@
 """The filter rules, defined once and used by both the polars stage and the row-by-row baseline.
 
-A row is dropped by the first rule it breaks, in :data:`RULES` order, and counted under that
-rule's name in ``metrics/filter.json``.
+A row that breaks a rule is dropped and counted once, under that rule's name in
+``metrics/filter.json`` (see :data:`RULES`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from jsonschema.exceptions import SchemaError
 
 from stages.normalize import NORMALIZERS, Drop, Parsers, finalize
 
-# Every rule a row can be dropped by. A row is counted once, under the first rule it breaks: the
-# reading rules (up to tool_result_mismatch) as they are met while a row is normalized, then the
-# table rules from unknown_tool on, in this order.
+# Every rule a row can be dropped by. A row is counted once, under the first rule it breaks: first
+# the reading rules (unparseable ... tool_result_mismatch) in the order they are met while the row
+# is normalized; then the table rules in this order: bad_tool_schema (JSON Schema meta-check of
+# each offered tool), unknown_tool, invalid_arguments, too_long, duplicate, function_cap.
 RULES = (
     "unparseable",             # not JSON, not the source's schema, or the normalizer failed
     "toxic",                   # flagged by the source itself (WildChat)

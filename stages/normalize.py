@@ -390,6 +390,7 @@ _LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[^\[\]\"'(){}=,]+\(")
 
 
 _JSON = json.JSONDecoder()
+_TOOLACE_AFTER_LIST = ". \nShould you decide"
 _TOOLACE_TOOLS_MARK = "Here is a list of functions in JSON format that you can invoke:"
 
 
@@ -533,16 +534,21 @@ class Parsers:
     def _tool_element(self, text: str) -> ToolEntry:
         return tool_entry(normalize_tool(parse_loose(text), self.keep_dots)[1])
 
+    def _tool_list_by_pieces(self, text: str) -> ToolSet | None:
+        pieces = split_elements(text) if self.cache else None
+        if pieces is None:
+            return None
+        try:
+            entries = [self.tool_element(piece) for piece in pieces]
+        except ValueError:
+            return None  # a piece cut inside a string: the caller reads the list as a whole
+        return tool_set(entries)
+
     def tool_list(self, text: str) -> ToolSet:
         """A list of tools (JSON or python repr) -> OpenAI tools; each distinct tool read once."""
-        pieces = split_elements(text) if self.cache else None
-        if pieces is not None:
-            try:
-                entries = [self.tool_element(piece) for piece in pieces]
-            except ValueError:
-                pass  # a piece cut inside a string: read the list as a whole below
-            else:
-                return tool_set(entries)
+        fast = self._tool_list_by_pieces(text)
+        if fast is not None:
+            return fast
         try:
             raw = parse_loose(text)
         except ValueError:
@@ -557,6 +563,13 @@ class Parsers:
         start = system.find("[", at) if at >= 0 else -1
         if start < 0:
             raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
+        # Usual layout: the list ends right before this sentence. If every piece up to it reads as a
+        # JSON object, that slice is the list raw_decode would find, without decoding it whole.
+        mark = system.find(_TOOLACE_AFTER_LIST, start)
+        if mark > start and system[mark - 1] == "]":
+            fast = self._tool_list_by_pieces(system[start:mark])
+            if fast is not None:
+                return system[:at].strip(), fast
         try:
             _, end = _JSON.raw_decode(system, start)
         except ValueError:

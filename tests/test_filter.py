@@ -90,7 +90,7 @@ def make_config(tmp: Path, **overrides) -> FilterConfig:
     values = {
         "raw_dir": str(tmp / "raw"), "out_dir": str(tmp / "filtered"), "metrics_file": str(tmp / "metrics.json"),
         "sources": KINDS, "keep_dots": False, "max_chars": 4000, "max_rows_per_function": 6,
-        "validation_fraction": 0.25, "seed": 3,
+        "validation_fraction": 0.25, "seed": 3, "workers": 1,
         "mix": {"stage1": {"chat": 1.0, "wild": 0.5}, "stage2": {"hermes": 2.0, "toolace": 1.0, "zh": 3.0, "chat": 0.5}},
     }
     values.update(overrides)
@@ -172,6 +172,14 @@ def test_polars_path_and_row_by_row_baseline_keep_the_same_rows(tmp_path):
         base_kept, base_drops = filter_rowwise(kind, lines, False, 4000, 2)
         assert [(m, t) for m, t, _ in kept.iter_rows()] == base_kept, name
         assert +drops == +base_drops, name
+
+
+def test_two_reading_processes_give_the_same_result_as_one():
+    lines = raw_lines()["hermes"] * 150  # >= 2000 lines, so the work is really split
+    one = filter_source("hermes_fc", lines, cached_parsers(), 4000, 6, workers=1)
+    two = filter_source("hermes_fc", lines, cached_parsers(), 4000, 6, workers=2)
+    assert one[0].equals(two[0]) and one[1] == two[1]
+    assert one[1]["duplicate"] == 7 * 150 - 6  # 6 good rows (one listed twice) repeated 150 times
 
 
 def test_synthetic_rows_defects_dropped_and_good_rows_kept():

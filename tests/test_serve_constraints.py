@@ -159,3 +159,31 @@ def test_schema_checks_and_bounds() -> None:
     assert b["additionalProperties"] is False and p["o"]["additionalProperties"] is True
     assert p["l"]["items"]["additionalProperties"] is False
     assert "maxLength" not in schema["properties"]["s"]  # the client's schema is untouched
+
+
+@pytest.fixture(scope="module")
+def lmfe(smollm2_format_tokenizer: Any) -> Checker:
+    checker = Checker.__new__(Checker)
+    checker.tokenizer = smollm2_format_tokenizer
+    checker.fmt = make_format("octupus", smollm2_format_tokenizer)
+    checker.stop = checker.fmt.stop_token_ids()
+    checker.engine = make_engine("lm-format-enforcer", smollm2_format_tokenizer, len(smollm2_format_tokenizer),
+                                 checker.stop, special_tokens=checker.fmt.special_pieces())
+    return checker
+
+
+def test_lm_format_enforcer_same_grammar(lmfe: Checker) -> None:
+    g = spec(lmfe.fmt, schema={k: v for k, v in WEATHER.items()})
+    for name in NAMES:
+        assert lmfe.accepts(g, call(name, '{"city": "Paris"}'))
+    two = call("get", '{"city":"Rome","unit":"celsius"}') + call("get_weather", '{"city":"Oslo"}')
+    assert lmfe.accepts(g, two)
+    assert not lmfe.accepts(spec(lmfe.fmt, parallel=False), two)
+    assert not lmfe.accepts(g, call("get_w", '{"city": "Paris"}'))
+    assert not lmfe.accepts(g, call("get", '{"city": "Paris", "unit": "kelvin"}'))
+    assert not lmfe.accepts(g, call("get", '{"city": "Paris", "zip": 1}'))
+    assert not lmfe.accepts(spec(lmfe.fmt, text=False), "<|CONTENT|>hi")
+    # Keywords it would silently ignore are refused up front (fail closed).
+    bounded = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}
+    with pytest.raises(GrammarError, match="minimum"):
+        lmfe.engine.compile(spec(lmfe.fmt, schema=bounded))

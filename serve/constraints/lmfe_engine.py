@@ -10,13 +10,15 @@ Limits of this engine, handled here rather than discovered in production:
 - its own tokenizer preparation drops every special token, so the shape's special tokens are
   added back here (otherwise it could never emit ``<|FUNCTION_CALL|>``);
 - it lets a few invalid strings through (raw control characters): the server's validation after
-  generation catches those as engine faults (500, counted in /metrics).
+  generation catches those as engine faults (500, counted in /metrics);
+- tokens holding part of a multi-byte character are left out: the enforcer cannot follow them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 _ENFORCED = {"type", "properties", "required", "items", "enum", "const", "anyOf", "allOf", "oneOf", "$ref", "$defs",
              "definitions", "minLength", "maxLength", "pattern", "minItems", "maxItems", "additionalProperties",
              "description", "title", "default", "examples", "example", "nullable", "$schema", "$id"}
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SUB_MAPS = ("properties", "$defs", "definitions")
 _SUB_LISTS = ("anyOf", "allOf", "oneOf")
 
@@ -74,6 +77,31 @@ class AnyText(CharacterLevelParser):
         return ("any_text", self.not_first)
 
 
+class Seq(SequenceParser):
+    """A SequenceParser that keeps the enforcer's fast path for JSON strings.
+
+    The stock one reports a shortcut only when it holds a single parser, so inside a string
+    argument (sequence: arguments, then more calls) the enforcer walked the whole vocabulary in
+    Python for every token. While the first parser cannot end, nothing after it can contribute
+    characters, so its shortcut is the sequence's.
+    """
+
+    def add_character(self, new_character: str) -> CharacterLevelParser:
+        return _keep_fast(super().add_character(new_character))
+
+    def shortcut_key(self) -> Any:
+        first = self.parsers[0]
+        return first.shortcut_key() if len(self.parsers) == 1 or not first.can_end() else None
+
+
+def _keep_fast(parser: CharacterLevelParser) -> CharacterLevelParser:
+    if type(parser) is SequenceParser:
+        return Seq(parser.parsers)
+    if type(parser) is UnionParser:
+        return UnionParser([_keep_fast(p) for p in parser.parsers])
+    return parser
+
+
 class MoreCalls(CharacterLevelParser):
     """Zero or more ``separator call`` repetitions, built lazily (the grammar is recursive)."""
 
@@ -86,7 +114,7 @@ class MoreCalls(CharacterLevelParser):
     def _expand(self) -> CharacterLevelParser:
         if self._inner is None:
             parts = [StringParser(self.separator)] if self.separator else []
-            self._inner = SequenceParser(parts + [self.make_call(), MoreCalls(self.separator, self.make_call)])
+            self._inner = Seq(parts + [self.make_call(), MoreCalls(self.separator, self.make_call)])
         return self._inner
 
     def add_character(self, new_character: str) -> CharacterLevelParser:
@@ -136,6 +164,9 @@ class LMFormatEnforcerEngine(ConstraintEngine):
         super().__init__(tokenizer, vocab_size, stop_token_ids, cache_size)
         self.data = self._tokenizer_data(tokenizer, special_tokens)
         self.alphabet = self.data.tokenizer_alphabet
+        # Only AnyText reports a cache key, and its allowed tokens depend on the tokenizer alone:
+        # one cache for every grammar means free text walks the vocabulary once per process.
+        self.token_cache: dict[Any, Any] = {}
         log.info("lm-format-enforcer: tokenizer prepared (%d tokens)", len(self.data.regular_tokens))
 
     def _tokenizer_data(self, tokenizer: Any, keep_special: frozenset[str]) -> TokenEnforcerTokenizerData:
@@ -152,6 +183,12 @@ class LMFormatEnforcerEngine(ConstraintEngine):
                 continue
             after = tokenizer.decode([anchor, idx])[len(anchor_text):]
             alone = tokenizer.decode([idx])
+            if "\ufffd" in alone or _CONTROL.search(alone):
+                # A piece of a multi-byte character: the enforcer compares decoded text and turns
+                # the replacement character into a forced stop mid-call (characters stay reachable
+                # through tokens holding them whole). Control characters: it would put them raw
+                # into JSON strings.
+                continue
             regular.append((idx, after, len(after) > len(alone)))
 
         def decode(tokens: list[int]) -> str:
@@ -170,9 +207,8 @@ class LMFormatEnforcerEngine(ConstraintEngine):
             tools.append((tool.name, schema))
         if not (spec.allow_text or (spec.allow_calls and tools)):
             raise GrammarError("nothing to generate: neither text nor a tool call is allowed")
-        # Building parsers is cheap; what is compiled and cached is the recipe plus a shared
-        # allowed-token cache, so free text is walked through the vocabulary once per grammar.
-        return {"spec": spec, "tools": tools, "token_cache": {}}
+        # Parsers are cheap to build and carry per-sequence state, so the compiled form is the recipe.
+        return {"spec": spec, "tools": tools}
 
     def _root(self, compiled: dict[str, Any]) -> CharacterLevelParser:
         spec: GrammarSpec = compiled["spec"]
@@ -186,23 +222,23 @@ class LMFormatEnforcerEngine(ConstraintEngine):
                                                      JsonSchemaParser(schema, config=config)]
                 if s.call_close:
                     parts.append(StringParser(s.call_close))
-                options.append(SequenceParser(parts))
+                options.append(Seq(parts))
             return options[0] if len(options) == 1 else UnionParser(options)
 
         branches: list[CharacterLevelParser] = []
         if spec.allow_text:
             if s.text_open:
-                branches.append(SequenceParser([StringParser(s.text_open), AnyText(self.alphabet)]))
+                branches.append(Seq([StringParser(s.text_open), AnyText(self.alphabet)]))
             else:
                 branches.append(AnyText(self.alphabet, not_first=s.call_open[0]))
         if spec.allow_calls and compiled["tools"]:
             if spec.parallel:
-                branches.append(SequenceParser([one_call(), MoreCalls(s.call_separator, one_call)]))
+                branches.append(Seq([one_call(), MoreCalls(s.call_separator, one_call)]))
             else:
                 branches.append(one_call())
         return branches[0] if len(branches) == 1 else UnionParser(branches)
 
     def matcher(self, compiled: dict[str, Any]) -> LMFEMatcher:
         enforcer = TokenEnforcer(self.data, self._root(compiled))
-        enforcer.allowed_token_cache = compiled["token_cache"]
+        enforcer.allowed_token_cache = self.token_cache
         return LMFEMatcher(enforcer, len(self.tokenizer))
