@@ -198,8 +198,7 @@ class ServingCore:
         if calls_allowed or self.fmt.constrain_chat or tools:
             # Every tool's schema must be enforceable, even under tool_choice none: fail closed.
             grammar_tools = tuple(
-                ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], limits),
-                                                           sort_keys=True))
+                ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], limits)))
                 for n in (allowed if calls_allowed else list(schemas)))
             spec = GrammarSpec(shape=self.fmt.shape, special_pieces=self.special_pieces,
                                tools=grammar_tools, allow_text=tool_choice in ("auto", "none"),
@@ -208,8 +207,8 @@ class ServingCore:
             if not calls_allowed:
                 # Compile the tools once to prove they are enforceable, then generate text only.
                 if grammar_tools:
-                    self._compile(GrammarSpec(**{**spec.__dict__, "allow_text": False}))
-                spec = GrammarSpec(**{**spec.__dict__, "tools": (), "allow_calls": False, "allow_text": True})
+                    self._compile(dataclasses.replace(spec, allow_text=False))
+                spec = dataclasses.replace(spec, tools=(), allow_calls=False, allow_text=True)
                 compiled = self._compile(spec) if self.fmt.constrain_chat or tools else None
             else:
                 compiled = self._compile(spec)
@@ -257,7 +256,7 @@ class ServingCore:
         """Generate choice ``index`` and yield its events; ``incremental`` parses after every token."""
         params = prep.sampling
         if params.seed is not None and index:
-            params = SamplingParams(**{**params.__dict__, "seed": params.seed + index})
+            params = dataclasses.replace(params, seed=params.seed + index)
         matcher = self.engine.matcher(prep.compiled) if prep.compiled is not None else None
         state = GenerationState()
         ids: list[int] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -49,7 +50,8 @@ class ChatServing:
     async def create(self, req: ChatCompletionRequest, raw: Request) -> Any:
         started = time.perf_counter()
         try:
-            prep = self._prepare(req)
+            # Templating, tokenising and grammar compilation stay off the event loop too.
+            prep = await asyncio.to_thread(self._prepare, req)
         except APIError as exc:
             self.core.metrics.rejections.labels(exc.code or exc.type).inc()
             self.core.observe_request(ENDPOINT, exc.status, started)

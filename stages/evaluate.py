@@ -516,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as exc:
         log.error("%s", exc)
         return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; the server was stopped and no metrics were written")
+        return 130
     json_path, csv_path = write_outputs(metrics, Path(config.metrics_dir), args.model_key)
     validity = metrics["validity"]
     log.info("%s: overall %s over %d cases (subset=%s), validity %s (%d calls); wrote %s and %s", args.model_key,

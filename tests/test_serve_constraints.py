@@ -37,7 +37,7 @@ def one_thread() -> Any:
 
 def spec(fmt: Any, names: list[str] = NAMES, schema: dict[str, Any] = WEATHER, *, text: bool = True,
          calls: bool = True, parallel: bool = True) -> GrammarSpec:
-    bounded = json.dumps(bound_schema(schema, LIMITS), sort_keys=True)
+    bounded = json.dumps(bound_schema(schema, LIMITS))
     return GrammarSpec(shape=fmt.shape, special_pieces=fmt.special_pieces(),
                        tools=tuple(ToolGrammar(n, bounded) for n in names), allow_text=text, allow_calls=calls,
                        parallel=parallel, max_whitespace=LIMITS.max_whitespace)
@@ -95,6 +95,13 @@ def test_octupus_decision_names_and_arguments(octupus: Checker) -> None:
     assert not octupus.accepts(g, call("get", '{"city":     "Paris"}'))  # whitespace run over the cap
     assert not octupus.accepts(g, call("get", '{"city": "Paris"'))  # unfinished
     assert not octupus.accepts(g, "plain text without a decision token")
+
+
+def test_properties_follow_the_clients_order(octupus: Checker) -> None:
+    schema = {"type": "object", "properties": {"origin": {"type": "string"}, "date": {"type": "string"}},
+              "required": ["origin", "date"]}
+    g = spec(octupus.fmt, names=["fly"], schema=schema)
+    assert octupus.accepts(g, call("fly", '{"origin": "CDG", "date": "2026-12-01"}'))
 
 
 def test_octupus_tool_choice_variants(octupus: Checker) -> None:

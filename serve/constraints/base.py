@@ -43,7 +43,9 @@ class JsonLimits:
 @dataclass(frozen=True)
 class ToolGrammar:
     name: str
-    schema_json: str  # normalised schema, serialised with sorted keys so equal tool sets share a key
+    # Normalised schema as JSON, keys in the client's order: engines generate properties in that
+    # order, so sorting keys here would reorder the model's arguments.
+    schema_json: str
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,282 @@
+"""Serving benchmark, per constraint engine: what constrained decoding costs.
+
+    python -m bench serve [--model models/base] [--engines llguidance,lm-format-enforcer] [--tokens 48]
+        [--rounds 3] [--threads 1] [--out metrics/serve_bench.json]
+
+Measures (all on this machine, CPU):
+- decode tokens/s without and with each engine on the same model and tools prompt (rounds
+  rotate through the configurations so that load changes hit all alike), and the ratio;
+- per-token constraint time (mask + advance) p50/p99: inside those real decode runs (the
+  model's vocabulary) and by replaying fixed outputs on the Qwen2.5 vocabulary (no Qwen model
+  is available offline, and the engine's cost does not depend on the model);
+- extra latency of the first request with a new tool set (grammar compile + first mask, minus
+  the same with the grammar cached);
+- server p50 latency (HTTP, through the full stack) against a bare ``model.generate`` call
+  producing the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bench.serve")
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "City name"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "search_flights", "description": "Search flights between two airports",
+        "parameters": {"type": "object", "properties": {
+            "origin": {"type": "string"}, "destination": {"type": "string"},
+            "date": {"type": "string", "description": "YYYY-MM-DD"}, "passengers": {"type": "integer"}},
+            "required": ["origin", "destination", "date"]}}},
+]
+MESSAGES = [{"role": "user", "content": "What's the weather like in Paris today, and find me a flight from "
+                                        "Paris to Rome on 2026-12-01 for 2 people."}]
+REPLAY_ARGS = [("get_weather", '{"city": "Paris", "unit": "celsius"}'),
+               ("search_flights", '{"origin": "CDG", "destination": "FCO", "date": "2026-12-01", "passengers": 2}')]
+REPLAY_TEXT = "The weather in Paris is mild today, about 14 degrees with light rain in the afternoon."
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _spec(core: Any, tools: list[dict[str, Any]], required: bool = True) -> Any:
+    from serve.constraints import GrammarSpec, ToolGrammar
+    from serve.constraints.schema import bound_schema
+
+    limits = core.config.limits
+    return GrammarSpec(shape=core.fmt.shape, special_pieces=core.fmt.special_pieces(),
+                       tools=tuple(ToolGrammar(t["function"]["name"], json.dumps(
+                           bound_schema(t["function"]["parameters"], limits))) for t in tools),
+                       allow_text=not required, allow_calls=True, parallel=True, max_whitespace=limits.max_whitespace)
+
+
+def _decode_run(backend: Any, prompt: list[int], tokens: int, matcher: Any) -> tuple[float, int, list[float]]:
+    from serve.backends.base import GenerationState, SamplingParams
+
+    state = GenerationState()
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, stop_token_ids=[])
+    stamps = [time.perf_counter() for _ in backend.generate(prompt, params, matcher, threading.Event(), state)]
+    n = len(stamps)
+    rate = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else float("nan")  # decode only, prefill excluded
+    return rate, n, state.constraint_seconds
+
+
+def bench_decode(cores: dict[str, Any], tokens: int, rounds: int) -> dict[str, Any]:
+    any_core = next(iter(cores.values()))
+    backend = any_core.backend
+    prompt = backend.tokenizer(any_core.fmt.render(MESSAGES, TOOLS), add_special_tokens=False)["input_ids"]
+    rates: dict[str, list[float]] = {"none": [], **{name: [] for name in cores}}
+    per_token: dict[str, list[float]] = {name: [] for name in cores}
+    lengths: dict[str, int] = {}
+    _decode_run(backend, prompt, 4, None)  # warm-up
+    for _ in range(rounds):
+        for name in rates:
+            matcher = None if name == "none" else cores[name].engine.matcher(cores[name].engine.compile(
+                _spec(cores[name], TOOLS)))
+            rate, n, seconds = _decode_run(backend, prompt, tokens, matcher)
+            rates[name].append(rate)
+            lengths[name] = n
+            if name != "none":
+                per_token[name] += seconds
+    base = statistics.median(rates["none"])
+    out: dict[str, Any] = {"prompt_tokens": len(prompt), "max_tokens": tokens,
+                           "unconstrained_tok_s": round(base, 2)}
+    for name in cores:
+        med = statistics.median(rates[name])
+        out[name] = {"tok_s": round(med, 2), "ratio": round(med / base, 3), "tokens": lengths[name],
+                     "constraint_us_p50": round(_pct(per_token[name], 0.5) * 1e6, 1),
+                     "constraint_us_p99": round(_pct(per_token[name], 0.99) * 1e6, 1)}
+    return out
+
+
+def bench_replay(tokenizer: Any, fmt_name: str, engines: list[str], repeats: int = 3) -> dict[str, Any]:
+    """Per-token constraint cost when replaying fixed outputs (calls and text) on a vocabulary."""
+    import torch
+
+    from serve.constraints import make_engine
+    from serve.core import ServerConfig
+    from serve.formats import make_format
+
+    fmt = make_format(fmt_name, tokenizer)
+    shape = fmt.shape
+    texts = [shape.render_calls(REPLAY_ARGS), shape.text_open + REPLAY_TEXT]
+    out: dict[str, Any] = {"vocab": len(tokenizer), "format": fmt_name}
+    for name in engines:
+        start = time.perf_counter()
+        engine = make_engine(name, tokenizer, len(tokenizer), fmt.stop_token_ids(), fmt.special_pieces())
+        prep = time.perf_counter() - start
+
+        class _Core:  # just what _spec reads
+            config = ServerConfig(model_name="bench")
+
+        _Core.fmt = fmt  # type: ignore[attr-defined]
+        if not engine.enforces_number_bounds:
+            import dataclasses
+
+            _Core.config = ServerConfig(model_name="bench", limits=dataclasses.replace(
+                _Core.config.limits, max_integer_digits=0))
+        compiled = engine.compile(_spec(_Core, TOOLS, required=False))
+        samples: list[float] = []
+        for _ in range(repeats):
+            for text in texts:
+                matcher = engine.matcher(compiled)
+                for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+                    logits = torch.zeros(len(tokenizer))
+                    t0 = time.perf_counter()
+                    matcher.apply(logits)
+                    ok = matcher.consume(token)
+                    samples.append(time.perf_counter() - t0)
+                    if not ok or not torch.isfinite(logits[token]):
+                        raise RuntimeError(f"{name} rejected the replayed output {text!r}")
+        out[name] = {"tokenizer_prep_s": round(prep, 2), "constraint_us_p50": round(_pct(samples, 0.5) * 1e6, 1),
+                     "constraint_us_p99": round(_pct(samples, 0.99) * 1e6, 1), "tokens": len(samples)}
+    return out
+
+
+def bench_first_request(core: Any, trials: int = 5) -> dict[str, Any]:
+    """Extra latency of a request whose tool set was never seen: compile + first mask."""
+    import torch
+
+    engine = core.engine
+    vocab = core.backend.vocab_size
+
+    def first_mask(tools: list[dict[str, Any]]) -> float:
+        start = time.perf_counter()
+        matcher = engine.matcher(engine.compile(_spec(core, tools)))
+        matcher.apply(torch.zeros(vocab))
+        return time.perf_counter() - start
+
+    fresh, cached = [], []
+    for _ in range(trials):
+        suffix = uuid.uuid4().hex[:6]
+        tools = [{"type": "function", "function": {**t["function"], "name": t["function"]["name"] + "_" + suffix}}
+                 for t in TOOLS]
+        fresh.append(first_mask(tools))
+        cached.append(first_mask(tools))
+    extra = statistics.median(fresh) - statistics.median(cached)
+    return {"new_tool_set_ms": round(statistics.median(fresh) * 1e3, 2),
+            "cached_tool_set_ms": round(statistics.median(cached) * 1e3, 2), "extra_ms": round(extra * 1e3, 2)}
+
+
+def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
+    """p50 latency of POST /v1/chat/completions against bare model.generate, same token count."""
+    import httpx
+    import uvicorn
+
+    from serve.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(lambda: core), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    body = {"model": core.config.model_name, "temperature": 0, "max_tokens": tokens,
+            "messages": [{"role": "user", "content": "Count from one to one hundred in words, separated by commas."}]}
+    prompt = core.tokenizer(core.fmt.render(body["messages"], []), add_special_tokens=False)["input_ids"]
+    served, bare, produced = [], [], []
+    try:
+        with httpx.Client(timeout=600) as client:
+            client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)  # warm-up
+            for _ in range(rounds):
+                start = time.perf_counter()
+                resp = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body).json()
+                served.append(time.perf_counter() - start)
+                n = resp["usage"]["completion_tokens"]
+                produced.append(n)
+                start = time.perf_counter()
+                core.backend.bare_generate(prompt, n)
+                bare.append(time.perf_counter() - start)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    ratio = statistics.median(s / b for s, b in zip(served, bare))
+    return {"completion_tokens": produced, "server_p50_s": round(statistics.median(served), 3),
+            "bare_generate_p50_s": round(statistics.median(bare), 3), "ratio_p50": round(ratio, 3)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m bench serve", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="models/base", help="model folder (default: the embedded SmolLM2)")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--engines", default="llguidance,lm-format-enforcer")
+    p.add_argument("--tokens", type=int, default=48)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is fastest on a busy 2-core machine)")
+    p.add_argument("--skip-qwen", action="store_true", help="skip the Qwen2.5-vocabulary replay")
+    p.add_argument("--out", default="metrics/serve_bench.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    from serve.backends.transformers_backend import TransformersBackend
+    from serve.constraints import make_engine
+    from serve.core import ServerConfig, ServingCore
+    from serve.formats import make_format
+
+    torch.set_num_threads(args.threads)
+    if not Path(args.model).is_dir():
+        raise SystemExit(f"{args.model} does not exist: build it with `dvc repro base_model`")
+    engines = [e for e in args.engines.split(",") if e]
+    backend = TransformersBackend(args.model)
+    fmt = make_format(args.format, backend.tokenizer)
+    cores = {}
+    for name in engines:
+        start = time.perf_counter()
+        engine = make_engine(name, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(), fmt.special_pieces())
+        log.info("%s: tokenizer prepared in %.2fs", name, time.perf_counter() - start)
+        config = ServerConfig(model_name="bench")
+        if not engine.enforces_number_bounds:
+            import dataclasses
+
+            config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, max_integer_digits=0))
+        cores[name] = ServingCore(backend, fmt, engine, config)
+
+    results: dict[str, Any] = {"model": args.model, "format": fmt.name, "threads": args.threads,
+                               "torch": torch.__version__}
+    log.info("decode speed with and without constraints")
+    results["decode"] = bench_decode(cores, args.tokens, args.rounds)
+    log.info("first request with a new tool set")
+    results["first_request"] = {name: bench_first_request(core) for name, core in cores.items()}
+    log.info("constraint time replayed on the model's vocabulary")
+    results["replay_model_vocab"] = bench_replay(backend.tokenizer, fmt.name, engines)
+    if not args.skip_qwen:
+        from stages.hf_assets import build_qwen25_tokenizer
+
+        log.info("constraint time replayed on the Qwen2.5 vocabulary")
+        results["replay_qwen25_vocab"] = bench_replay(build_qwen25_tokenizer(), "hermes", engines)
+    log.info("server latency against bare generate")
+    results["server"] = bench_server(cores[engines[0]], args.tokens, args.rounds)
+
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

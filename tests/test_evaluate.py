@@ -1,0 +1,282 @@
+"""Stage evaluate: metric computation on bfcl-shaped fixture files, config refusals, and (slow) the
+real bfcl-eval against the project's server on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import evaluate as ev
+from stages.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "gpt-4-turbo-2024-04-09-FC"
+
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city.",
+                "parameters": {"type": "object", "properties": {
+                    "city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}
+CD_TOOL = {"type": "function", "name": "cd", "description": "Change directory.",
+           "parameters": {"type": "object", "properties": {"folder": {"type": "string"}}, "required": ["folder"]}}
+
+
+def evaluate_section(**overrides: object) -> dict:
+    section = {
+        "models": {"base": {"path": "models/base", "format": "hermes"},
+                   "stage2": {"path": "models/stage2", "format": "octupus"}},
+        "categories": {"simple_python": 2, "irrelevance": 1, "multi_turn_base": 1},
+        "bfcl_model": MODEL,
+        "bfcl_venv": ".venv-bfcl",
+        "work_dir": "eval/bfcl",
+        "metrics_dir": "metrics/bfcl",
+        "server": {"backend": "transformers", "engine": "llguidance", "max_output_tokens": 64,
+                   "max_context": None, "threads": None, "startup_timeout_s": 120, "extra_args": []},
+    }
+    section.update(overrides)
+    return section
+
+
+def write_params(path: Path, section: dict) -> Path:
+    path.write_text(yaml.safe_dump({"evaluate": section}), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def fake_bfcl_run(root: Path, results: dict[str, list[dict]], scores: dict[str, tuple[int, int]]) -> None:
+    """bfcl's on-disk layout: result/<model>/<group>/BFCL_v4_<cat>_result.json and score/... files."""
+    group = {"simple_python": "non_live", "irrelevance": "non_live", "live_simple": "live",
+             "multi_turn_base": "multi_turn"}
+    for category, rows in results.items():
+        write_jsonl(root / "result" / MODEL / group[category] / f"BFCL_v4_{category}_result.json", rows)
+    for category, (correct, total) in scores.items():
+        header = {"accuracy": correct / total, "correct_count": correct, "total_count": total}
+        write_jsonl(root / "score" / MODEL / group[category] / f"BFCL_v4_{category}_score.json",
+                    [header, {"id": f"{category}_0", "valid": False, "error": ["x"]}])
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def score(correct: int, total: int) -> ev.CategoryScore:
+    return ev.CategoryScore(correct / total, correct, total)
+
+
+def test_overall_reweights_bfcl_groups_over_categories_run():
+    scores = {
+        "simple_python": score(3, 4), "multiple": score(1, 2),      # non_live: mean(0.75, 0.5)
+        "live_simple": score(1, 4), "live_multiple": score(3, 4),   # live: count-weighted (4/8)
+        "irrelevance": score(1, 1), "live_irrelevance": score(1, 2),  # irrelevance: mean(1, 0.5)
+        "multi_turn_base": score(0, 5),
+    }
+    out = ev.aggregate(scores)
+    assert out["groups"] == pytest.approx({"non_live": 0.625, "live": 0.5, "irrelevance": 0.75, "multi_turn": 0.0})
+    # 10/10/10/30 of the 100 BFCL points are present (agentic's 40 are not): renormalised to 60.
+    assert out["overall_weights"] == pytest.approx({"non_live": 1 / 6, "live": 1 / 6, "irrelevance": 1 / 6,
+                                                    "multi_turn": 0.5})
+    assert out["overall"] == pytest.approx((0.625 + 0.5 + 0.75) / 6)
+
+
+def test_live_group_is_weighted_by_case_count_and_simple_languages_are_averaged_first():
+    scores = {"live_simple": score(10, 10), "live_multiple": score(0, 30),
+              "simple_python": score(1, 1), "simple_java": score(0, 1), "parallel": score(1, 1)}
+    groups = ev.aggregate(scores)["groups"]
+    assert groups["live"] == pytest.approx(10 / 40)
+    # non_live = mean(simple = mean(python 1, java 0), parallel 1)
+    assert groups["non_live"] == pytest.approx(0.75)
+
+
+def test_only_irrelevance_run_gives_that_group_as_overall():
+    out = ev.aggregate({"irrelevance": score(2, 3)})
+    assert out["groups"] == pytest.approx({"irrelevance": 2 / 3})
+    assert out["overall"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------- validity
+
+
+def test_validity_counts_unknown_names_bad_json_and_schema_violations():
+    cases = [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
+             {"id": "irrelevance_0", "category": "irrelevance", "tools": [WEATHER_TOOL]},
+             {"id": "multi_turn_base_0", "category": "multi_turn_base", "tools": [CD_TOOL]}]
+    results = {
+        "simple_python_0": [{"get_weather": '{"city": "Paris", "days": 2}'},   # valid
+                            {"get_weather": '{"days": 2}'},                    # missing required
+                            {"get_wether": '{"city": "Rome"}'}],               # name not offered
+        "irrelevance_0": "I cannot help with that.",                           # text: no call
+        # multi-turn: turns -> steps -> calls, and a text step
+        "multi_turn_base_0": [[[{"cd": '{"folder": "docs"}'}], "done"], [[{"cd": '{"folder": 3'}]]],
+    }
+    v = ev.check_validity(cases, results).as_dict()
+    assert (v["tool_calls"], v["valid_calls"]) == (5, 2)
+    assert (v["unknown_name"], v["bad_json"], v["schema_violation"]) == (1, 1, 1)
+    assert v["validity"] == pytest.approx(0.4)
+    assert any("get_wether" in e for e in v["invalid_examples"])
+
+
+def test_validity_is_undefined_without_any_call():
+    cases = [{"id": "irrelevance_0", "category": "irrelevance", "tools": [WEATHER_TOOL]}]
+    v = ev.check_validity(cases, {"irrelevance_0": "no"}).as_dict()
+    assert v["tool_calls"] == 0 and v["validity"] is None
+
+
+# ----------------------------------------------------------------------------- metrics from files
+
+
+def test_build_metrics_and_outputs_from_bfcl_files(tmp_path: Path):
+    root = tmp_path / "bfcl"
+    fake_bfcl_run(root, results={
+        "simple_python": [{"id": "simple_python_0", "result": [{"get_weather": '{"city": "Oslo"}'}]},
+                          {"id": "simple_python_1", "result": "It is sunny."}],
+        "irrelevance": [{"id": "irrelevance_0", "result": "no tool fits"}],
+    }, scores={"simple_python": (1, 2), "irrelevance": (1, 1)})
+    cases_doc = {"available": {"simple_python": 400, "irrelevance": 240},
+                 "cases": [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
+                           {"id": "simple_python_1", "category": "simple_python", "tools": [WEATHER_TOOL]},
+                           {"id": "irrelevance_0", "category": "irrelevance", "tools": [WEATHER_TOOL]}]}
+    config = ev.EvaluateConfig.model_validate(evaluate_section(categories={"simple_python": 2, "irrelevance": 1}))
+    metrics = ev.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=12.34)
+    assert metrics["subset"] is True
+    assert metrics["categories"] == {"simple_python": {"accuracy": 0.5, "correct": 1, "total": 2},
+                                     "irrelevance": {"accuracy": 1.0, "correct": 1, "total": 1}}
+    assert metrics["overall"] == pytest.approx(0.75)
+    assert metrics["validity"]["validity"] == 1.0 and metrics["validity"]["tool_calls"] == 1
+
+    json_path, csv_path = ev.write_outputs(metrics, tmp_path / "metrics", "base")
+    assert json.loads(json_path.read_text())["categories"]["irrelevance"]["total"] == 1
+    assert csv_path.read_text().splitlines() == ["category,accuracy,correct,total",
+                                                 "simple_python,0.5000,1,2", "irrelevance,1.0000,1,1"]
+
+
+def test_inference_errors_recorded_by_bfcl_fail_the_stage(tmp_path: Path):
+    # What bfcl writes when e.g. the server omits usage: exit code 0, the exception as the result.
+    root = tmp_path / "bfcl"
+    fake_bfcl_run(root, results={"simple_python": [
+        {"id": "simple_python_0", "result": "Error during inference: 'NoneType' object has no attribute "
+                                            "'input_tokens'", "traceback": "..."}]},
+        scores={"simple_python": (0, 1)})
+    cases_doc = {"available": {"simple_python": 400},
+                 "cases": [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
+                           {"id": "simple_python_1", "category": "simple_python", "tools": [WEATHER_TOOL]}]}
+    config = ev.EvaluateConfig.model_validate(evaluate_section(categories={"simple_python": 2}))
+    with pytest.raises(ev.EvalError, match=r"2 of 2 BFCL cases failed") as info:
+        ev.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=1.0)
+    assert "input_tokens" in str(info.value) and "simple_python_1: no result written" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("category", ["web_search_base", "memory_kv", "memory_vector"])
+def test_internet_categories_are_refused_with_a_clear_error(tmp_path: Path, category: str):
+    params = write_params(tmp_path / "params.yaml", evaluate_section(categories={"simple_python": 1, category: 2}))
+    with pytest.raises(ConfigError, match="need the internet"):
+        ev.load_config(params, "base")
+    # and through the command line: exit code 2, before anything starts
+    assert ev.main(["--model-key", "base", "--params", str(params)]) == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"categories": {"simple_pyton": 3}}, "unknown BFCL categories"),
+    ({"categories": {"simple_python": 0}}, "must be >= 1"),
+    ({"categories": {"simple_python": "some"}}, "categories"),
+    ({"bfcl_model": "my_model-FC"}, "contain no '_'"),
+    ({"bfcl_model": "gpt-4o"}, "must end with '-FC'"),
+    ({"surprise": 1}, "surprise"),
+])
+def test_config_errors(tmp_path: Path, overrides: dict, message: str):
+    params = write_params(tmp_path / "params.yaml", evaluate_section(**overrides))
+    with pytest.raises(ConfigError, match=message):
+        ev.load_config(params, "base")
+
+
+def test_unknown_model_key_and_all_counts(tmp_path: Path):
+    params = write_params(tmp_path / "params.yaml", evaluate_section(categories={"live_simple": "all"}))
+    config, entry = ev.load_config(params, "stage2")
+    assert entry.format == "octupus" and config.categories == {"live_simple": "all"}
+    assert config.api_model_name == "gpt-4-turbo-2024-04-09"
+    with pytest.raises(ConfigError, match="no 'nope'"):
+        ev.load_config(params, "nope")
+
+
+def test_missing_bfcl_venv_is_a_clear_error(tmp_path: Path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    section = evaluate_section(bfcl_venv=str(tmp_path / "no-venv"), work_dir=str(tmp_path / "work"),
+                               metrics_dir=str(tmp_path / "metrics"))
+    section["models"]["base"]["path"] = str(model_dir)
+    params = write_params(tmp_path / "params.yaml", section)
+    assert ev.main(["--model-key", "base", "--params", str(params)]) == 1
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_server_process_group_is_stopped_when_the_run_fails(tmp_path: Path):
+    # A stand-in server (stdlib http.server answers /health with 200 for any existing path).
+    (tmp_path / "health").write_text("ok")
+    port = ev.free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    procs = []
+    real_popen = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        p = real_popen(*args, **kwargs)
+        procs.append(p)
+        return p
+
+    subprocess.Popen = spy  # type: ignore[misc]
+    try:
+        with pytest.raises(RuntimeError, match="bfcl blew up"):
+            with ev.running_server(cmd, port, 30, tmp_path / "server.log") as url:
+                assert url == f"http://127.0.0.1:{port}/v1"
+                raise RuntimeError("bfcl blew up")
+    finally:
+        subprocess.Popen = real_popen  # type: ignore[misc]
+    assert procs and procs[0].poll() is not None
+
+
+def test_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path):
+    cmd = [sys.executable, "-c", "import sys; print('cannot load model xyz'); sys.exit(3)"]
+    with pytest.raises(ev.EvalError, match=r"exited with code 3[\s\S]*cannot load model xyz"):
+        with ev.running_server(cmd, ev.free_port(), 30, tmp_path / "server.log"):
+            pass
+
+
+# ----------------------------------------------------------------------------- end to end (slow)
+
+
+@pytest.mark.slow
+def test_stage_runs_real_bfcl_against_the_server_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path):
+    venv = REPO / ".venv-bfcl"
+    if not (venv / "bin" / "python").is_file():
+        pytest.skip(".venv-bfcl is missing: create it with `bash scripts/bfcl_venv.sh`")
+    section = evaluate_section(
+        categories={"simple_python": 2, "irrelevance": 1},
+        bfcl_venv=str(venv), work_dir=str(tmp_path / "work"), metrics_dir=str(tmp_path / "metrics"))
+    section["models"]["tiny"] = {"path": str(tiny_model_dir), "format": "octupus"}
+    params = write_params(tmp_path / "params.yaml", section)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "stages.evaluate", "--model-key", "tiny", "--params", str(params)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics" / "tiny.json").read_text())
+    assert metrics["subset"] is True and metrics["cases"] == 3
+    assert {c: m["total"] for c, m in metrics["categories"].items()} == {"simple_python": 2, "irrelevance": 1}
+    assert set(metrics["groups"]) == {"non_live", "irrelevance"}
+    # Constrained decoding: whatever the random model emitted as calls must be valid.
+    assert metrics["validity"]["validity"] in (None, 1.0)
+    assert (tmp_path / "metrics" / "tiny_categories.csv").read_text().startswith("category,accuracy")
+    # the server is gone
+    assert "server stopped" in proc.stderr
+    print(f"end-to-end evaluate on 3 cases: {time.monotonic() - start:.1f} s")
+    shutil.rmtree(tmp_path / "work", ignore_errors=True)
