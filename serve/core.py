@@ -25,7 +25,7 @@ from serve.backends.base import Backend, GenerationState, SamplingParams
 from serve.constraints.base import ConstraintEngine, GrammarSpec, JsonLimits, ToolGrammar
 from serve.constraints.schema import bound_schema, check_schema
 from serve.errors import APIError, BadRequest, InvalidToolCall, ServerError
-from serve.formats import TOOL_NAME_RE, ParsedOutput, ToolFormat, _held_prefix
+from serve.formats import TOOL_NAME_RE, ParsedOutput, ToolFormat, held_prefix
 from serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,10 @@ class ServingCore:
             else:
                 compiled = self._compile(spec)
 
-        text = self.fmt.render(messages, [t for t in tools])
+        try:
+            text = self.fmt.render(messages, tools)
+        except Exception as exc:  # jinja's TemplateError and raise_exception(): the conversation's fault
+            raise BadRequest(f"the chat template cannot render this conversation: {exc}", param="messages") from None
         prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         room = self.backend.max_context - len(prompt_ids)
         if room <= 0:
@@ -269,7 +272,7 @@ class ServingCore:
             if parsed.content is not None:
                 visible = parsed.content
                 if not final:
-                    held = max((_held_prefix(visible, s) for s in prep.stop), default=0)
+                    held = max((held_prefix(visible, s) for s in prep.stop), default=0)
                     visible = visible[: len(visible) - held]
                 if len(visible) > sent_content:
                     yield ContentDelta(visible[sent_content:])

@@ -66,7 +66,7 @@ class ParsedOutput:
         return [c for c in self.calls if c.complete and c.name is not None]
 
 
-def _held_prefix(text: str, terminator: str) -> int:
+def held_prefix(text: str, terminator: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``terminator``."""
     for n in range(min(len(text), len(terminator) - 1), 0, -1):
         if terminator.startswith(text[-n:]):
@@ -113,7 +113,7 @@ def parse_with_shape(shape: ToolCallShape, text: str, finished: bool) -> ParsedO
                     continue
                 break
             rest = text[args_start:]
-            rest = rest[: len(rest) - _held_prefix(rest, shape.call_close)]
+            rest = rest[: len(rest) - held_prefix(rest, shape.call_close)]
             calls.append(ParsedCall(name=name, arguments=rest, complete=False))
             break
         nxt = text.find(next_call, args_start)
@@ -123,13 +123,13 @@ def parse_with_shape(shape: ToolCallShape, text: str, finished: bool) -> ParsedO
             continue
         rest = text[args_start:]
         if not finished:
-            rest = rest[: len(rest) - _held_prefix(rest, next_call)]
+            rest = rest[: len(rest) - held_prefix(rest, next_call)]
         calls.append(ParsedCall(name=name, arguments=rest, complete=finished))
         break
     return ParsedOutput(content=None, calls=calls)
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -336,7 +336,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if seen_other:
                 raise BadRequest(f"{where}: a system message must come before all other messages",
                                  param="messages")
-            out.append({"role": "system", "content": _text_of(m.get("content"))})
+            out.append({"role": "system", "content": text_of(m.get("content"))})
             continue
         seen_other = True
         if role == "tool":
@@ -347,16 +347,16 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise BadRequest(f"{where}: tool message answers '{call_id}', which is not a pending "
                                  "tool call of the preceding assistant message", param="messages")
             pending.discard(call_id)
-            out.append({"role": "tool", "tool_call_id": call_id, "content": _text_of(m.get("content"))})
+            out.append({"role": "tool", "tool_call_id": call_id, "content": text_of(m.get("content"))})
             continue
         if pending:
             raise BadRequest(f"{where}: tool calls {sorted(pending)} have no tool message answering them",
                              param="messages")
         if role == "user":
             has_user = True
-            out.append({"role": "user", "content": _text_of(m.get("content"))})
+            out.append({"role": "user", "content": text_of(m.get("content"))})
         else:  # assistant
-            msg: dict[str, Any] = {"role": "assistant", "content": _text_of(m.get("content")) or None}
+            msg: dict[str, Any] = {"role": "assistant", "content": text_of(m.get("content")) or None}
             calls = m.get("tool_calls") or []
             if calls:
                 msg["tool_calls"] = []

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from serve.core import Prepared, ServingCore, assemble
 from serve.errors import APIError, BadRequest, error_response
-from serve.formats import _text_of, normalize_messages
+from serve.formats import text_of, normalize_messages
 from serve.protocol import ResponsesRequest, new_id, now
 from serve.serving_chat import tool_choice_of
 
@@ -39,7 +39,7 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             if role not in ("system", "developer", "user", "assistant"):
                 raise BadRequest(f"{where}: unknown role {role!r}", param="input")
             try:
-                text = _text_of(item.get("content"))
+                text = text_of(item.get("content"))
             except BadRequest as exc:
                 raise BadRequest(f"{where}: {exc.message}", param="input") from None
             except (AttributeError, TypeError):
@@ -63,7 +63,7 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             output = item.get("output", "")
             if not isinstance(output, str):
                 try:
-                    output = _text_of(output)
+                    output = text_of(output)
                 except (BadRequest, AttributeError, TypeError):
                     output = json.dumps(output, ensure_ascii=False)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})

@@ -16,9 +16,10 @@ own conversion), so the project side can check every returned call against them.
 
 ``scripts/bfcl_venv.sh`` also installs a copy of this file into the venv's site-packages with a
 ``.pth`` line calling :func:`install_name_hook`, so that the original project's command
-``bfcl generate --model gpt-4-turbo-2024-04-09-FC`` works: that name is not in this bfcl
-version's ``MODEL_CONFIG_MAPPING`` and is added, mapped to ``OpenAIResponsesHandler``, when bfcl
-loads its registry. Nothing here imports bfcl at interpreter start.
+``OPENAI_BASE_URL=http://localhost:8000/v1 bfcl generate --model gpt-4-turbo-2024-04-09-FC ...``
+works unchanged: that name is not in this bfcl version's ``MODEL_CONFIG_MAPPING`` and is added,
+mapped to ``OpenAIResponsesHandler``, when bfcl loads its registry (see :class:`_BfclImportHook`
+for the two defaults it also sets). Nothing here imports bfcl at interpreter start.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 REGISTRY_MODULE = "bfcl_eval.constants.model_config"
+EVAL_CONFIG_MODULE = "bfcl_eval.constants.eval_config"
 # The original project's evaluation command used this name; later bfcl releases dropped it.
 DEFAULT_ALIASES = ("gpt-4-turbo-2024-04-09-FC",)
 FC_SUFFIX = "-FC"
@@ -69,18 +71,25 @@ def register_model_name(registry: ModuleType, registry_name: str) -> bool:
     return True
 
 
-class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Extends bfcl's model registry right after the registry module has executed.
+class _BfclImportHook(importlib.abc.MetaPathFinder):
+    """Adjusts two bfcl modules as bfcl itself imports them.
 
     Importing bfcl here would cost seconds at every interpreter start and import every vendor SDK;
-    patching the registry module's loader defers the work to the moment bfcl loads it itself.
+    wrapping the two modules' loaders defers the work to the moment bfcl loads them:
+
+    - before ``bfcl_eval.constants.eval_config`` runs: ``BFCL_PROJECT_ROOT`` defaults to the current
+      directory (bfcl's own default is site-packages, where it also reads a ``.env`` that overrides
+      the caller's variables);
+    - after ``bfcl_eval.constants.model_config`` ran: ``names`` are registered, and a placeholder
+      ``OPENAI_API_KEY`` is set when ``OPENAI_BASE_URL`` points at a server but no key was given
+      (the OpenAI client refuses to start without one; the project's server is open by default).
     """
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != REGISTRY_MODULE:
+        if fullname not in (REGISTRY_MODULE, EVAL_CONFIG_MODULE):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
@@ -90,20 +99,29 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         names = self.names
 
         def exec_module(module: ModuleType) -> None:
+            if fullname == EVAL_CONFIG_MODULE:
+                os.environ.setdefault("BFCL_PROJECT_ROOT", os.getcwd())
+                original(module)
+                return
             original(module)
             for name in names:
                 register_model_name(module, name)
+            if os.environ.get("OPENAI_BASE_URL") and not os.environ.get("OPENAI_API_KEY"):
+                os.environ["OPENAI_API_KEY"] = "unused"
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
 def install_name_hook(names: tuple[str, ...] = DEFAULT_ALIASES) -> None:
-    """Called from the ``.pth`` file: register ``names`` whenever bfcl loads its registry."""
-    if any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+    """Called from the ``.pth`` file in ``.venv-bfcl`` (see :class:`_BfclImportHook`).
+
+    ``OCTUPUS_BFCL_MODELS`` (comma-separated ``<name>-FC``) registers more names.
+    """
+    if any(isinstance(f, _BfclImportHook) for f in sys.meta_path):
         return
     extra = tuple(n for n in os.environ.get("OCTUPUS_BFCL_MODELS", "").split(",") if n)
-    sys.meta_path.insert(0, _RegisterAfterImport(names + extra))
+    sys.meta_path.insert(0, _BfclImportHook(names + extra))
 
 
 # ----------------------------------------------------------------------------- the stage's run

@@ -236,6 +236,8 @@ def tokenize_conversation(
         messages = canonicalize_messages(messages)
     except ArgumentsError as exc:
         raise RowError("invalid_arguments") from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # tool_calls of the wrong shape
+        raise RowError("invalid_tool_calls") from exc
     try:
         encoded = tokenizer.apply_chat_template(
             messages,
@@ -415,7 +417,12 @@ def run_fingerprint(config: SFTStageConfig, tool_format: str) -> dict[str, Any]:
             _hash_file(path, digest)
         else:
             digest.update(str(path.stat().st_size).encode())
+    code = hashlib.sha256()
+    # A fix in how rows become tokens must not resume a checkpoint trained on the old tokens.
+    for module_file in (Path(__file__), Path(__file__).with_name("toolcall_format.py")):
+        _hash_file(module_file, code)
     return {
+        "code_sha256": code.hexdigest(),
         "profile": config.profile,
         "hyperparameters": config.active.model_dump(mode="json", exclude=set(BOOKKEEPING_FIELDS)),
         "tool_format": tool_format,

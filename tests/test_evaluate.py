@@ -280,3 +280,58 @@ def test_stage_runs_real_bfcl_against_the_server_on_a_tiny_model(tmp_path: Path,
     assert "server stopped" in proc.stderr
     print(f"end-to-end evaluate on 3 cases: {time.monotonic() - start:.1f} s")
     shutil.rmtree(tmp_path / "work", ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- bfcl name hook
+
+FAKE_MODEL_CONFIG = '''
+from dataclasses import dataclass
+from typing import Optional
+
+@dataclass
+class ModelConfig:
+    model_name: str
+    display_name: str
+    url: str
+    org: str
+    license: str
+    model_handler: object
+    input_price: Optional[float] = None
+    output_price: Optional[float] = None
+    is_fc_model: bool = True
+    underscore_to_dot: bool = False
+
+MODEL_CONFIG_MAPPING = {"gpt-4.1-2025-04-14-FC": ModelConfig("gpt-4.1-2025-04-14", "x", "u", "o", "l", None)}
+'''
+
+
+def test_pth_hook_registers_the_original_model_name_when_bfcl_loads_its_registry(tmp_path: Path):
+    # A stand-in bfcl_eval with the same module layout; the hook runs in a fresh interpreter, as
+    # from the .pth file that scripts/bfcl_venv.sh installs.
+    pkg = tmp_path / "site" / "bfcl_eval"
+    for sub in ("", "constants", "model_handler", "model_handler/api_inference"):
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "constants" / "model_config.py").write_text(FAKE_MODEL_CONFIG)
+    (pkg / "constants" / "eval_config.py").write_text(
+        "import os\nfrom pathlib import Path\nPROJECT_ROOT = Path(os.environ['BFCL_PROJECT_ROOT'])\n")
+    (pkg / "model_handler" / "api_inference" / "openai_response.py").write_text("class OpenAIResponsesHandler: pass\n")
+    shutil.copy(REPO / "stages" / "bfcl_runner.py", tmp_path / "site" / "octupus_bfcl_runner.py")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    script = (
+        "import os, sys, octupus_bfcl_runner as r\n"
+        "r.install_name_hook()\n"
+        "assert 'bfcl_eval' not in sys.modules  # nothing imported at start-up\n"
+        "from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING as m\n"
+        "from bfcl_eval.constants.eval_config import PROJECT_ROOT\n"
+        "c = m['gpt-4-turbo-2024-04-09-FC']\n"
+        "print(c.model_name, c.model_handler.__name__, c.is_fc_model, c.underscore_to_dot,\n"
+        "      'gpt-4.1-2025-04-14-FC' in m, PROJECT_ROOT, os.environ['OPENAI_API_KEY'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("BFCL_PROJECT_ROOT", "OPENAI_API_KEY")}
+    env.update(PYTHONPATH=str(tmp_path / "site"), OPENAI_BASE_URL="http://127.0.0.1:8000/v1")
+    out = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["gpt-4-turbo-2024-04-09", "OpenAIResponsesHandler", "True", "True", "True",
+                                  str(work), "unused"]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from lmformatenforcer import (CharacterLevelParser, CharacterLevelParserConfig, JsonSchemaParser, SequenceParser,
                               StringParser, TokenEnforcer, TokenEnforcerTokenizerData, UnionParser)
+from lmformatenforcer.tokenlist import TokenList
 
 from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher
 
@@ -128,19 +129,27 @@ class MoreCalls(CharacterLevelParser):
 
 
 class LMFEMatcher(Matcher):
-    def __init__(self, enforcer: TokenEnforcer, vocab: int) -> None:
+    def __init__(self, enforcer: TokenEnforcer, first_allowed: Callable[[], list[int]] | None = None) -> None:
         self.enforcer = enforcer
         self.tokens: list[int] = []
-        self.vocab = vocab
+        self.first_allowed = first_allowed
+
+    def _allowed(self) -> list[int]:
+        if not self.tokens and self.first_allowed is not None and () not in self.enforcer.prefix_states:
+            # Seed the root state with the precomputed first-token set (see _first_allowed).
+            allowed = TokenList(False, self.enforcer.vocab_size)
+            allowed.extend(self.first_allowed())
+            self.enforcer.prefix_states[()] = TokenEnforcer.OutputTensorState(
+                parser=self.enforcer.root_parser, allowed_tokens=allowed)
+        return self.enforcer.get_allowed_tokens(self.tokens).allowed_tokens
 
     def _state(self) -> Any:
-        self.enforcer.get_allowed_tokens(self.tokens)
+        self._allowed()
         return self.enforcer.prefix_states[tuple(self.tokens)]
 
     def apply(self, logits: torch.Tensor) -> None:
-        allowed = self.enforcer.get_allowed_tokens(self.tokens).allowed_tokens
         keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        keep[torch.tensor(allowed, dtype=torch.long)] = True
+        keep[torch.tensor(self._allowed(), dtype=torch.long)] = True
         logits.masked_fill_(~keep, float("-inf"))
 
     def consume(self, token_id: int) -> bool:
@@ -210,7 +219,7 @@ class LMFormatEnforcerEngine(ConstraintEngine):
         # Parsers are cheap to build and carry per-sequence state, so the compiled form is the recipe.
         return {"spec": spec, "tools": tools}
 
-    def _root(self, compiled: dict[str, Any]) -> CharacterLevelParser:
+    def _root(self, compiled: dict[str, Any], branches_wanted: str = "all") -> CharacterLevelParser:
         spec: GrammarSpec = compiled["spec"]
         s = spec.shape
         config = CharacterLevelParserConfig(alphabet=self.alphabet, max_consecutive_whitespaces=spec.max_whitespace)
@@ -226,19 +235,37 @@ class LMFormatEnforcerEngine(ConstraintEngine):
             return options[0] if len(options) == 1 else UnionParser(options)
 
         branches: list[CharacterLevelParser] = []
-        if spec.allow_text:
+        if spec.allow_text and branches_wanted in ("all", "text"):
             if s.text_open:
                 branches.append(Seq([StringParser(s.text_open), AnyText(self.alphabet)]))
             else:
                 branches.append(AnyText(self.alphabet, not_first=s.call_open[0]))
-        if spec.allow_calls and compiled["tools"]:
+        if spec.allow_calls and compiled["tools"] and branches_wanted in ("all", "calls"):
             if spec.parallel:
                 branches.append(Seq([one_call(), MoreCalls(s.call_separator, one_call)]))
             else:
                 branches.append(one_call())
         return branches[0] if len(branches) == 1 else UnionParser(branches)
 
+    def _first_allowed(self, compiled: dict[str, Any]) -> list[int]:
+        """First-token set of a text-or-call grammar, computed per branch and cached per grammar.
+
+        The enforcer walks the vocabulary in Python; under the root's union of free text and calls
+        that walk has no cache and took minutes on Qwen's 152k vocabulary for every request. Per
+        branch it is cheap: free text hits the engine-wide cache, calls start with a fixed string.
+        """
+        if "first" not in compiled:
+            allowed: set[int] = set()
+            for branch in ("text", "calls"):
+                enforcer = TokenEnforcer(self.data, self._root(compiled, branch))
+                enforcer.allowed_token_cache = self.token_cache
+                allowed.update(enforcer.get_allowed_tokens([]).allowed_tokens)
+            compiled["first"] = sorted(allowed)
+        return compiled["first"]
+
     def matcher(self, compiled: dict[str, Any]) -> LMFEMatcher:
         enforcer = TokenEnforcer(self.data, self._root(compiled))
         enforcer.allowed_token_cache = self.token_cache
-        return LMFEMatcher(enforcer, len(self.tokenizer))
+        spec: GrammarSpec = compiled["spec"]
+        both = spec.allow_text and spec.allow_calls and compiled["tools"]
+        return LMFEMatcher(enforcer, (lambda: self._first_allowed(compiled)) if both else None)
