@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jsonschema
 from jsonschema.exceptions import SchemaError
 
-from stages.normalize import NORMALIZERS, Drop, Parsers, finalize
+from stages.normalize import NORMALIZERS, Drop, NeedsStdlibJson, Parsers, finalize, read_conversation, stdlib_parsers
 
 # Every rule a row can be dropped by. A row is counted once, under the first rule it breaks: first
 # the reading rules (unparseable ... tool_result_mismatch) in the order they are met while the row
@@ -51,14 +51,15 @@ def prepare_row(kind: str, line: str, parsers: Parsers) -> Prepared:
     if kind not in NORMALIZERS:
         raise ValueError(f"unknown kind {kind!r}")
     try:
-        row = json.loads(line)
-    except ValueError:
-        raise Drop("unparseable", "line is not JSON") from None
-    if not isinstance(row, dict):
-        raise Drop("unparseable", "line is not a JSON object")
-    conv = NORMALIZERS[kind](row, parsers)
+        return _prepare(kind, line, parsers)
+    except NeedsStdlibJson:
+        return _prepare(kind, line, stdlib_parsers(parsers))
+
+
+def _prepare(kind: str, line: str, parsers: Parsers) -> Prepared:
+    conv = read_conversation(kind, line, parsers)
     check_structure(conv.messages)
-    messages_json, tools_json = finalize(conv)
+    messages_json, tools_json = finalize(conv, parsers.json)
     return messages_json, tools_json, calls_of(conv.messages), conv.tools.schemas
 
 

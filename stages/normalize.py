@@ -6,8 +6,11 @@ raises :class:`Drop` naming the rule the row breaks. Everything here is pure Pyt
 python-like literals and call lists are read with ``ast`` and a whitelist of literal nodes.
 
 Parsing of strings that repeat across rows (tool lists, call lists, tool results) goes through
-:class:`Parsers`. The plain instance parses every time (the row-by-row baseline); the cached one
-(:func:`cached_parsers`) parses each distinct string once, which is what the polars path uses.
+:class:`Parsers`. The plain instance parses every time with the stdlib ``json`` module (the
+row-by-row baseline); the cached one (:func:`cached_parsers`) parses each distinct string once and
+reads/writes JSON with orjson (:data:`FAST_JSON`), which is what the polars path uses. Both write
+the same text: compact JSON (``","`` and ``":"`` separators, non-ASCII kept), the byte form
+``stages.toolcall_format`` uses for arguments.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable
+
+import orjson
 
 KINDS = ("hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat")
 
@@ -58,6 +63,90 @@ class Conversation:
 
     messages: list[dict[str, Any]]
     tools: ToolSet = NO_TOOLS
+    n_calls: int = 0  # placeholders "#0" .. "#<n_calls - 1>" stand for the call ids
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON reading and writing
+
+
+class NeedsStdlibJson(Exception):
+    """The fast codec cannot promise the stdlib's result for this row; read the row again with json.
+
+    Raised when a value to write holds a float of 1e16 or more: orjson reads integers beyond 64 bits
+    as floats (json keeps them exact), so such a value may differ from what json would have read.
+    """
+
+
+def _std_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _std_dumps_sorted(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _std_loads_no_constants(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _fast_loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN/Infinity, lone surrogates and depth > 1024, which json accepts; json
+        # also gives the error when both refuse. orjson accepts nothing json refuses.
+        return json.loads(text)
+
+
+def _fast_loads_no_constants(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _std_loads_no_constants(text)
+
+
+def _fast_dumps(value: Any, option: int = 0) -> str:
+    try:
+        out = orjson.dumps(value, option=option)
+    except TypeError:  # ints beyond 64 bits, non-string keys, lone surrogates: json's text
+        return _std_dumps_sorted(value) if option else _std_dumps(value)
+    if b"e+" in out:
+        raise NeedsStdlibJson("float of 1e16 or more")
+    if b"null" in out or b"e-" in out or b"0.0000" in out:
+        # NaN/Infinity become null in orjson, and floats below 1e-4 are spelled differently
+        # (0.00001 vs 1e-05); strings holding these bytes only cost the slower path.
+        return _std_dumps_sorted(value) if option else _std_dumps(value)
+    return out.decode()
+
+
+def _fast_dumps_text(value: Any) -> str:
+    """For values made of strings, None, lists and string-keyed dicts only (messages)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # lone surrogates
+        return _std_dumps(value)
+
+
+@dataclass(frozen=True)
+class JsonCodec:
+    """How the normalizers read and write JSON; both codecs give the same values and the same text.
+
+    ``dumps*`` write compact JSON with non-ASCII kept. ``dumps_text`` is only for values made of
+    strings, None, lists and string-keyed dicts.
+    """
+
+    name: str
+    loads: Callable[[str], Any]
+    loads_no_constants: Callable[[str], Any]  # NaN/Infinity refused
+    dumps: Callable[[Any], str]
+    dumps_sorted: Callable[[Any], str]
+    dumps_text: Callable[[Any], str]
+
+
+STDLIB_JSON = JsonCodec("json", json.loads, _std_loads_no_constants, _std_dumps, _std_dumps_sorted, _std_dumps)
+FAST_JSON = JsonCodec("orjson", _fast_loads, _fast_loads_no_constants, _fast_dumps,
+                      partial(_fast_dumps, option=orjson.OPT_SORT_KEYS), _fast_dumps_text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,6 +183,11 @@ def _reject_constant(name: str) -> Any:
 # Strings (either quote) are matched whole, so True/False/None are only seen outside them.
 _PY_TOKEN = re.compile(r"""'([^'\\]*)'|"(?:[^"\\]|\\.)*"|\b(True|False|None)\b""")
 _PY_WORDS = {"True": "true", "False": "false", "None": "null"}
+_PY_WORD = re.compile(r"\b(True|False|None)\b")
+
+
+def _py_word(m: re.Match[str]) -> str:
+    return _PY_WORDS[m.group(1)]
 
 
 def _python_repr_as_json(text: str) -> str | None:
@@ -103,6 +197,14 @@ def _python_repr_as_json(text: str) -> str | None:
     """
     if "\\'" in text:
         return None
+    if '"' not in text and "\\" not in text and text.count("'") % 2 == 0:
+        # The usual case, done with str methods: every quote pairs with the next one, so the
+        # pieces between quotes alternate outside/inside strings, as the token regex reads them.
+        if "True" not in text and "False" not in text and "None" not in text:
+            return text.replace("'", '"')
+        pieces = text.split("'")
+        pieces[::2] = [_PY_WORD.sub(_py_word, piece) for piece in pieces[::2]]
+        return '"'.join(pieces)
 
     def swap(m: re.Match[str]) -> str:
         if m.group(2) is not None:
@@ -114,19 +216,22 @@ def _python_repr_as_json(text: str) -> str | None:
     return _PY_TOKEN.sub(swap, text)
 
 
-def parse_loose(text: str) -> Any:
+def parse_loose(text: str, codec: JsonCodec = STDLIB_JSON) -> Any:
     """JSON first; then a python-repr literal (single quotes, True/None), never evaluated.
 
     Simple reprs are rewritten to JSON (fast); anything else is read with ``ast``.
     """
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
+    # Valid JSON holds a quote character only inside a "..." string: without '"', a "'" means a
+    # python repr, and the failing JSON attempt (an exception) is skipped.
+    if '"' in text or "'" not in text:
+        try:
+            return codec.loads(text)
+        except ValueError:
+            pass
     rewritten = _python_repr_as_json(text)
     if rewritten is not None:
         try:
-            return json.loads(rewritten, parse_constant=_reject_constant)
+            return codec.loads_no_constants(rewritten)
         except ValueError:
             pass
     try:
@@ -248,25 +353,24 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
 ToolEntry = tuple[dict[str, Any], str, str, str]  # (tool, tool JSON, name, canonical schema JSON)
 
 
-def tool_entry(tool: dict[str, Any]) -> ToolEntry:
+def tool_entry(tool: dict[str, Any], codec: JsonCodec = STDLIB_JSON) -> ToolEntry:
     fn = tool["function"]
-    return (tool, json.dumps(tool, ensure_ascii=False), fn["name"],
-            json.dumps(fn["parameters"], sort_keys=True, ensure_ascii=False))
+    return (tool, codec.dumps(tool), fn["name"], codec.dumps_sorted(fn["parameters"]))
 
 
 def tool_set(entries: list[ToolEntry]) -> ToolSet:
     names = [e[2] for e in entries]
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
-    # Same text as json.dumps(list_of_tools) with the default separators.
-    return ToolSet(tuple(e[0] for e in entries), "[" + ", ".join(e[1] for e in entries) + "]",
+    # Same text as dumps(list_of_tools): compact separators.
+    return ToolSet(tuple(e[0] for e in entries), "[" + ",".join(e[1] for e in entries) + "]",
                    tuple((e[2], e[3]) for e in entries))
 
 
-def normalize_tools(raw_tools: Any, keep_dots: bool) -> ToolSet:
+def normalize_tools(raw_tools: Any, keep_dots: bool, codec: JsonCodec = STDLIB_JSON) -> ToolSet:
     if not isinstance(raw_tools, list):
         raise Drop("bad_tool_schema", "tool list is not a list")
-    return tool_set([tool_entry(normalize_tool(t, keep_dots)[1]) for t in raw_tools])
+    return tool_set([tool_entry(normalize_tool(t, keep_dots)[1], codec) for t in raw_tools])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +405,7 @@ def _scan_to_close(text: str, start: int) -> int:
 _KEYWORD = re.compile(r"(^\s*|,\s*)([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
 
 
-def _keywords_as_json(args_text: str) -> dict[str, Any] | None:
+def _keywords_as_json(args_text: str, codec: JsonCodec = STDLIB_JSON) -> dict[str, Any] | None:
     """Fast path: ``a="x", n=2`` read as the JSON object ``{"a": "x", "n": 2}``; None if that fails.
 
     A keyword-looking match inside a string inserts quotes into it and breaks the JSON, and a
@@ -317,7 +421,7 @@ def _keywords_as_json(args_text: str) -> dict[str, Any] | None:
         return f'{m.group(1)}"{m.group(2)}": '
 
     try:
-        obj = json.loads("{" + _KEYWORD.sub(quote, args_text) + "}", parse_constant=_reject_constant)
+        obj = codec.loads_no_constants("{" + _KEYWORD.sub(quote, args_text) + "}")
     except ValueError:
         return None
     if not isinstance(obj, dict) or len(obj) != found:
@@ -346,7 +450,7 @@ def _call_name(body: str, start: int, paren: int) -> str:
     return name
 
 
-def parse_call_list(text: str) -> list[tuple[str, dict[str, Any]]]:
+def parse_call_list(text: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[str, dict[str, Any]]]:
     """``[F(a="x", n=2.0), G Name()]`` -> [(name, args)]; names may hold spaces, dots, slashes.
 
     Values are literals only (JSON or python spelling); nothing is evaluated.
@@ -356,10 +460,11 @@ def parse_call_list(text: str) -> list[tuple[str, dict[str, Any]]]:
         raise ValueError("not a bracket list")
     body = body[1:-1].strip()
     paren = body.find("(")
-    if paren > 0 and body.endswith(")"):
-        # Most lists hold one call: if the whole rest reads as one JSON keyword list, it is one call
-        # (any ")" in between sits inside a string).
-        args = _keywords_as_json(body[paren + 1:-1])
+    if paren > 0 and body.endswith(")") and ")" not in body[paren + 1:-1]:
+        # Most lists hold one call: if the whole rest reads as one JSON keyword list, it is one call.
+        # A ")" in between usually closes an earlier call; the loop below reads those (and the rare
+        # ")" inside a string) the same way, without a failed JSON attempt first.
+        args = _keywords_as_json(body[paren + 1:-1], codec)
         if args is not None:
             return [(_call_name(body, 0, paren), args)]
     calls: list[tuple[str, dict[str, Any]]] = []
@@ -374,7 +479,7 @@ def parse_call_list(text: str) -> list[tuple[str, dict[str, Any]]]:
             raise ValueError("call without arguments list")
         name = _call_name(body, i, paren)
         end = _scan_to_close(body, paren)
-        args = _keywords_as_json(body[paren + 1:end - 1])
+        args = _keywords_as_json(body[paren + 1:end - 1], codec)
         calls.append((name, args if args is not None else _keywords_by_ast(body[paren:end])))
         i = end
     if not calls:
@@ -438,11 +543,11 @@ def tools_block(system: str) -> tuple[int, str] | None:
     return None
 
 
-def _hermes_calls(value: str) -> list[tuple[Any, Any]]:
+def _hermes_calls(value: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[Any, Any]]:
     calls = []
     for body in tag_bodies(value, "<tool_call>", "</tool_call>"):
         try:
-            obj = parse_loose(body)
+            obj = parse_loose(body, codec)
         except ValueError:
             raise Drop("bad_call", "unreadable <tool_call>") from None
         if not isinstance(obj, dict):
@@ -450,7 +555,7 @@ def _hermes_calls(value: str) -> list[tuple[Any, Any]]:
         args = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(args, str):
             try:
-                args = parse_loose(args)
+                args = parse_loose(args, codec)
             except ValueError:
                 raise Drop("bad_call", "arguments string is not JSON") from None
         name = obj.get("name")
@@ -461,31 +566,31 @@ def _hermes_calls(value: str) -> list[tuple[Any, Any]]:
     return calls
 
 
-def _hermes_responses(value: str) -> list[tuple[Any, str]]:
+def _hermes_responses(value: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[Any, str]]:
     bodies = tag_bodies(value, "<tool_response>", "</tool_response>") or [value.strip()]
     out = []
     for body in bodies:
         try:
-            obj = parse_loose(body)
+            obj = parse_loose(body, codec)
         except ValueError:
             out.append((None, body))
             continue
         if isinstance(obj, dict) and "name" in obj and "content" in obj:
             content = obj["content"]
-            out.append((obj["name"], content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)))
+            out.append((obj["name"], content if isinstance(content, str) else codec.dumps(content)))
         else:
             out.append((None, body))
     return out
 
 
-def _toolace_results(value: str) -> list[tuple[Any, str]] | None:
+def _toolace_results(value: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[Any, str]] | None:
     try:
-        obj = json.loads(value)
+        obj = codec.loads(value)
     except ValueError:
         return None
     if not isinstance(obj, list) or not all(isinstance(o, dict) and "name" in o for o in obj):
         return None
-    return [(o["name"], json.dumps(o.get("results"), ensure_ascii=False)) for o in obj]
+    return [(o["name"], codec.dumps(o.get("results"))) for o in obj]
 
 
 _ELEMENT_GAP = re.compile(r"\}\s*,\s*\{")
@@ -512,8 +617,9 @@ def split_elements(text: str) -> list[str] | None:
 class Parsers:
     """String parsers for repeated pieces. Results are treated as read-only by the normalizers."""
 
-    def __init__(self, keep_dots: bool = False, cache: bool = False) -> None:
+    def __init__(self, keep_dots: bool = False, cache: bool = False, fast_json: bool | None = None) -> None:
         self.keep_dots = keep_dots
+        self.json = FAST_JSON if (cache if fast_json is None else fast_json) else STDLIB_JSON
 
         def maybe(fn: Callable[..., Any], size: int = 4096) -> Callable[..., Any]:
             # Whole prompts and call lists repeat less than tools and names: small caches for them
@@ -524,15 +630,15 @@ class Parsers:
         self.toolace_system = maybe(self._toolace_system)
         self.hermes_system = maybe(self._hermes_system)
         self.toolace_calls = maybe(self._toolace_calls)
-        self.hermes_calls = maybe(_hermes_calls)
-        self.hermes_responses = maybe(_hermes_responses)
-        self.toolace_results = maybe(_toolace_results)
+        self.hermes_calls = maybe(partial(_hermes_calls, codec=self.json))
+        self.hermes_responses = maybe(partial(_hermes_responses, codec=self.json))
+        self.toolace_results = maybe(partial(_toolace_results, codec=self.json))
         self.tools_json = maybe(self._tools_json)
         self.tool_element = maybe(self._tool_element, 100_000)
         self.name = maybe(self._name, 100_000)
 
     def _tool_element(self, text: str) -> ToolEntry:
-        return tool_entry(normalize_tool(parse_loose(text), self.keep_dots)[1])
+        return tool_entry(normalize_tool(parse_loose(text, self.json), self.keep_dots)[1], self.json)
 
     def _tool_list_by_pieces(self, text: str) -> ToolSet | None:
         pieces = split_elements(text) if self.cache else None
@@ -550,10 +656,10 @@ class Parsers:
         if fast is not None:
             return fast
         try:
-            raw = parse_loose(text)
+            raw = parse_loose(text, self.json)
         except ValueError:
             raise Drop("bad_tool_schema", "tool list is neither JSON nor a python literal") from None
-        return normalize_tools(raw, self.keep_dots)
+        return normalize_tools(raw, self.keep_dots, self.json)
 
     def _name(self, name: Any) -> str:
         return sanitize_name(name, self.keep_dots)
@@ -591,13 +697,18 @@ class Parsers:
         if not _LOOKS_LIKE_CALLS.match(value):
             return None
         try:
-            return parse_call_list(value)
+            return parse_call_list(value, self.json)
         except (ValueError, SyntaxError, RecursionError):
             raise Drop("bad_call", "unreadable call list") from None
 
 
 def cached_parsers(keep_dots: bool = False) -> Parsers:
     return Parsers(keep_dots=keep_dots, cache=True)
+
+
+def stdlib_parsers(parsers: Parsers) -> Parsers:
+    """Uncached stdlib-json twin of ``parsers``, for rows the fast codec hands back."""
+    return Parsers(keep_dots=parsers.keep_dots, cache=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -611,7 +722,7 @@ class _Builder:
         self.p = parsers
         self.messages: list[dict[str, Any]] = []
         self._open: list[tuple[str, str]] = []  # (placeholder id, name) of unanswered calls
-        self._n = 0
+        self.n_calls = 0
 
     def text(self, role: str, content: Any) -> None:
         if not isinstance(content, str):
@@ -633,10 +744,10 @@ class _Builder:
             if not isinstance(args, dict):
                 raise Drop("bad_call", "arguments are not an object")
             clean = self.p.name(name)
-            placeholder = f"#{self._n}"
-            self._n += 1
+            placeholder = f"#{self.n_calls}"
+            self.n_calls += 1
             tool_calls.append({"id": placeholder, "type": "function",
-                               "function": {"name": clean, "arguments": json.dumps(args, ensure_ascii=False)}})
+                               "function": {"name": clean, "arguments": self.p.json.dumps(args)}})
             self._open.append((placeholder, clean))
 
     def result(self, name: Any, content: str) -> None:
@@ -695,7 +806,7 @@ def normalize_hermes_fc(row: dict[str, Any], p: Parsers) -> Conversation:
                 b.result(name, content)
         else:
             raise Drop("role_order", f"unknown role {who!r}")
-    return Conversation(b.messages, tools)
+    return Conversation(b.messages, tools, b.n_calls)
 
 
 def normalize_toolace(row: dict[str, Any], p: Parsers) -> Conversation:
@@ -727,15 +838,15 @@ def normalize_toolace(row: dict[str, Any], p: Parsers) -> Conversation:
                     b.result(name, content)
         else:
             raise Drop("role_order", f"unknown role {who!r}")
-    return Conversation(b.messages, tools)
+    return Conversation(b.messages, tools, b.n_calls)
 
 
-def _legacy_call(value: Any) -> tuple[Any, Any] | None:
+def _legacy_call(value: Any, codec: JsonCodec) -> tuple[Any, Any] | None:
     if value is None or value == "" or value == {}:
         return None
     if isinstance(value, str):
         try:
-            value = parse_loose(value)
+            value = parse_loose(value, codec)
         except ValueError:
             raise Drop("bad_call", "function_call is not JSON") from None
     if not isinstance(value, dict) or "name" not in value:
@@ -745,7 +856,7 @@ def _legacy_call(value: Any) -> tuple[Any, Any] | None:
         args = {}
     if isinstance(args, str):
         try:
-            args = parse_loose(args)
+            args = parse_loose(args, codec)
         except ValueError:
             raise Drop("bad_call", "function_call arguments are not JSON") from None
     return value["name"], args
@@ -756,7 +867,7 @@ def normalize_fc_zh_hard(row: dict[str, Any], p: Parsers) -> Conversation:
     if isinstance(functions, str):
         tools = p.tools_json(functions) if functions.strip() else NO_TOOLS
     elif isinstance(functions, list):
-        tools = normalize_tools(functions, p.keep_dots)
+        tools = normalize_tools(functions, p.keep_dots, p.json)
     elif functions is None:
         tools = NO_TOOLS
     else:
@@ -770,16 +881,16 @@ def normalize_fc_zh_hard(row: dict[str, Any], p: Parsers) -> Conversation:
         elif role == "user":
             b.text("user", content)
         elif role == "assistant":
-            call = _legacy_call(msg.get("function_call"))
+            call = _legacy_call(msg.get("function_call"), p.json)
             if call is None:
                 b.text("assistant", content)
             else:
                 b.calls([call], merge=True)
         elif role in ("function", "tool"):
-            b.result(msg.get("name") or None, content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
+            b.result(msg.get("name") or None, content if isinstance(content, str) else p.json.dumps(content))
         else:
             raise Drop("role_order", f"unknown role {role!r}")
-    return Conversation(b.messages, tools)
+    return Conversation(b.messages, tools, b.n_calls)
 
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -827,22 +938,35 @@ NORMALIZERS: dict[str, Callable[[dict[str, Any], Parsers], Conversation]] = {
 }
 
 
-_PLACEHOLDER = re.compile(r'("id": |"tool_call_id": )"#(\d+)"')
-
-
-def finalize(conv: Conversation) -> tuple[str, str]:
+def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, str]:
     """Replace call-id placeholders with ids derived from the content; return (messages, tools) JSON.
 
     Ids depend on the content only, so two raw rows that normalize to the same conversation give
     byte-identical output rows (and the duplicate rule catches them).
     """
-    messages_json = json.dumps(conv.messages, ensure_ascii=False)
+    messages_json = codec.dumps_text(conv.messages)
     tools_json = conv.tools.json
-    if not any(m.get("tool_calls") for m in conv.messages):
+    if not conv.n_calls:
         return messages_json, tools_json
     digest = hashlib.blake2b((messages_json + tools_json).encode(), digest_size=8).hexdigest()
-    # Inside JSON text a quote in content is escaped, so these patterns only match the real keys.
-    return _PLACEHOLDER.sub(lambda m: f'{m.group(1)}"call_{digest}{int(m.group(2)):03d}"', messages_json), tools_json
+    # Inside JSON text a quote in content is escaped, and the closing quote ends the number, so
+    # these patterns only match the real keys of that one placeholder.
+    for i in range(conv.n_calls):
+        new_id = f'"call_{digest}{i:03d}"'
+        messages_json = (messages_json.replace(f'"id":"#{i}"', f'"id":{new_id}')
+                         .replace(f'"tool_call_id":"#{i}"', f'"tool_call_id":{new_id}'))
+    return messages_json, tools_json
+
+
+def read_conversation(kind: str, line: str, parsers: Parsers) -> Conversation:
+    """One raw JSONL line -> its normalized :class:`Conversation`. Raises :class:`Drop`."""
+    try:
+        row = parsers.json.loads(line)
+    except ValueError:
+        raise Drop("unparseable", "line is not JSON") from None
+    if not isinstance(row, dict):
+        raise Drop("unparseable", "line is not a JSON object")
+    return NORMALIZERS[kind](row, parsers)
 
 
 def normalize_line(kind: str, line: str, parsers: Parsers) -> tuple[str, str]:
@@ -850,9 +974,7 @@ def normalize_line(kind: str, line: str, parsers: Parsers) -> tuple[str, str]:
     if kind not in NORMALIZERS:
         raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     try:
-        row = json.loads(line)
-    except ValueError:
-        raise Drop("unparseable", "line is not JSON") from None
-    if not isinstance(row, dict):
-        raise Drop("unparseable", "line is not a JSON object")
-    return finalize(NORMALIZERS[kind](row, parsers))
+        return finalize(read_conversation(kind, line, parsers), parsers.json)
+    except NeedsStdlibJson:
+        plain = stdlib_parsers(parsers)
+        return finalize(read_conversation(kind, line, plain), plain.json)

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from stages.filter_rules import prepare_row
-from stages.normalize import Drop, Parsers, cached_parsers, fix_schema, parse_call_list, sanitize_name
+from stages.normalize import (FAST_JSON, STDLIB_JSON, Drop, NeedsStdlibJson, Parsers, cached_parsers, fix_schema,
+                              parse_call_list, parse_loose, sanitize_name)
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures in the raw schemas (hand-written; quirks as described for each hub dataset)
@@ -127,7 +128,7 @@ def test_hermes_python_repr_tools_calls_and_results():
     call = messages[2]["tool_calls"][0]
     assert call["type"] == "function" and call["id"].startswith("call_")
     assert json.loads(call["function"]["arguments"]) == {"venue": "Luigi's", "guests": 4, "terrace": True}
-    assert messages[3] == {"role": "tool", "tool_call_id": call["id"], "content": '{"confirmed": true, "ref": "B12"}'}
+    assert messages[3] == {"role": "tool", "tool_call_id": call["id"], "content": '{"confirmed":true,"ref":"B12"}'}
     assert calls == [("book_table", call["function"]["arguments"])]
 
 
@@ -239,7 +240,8 @@ def test_fc_zh_hard_legacy_function_call_string_or_struct(function_call):
     messages, tools, calls = run("fc_zh_hard", zh_row(function_call))
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert tools[0]["function"]["description"] == "查询天气"
-    assert calls == [("get_weather", '{"city": "北京"}')]  # non-ASCII kept, not \\u-escaped
+    # Compact JSON (the project's byte form of arguments), non-ASCII kept, not \\u-escaped.
+    assert calls == [("get_weather", '{"city":"北京"}')]
     assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"]
 
 
@@ -306,6 +308,66 @@ def test_cached_and_plain_parsers_give_identical_rows():
     cached = cached_parsers()
     for kind, row in zip(kinds * 2, rows * 2):
         assert run(kind, row, cached) == run(kind, row, Parsers())
+
+
+# Values where orjson and the json module differ: float spelling, NaN, integers beyond 64 bits,
+# non-string keys, lone surrogates; plus strings that merely look like the guarded spellings.
+EDGE_VALUES = [0.1, 2.5e-3, 1e-05, 2.7479880225860053e-07, -0.0, 12345.678, 2**63, -2**63, 2**64 + 1, -(10**30),
+               float("nan"), float("-inf"), "\ud800", {1: "a"}, {"b": 1, "a": [True, None]}, "e-mail null 0.00001",
+               "é ✓ 😀 \u2028 \x00\x1f\x7f \"q\" \\", [1.0, 100, -7], {"x": {"y": [1e-7, "z"]}}]
+
+
+def test_fast_json_codec_writes_and_reads_what_the_json_module_does():
+    for value in EDGE_VALUES:
+        assert FAST_JSON.dumps(value) == STDLIB_JSON.dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        assert FAST_JSON.dumps_sorted(value) == STDLIB_JSON.dumps_sorted(value)
+    assert FAST_JSON.dumps_text([{"role": "user", "content": "\ud800 é"}]) == STDLIB_JSON.dumps_text(
+        [{"role": "user", "content": "\ud800 é"}])
+    # Floats of 1e16 and more may be 64-bit overflow that orjson read as a float: the row is redone.
+    for big in (1e16, -1.5e300, [{"n": 123456789012345678901.0}]):
+        with pytest.raises(NeedsStdlibJson):
+            FAST_JSON.dumps(big)
+    for text in ('{"a": [1, 2.5, "x", null, true]}', "NaN", '[-Infinity]', '"\\ud800"', "1e999", "{'a': 1}", "[1,]", "",
+                 '{"a": 1, "a": 2}', "[" * 2000 + "]" * 2000):
+        outcomes = []
+        for codec in (FAST_JSON, STDLIB_JSON):
+            try:
+                outcomes.append(repr(codec.loads(text)))
+            except (ValueError, RecursionError) as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1], text[:40]
+    for text in ("NaN", "[Infinity]"):
+        with pytest.raises(ValueError):
+            FAST_JSON.loads_no_constants(text)
+    assert parse_loose("{'a': 'True story', 'b': True, 'c': None, 'd': [False]}", FAST_JSON) == {
+        "a": "True story", "b": True, "c": None, "d": [False]}
+
+
+def test_rows_with_edge_numbers_give_the_same_bytes_from_both_codecs():
+    """The fast path (orjson) writes exactly what the row-by-row path (json) writes, edge values included."""
+    args = '{"city": "北京", "n": 123456789012345678901, "small": 1e-7, "ratio": 0.5, "neg": -9223372036854775809}'
+    rows = [
+        ("fc_zh_hard", json.dumps(zh_row({"name": "get_weather", "arguments": args}), ensure_ascii=False)),
+        ("fc_zh_hard", json.dumps(zh_row({"name": "get_weather", "arguments": '{"city": "e-mail", "x": NaN}'}),
+                                  ensure_ascii=False)),
+        ("fc_zh_hard", json.dumps(zh_row({"name": "get_weather", "arguments": '{"city": "\\ud83d"}'}))),
+        ("hermes_fc", json.dumps(hermes_row(HERMES_CALL.replace("'guests': 4", "'guests': 40000000000000000000"),
+                                            HERMES_RESULT), ensure_ascii=False)),
+        ("hermes_fc", json.dumps(hermes_row(HERMES_CALL, HERMES_RESULT), ensure_ascii=False)),
+        ("toolace", json.dumps(toolace_row('[Get Stock Quote(symbol="AAPL", days=1e20, ratio=1e-9)]'), ensure_ascii=False)),
+    ]
+
+    def outcome(kind: str, line: str, parsers: Parsers):
+        try:
+            return prepare_row(kind, line, parsers)
+        except Exception as exc:  # noqa: BLE001 - the stage counts any of these as a dropped row
+            return type(exc).__name__, getattr(exc, "rule", None)
+
+    cached = cached_parsers()
+    for kind, line in rows * 2:
+        assert outcome(kind, line, cached) == outcome(kind, line, Parsers())
+    assert "123456789012345678901" in prepare_row(*rows[0], cached)[2][0][1]
+    assert outcome(*rows[2], cached) == ("UnicodeEncodeError", None)  # a lone surrogate: unparseable in the stage
 
 
 def test_call_ids_are_deterministic_and_content_derived():
