@@ -65,8 +65,10 @@ def _prepare(kind: str, line: str, parsers: Parsers) -> Prepared:
 
 def content_key(messages_json: str, tools_json: str) -> int:
     """Stable 64-bit key of a row's content: orders rows without depending on input order."""
-    digest = hashlib.blake2b(messages_json.encode() + b"\x00" + tools_json.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    hasher = hashlib.blake2b(messages_json.encode(), digest_size=8)
+    hasher.update(b"\x00")
+    hasher.update(tools_json.encode())
+    return int.from_bytes(hasher.digest(), "little")
 
 
 def check_structure(messages: list[dict[str, Any]]) -> None:

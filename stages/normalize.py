@@ -948,7 +948,9 @@ def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, s
     tools_json = conv.tools.json
     if not conv.n_calls:
         return messages_json, tools_json
-    digest = hashlib.blake2b((messages_json + tools_json).encode(), digest_size=8).hexdigest()
+    hasher = hashlib.blake2b(messages_json.encode(), digest_size=8)
+    hasher.update(tools_json.encode())  # same digest as hashing the concatenation, without the copy
+    digest = hasher.hexdigest()
     # Inside JSON text a quote in content is escaped, and the closing quote ends the number, so
     # these patterns only match the real keys of that one placeholder.
     for i in range(conv.n_calls):

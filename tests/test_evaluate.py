@@ -220,6 +220,18 @@ def test_missing_bfcl_venv_is_a_clear_error(tmp_path: Path):
     assert not (tmp_path / "metrics").exists()
 
 
+def test_ctrl_c_exits_130_without_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    section = evaluate_section(metrics_dir=str(tmp_path / "metrics"))
+    params = write_params(tmp_path / "params.yaml", section)
+
+    def interrupted(*args: object) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    assert ev.main(["--model-key", "base", "--params", str(params)]) == 130
+    assert not (tmp_path / "metrics").exists()
+
+
 def test_server_process_group_is_stopped_when_the_run_fails(tmp_path: Path):
     # A stand-in server (stdlib http.server answers /health with 200 for any existing path).
     (tmp_path / "health").write_text("ok")
