@@ -1,0 +1,1 @@
+"""OpenAI-compatible server whose tool calls are always valid: ``python -m serve --model DIR``."""

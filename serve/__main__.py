@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("OCTUPUS_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $OCTUPUS_API_KEY, else open)")
-    p.add_argument("--served-model-name", default=None, help="model id clients send (default: the folder name)")
+    p.add_argument("--served-model-name", nargs="+", default=None,
+                   help="model id(s) clients send, e.g. a BFCL model name (default: the folder name)")
     p.add_argument("--default-max-tokens", type=int, default=1024,
                    help="output cap when a request sets none (BFCL sets none)")
     p.add_argument("--repetition-window", type=int, default=64,
@@ -59,10 +60,6 @@ def build_core(args: argparse.Namespace) -> Any:
     from serve.core import ServerConfig, ServingCore
     from serve.formats import make_format
 
-    if args.backend == "vllm":
-        # The vLLM backend (batch-level logits processor using this same engine interface) is a
-        # separate issue; refuse clearly instead of silently serving with another backend.
-        raise SystemExit("--backend vllm is not available in this build yet; use --backend transformers")
     from serve.backends.transformers_backend import TransformersBackend
 
     backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads)
@@ -70,7 +67,8 @@ def build_core(args: argparse.Namespace) -> Any:
     engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
                          special_tokens=fmt.special_pieces())
     config = ServerConfig(
-        model_name=args.served_model_name or Path(args.model).resolve().name,
+        model_name=(args.served_model_name or [Path(args.model).resolve().name])[0],
+        aliases=tuple((args.served_model_name or [])[1:]),
         default_max_tokens=args.default_max_tokens, repetition_window=args.repetition_window,
         limits=JsonLimits(max_whitespace=args.max_whitespace, max_string_length=args.max_string_length,
                           max_integer_digits=args.max_integer_digits,
@@ -86,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not Path(args.model).is_dir():
         print(f"error: --model {args.model} is not a folder (build it with `dvc repro`)", file=sys.stderr)
+        return 2
+    if args.backend == "vllm":
+        # The vLLM backend (a batch-level logits processor over this same engine interface) is a
+        # separate issue; refuse clearly instead of silently serving with another backend.
+        print("error: --backend vllm is not available in this build yet; use --backend transformers",
+              file=sys.stderr)
         return 2
     import uvicorn
 

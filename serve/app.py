@@ -57,7 +57,8 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         core: ServingCore = request.app.state.core
-        cards = ModelList(data=[ModelCard(id=core.config.model_name, created=request.app.state.created)])
+        names = (core.config.model_name, *core.config.aliases)
+        cards = ModelList(data=[ModelCard(id=n, created=request.app.state.created) for n in names])
         return JSONResponse(cards.model_dump())
 
     @app.post("/v1/chat/completions")

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServerConfig:
     model_name: str
+    aliases: tuple[str, ...] = ()  # further names accepted in requests (e.g. BFCL's model names)
     default_max_tokens: int = 1024
     repetition_window: int = 64
     limits: JsonLimits = field(default_factory=JsonLimits)
@@ -162,7 +163,7 @@ class ServingCore:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     def check_model(self, model: str) -> None:
-        if model != self.config.model_name:
+        if model != self.config.model_name and model not in self.config.aliases:
             from serve.errors import NotFound
 
             raise NotFound(f"The model '{model}' does not exist; this server serves '{self.config.model_name}'",

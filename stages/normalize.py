@@ -359,12 +359,13 @@ def tool_entry(tool: dict[str, Any], codec: JsonCodec = STDLIB_JSON) -> ToolEntr
 
 
 def tool_set(entries: list[ToolEntry]) -> ToolSet:
-    names = [e[2] for e in entries]
+    if not entries:
+        return NO_TOOLS
+    tools, texts, names, schemas = zip(*entries)
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
     # Same text as dumps(list_of_tools): compact separators.
-    return ToolSet(tuple(e[0] for e in entries), "[" + ",".join(e[1] for e in entries) + "]",
-                   tuple((e[2], e[3]) for e in entries))
+    return ToolSet(tools, "[" + ",".join(texts) + "]", tuple(zip(names, schemas)))
 
 
 def normalize_tools(raw_tools: Any, keep_dots: bool, codec: JsonCodec = STDLIB_JSON) -> ToolSet:
@@ -597,7 +598,8 @@ _ELEMENT_GAP = re.compile(r"\}\s*,\s*\{")
 
 
 def split_elements(text: str) -> list[str] | None:
-    """Cheap split of a list of objects into element texts, so repeated tools are read once.
+    """Cheap split of a list of objects into element bodies (the text between each ``{`` and ``}``),
+    so repeated tools are read once.
 
     A split inside a string leaves a piece that does not parse; callers then read the whole list.
     """
@@ -609,9 +611,8 @@ def split_elements(text: str) -> list[str] | None:
         return []
     if not (inner.startswith("{") and inner.endswith("}")):
         return None
-    parts = _ELEMENT_GAP.split(inner)
-    last = len(parts) - 1
-    return [("" if i == 0 else "{") + part + ("" if i == last else "}") for i, part in enumerate(parts)]
+    # The outer braces cannot be part of a gap, so splitting inside them gives the same pieces.
+    return _ELEMENT_GAP.split(inner[1:-1])
 
 
 class Parsers:
@@ -634,18 +635,18 @@ class Parsers:
         self.hermes_responses = maybe(partial(_hermes_responses, codec=self.json))
         self.toolace_results = maybe(partial(_toolace_results, codec=self.json))
         self.tools_json = maybe(self._tools_json)
-        self.tool_element = maybe(self._tool_element, 100_000)
+        self.tool_element = maybe(self._tool_element, 100_000)  # keyed by the object's body
         self.name = maybe(self._name, 100_000)
 
-    def _tool_element(self, text: str) -> ToolEntry:
-        return tool_entry(normalize_tool(parse_loose(text, self.json), self.keep_dots)[1], self.json)
+    def _tool_element(self, body: str) -> ToolEntry:
+        return tool_entry(normalize_tool(parse_loose("{" + body + "}", self.json), self.keep_dots)[1], self.json)
 
     def _tool_list_by_pieces(self, text: str) -> ToolSet | None:
         pieces = split_elements(text) if self.cache else None
         if pieces is None:
             return None
         try:
-            entries = [self.tool_element(piece) for piece in pieces]
+            entries = list(map(self.tool_element, pieces))
         except ValueError:
             return None  # a piece cut inside a string: the caller reads the list as a whole
         return tool_set(entries)

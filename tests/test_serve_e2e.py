@@ -349,12 +349,16 @@ def test_disconnect_cancels_generation(server: Server) -> None:
 
 
 def test_api_key(tiny_model_dir: Path) -> None:
-    srv = Server(["--model", str(tiny_model_dir), "--served-model-name", MODEL, "--api-key", "s3cret", *LIMITS])
+    srv = Server(["--model", str(tiny_model_dir), "--served-model-name", MODEL, "gpt-4o-2024-11-20-FC",
+                  "--api-key", "s3cret", *LIMITS])
     try:
         expect_error(401, lambda: srv.client("wrong").models.list(), "API key")
         r = httpx.post(srv.base + "/v1/chat/completions", json={"model": MODEL, "messages": USER})
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-        assert [m.id for m in srv.client("s3cret").models.list().data] == [MODEL]
+        client = srv.client("s3cret")
+        assert [m.id for m in client.models.list().data] == [MODEL, "gpt-4o-2024-11-20-FC"]
+        resp = client.responses.create(model="gpt-4o-2024-11-20-FC", input="hi", max_output_tokens=4)
+        assert resp.usage.output_tokens == 4
         assert httpx.get(srv.base + "/health").status_code == 200  # probes need no key
     finally:
         srv.stop()
