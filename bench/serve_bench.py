@@ -87,8 +87,10 @@ def bench_decode(cores: dict[str, Any], tokens: int, rounds: int) -> dict[str, A
     per_token: dict[str, list[float]] = {name: [] for name in cores}
     lengths: dict[str, int] = {}
     _decode_run(backend, prompt, 4, None)  # warm-up
-    for _ in range(rounds):
-        for name in rates:
+    names = list(rates)
+    for r in range(rounds):
+        # Rotate the order each round so that drift in machine load does not favour one config.
+        for name in names[r % len(names):] + names[: r % len(names)]:
             matcher = None if name == "none" else cores[name].engine.matcher(cores[name].engine.compile(
                 _spec(cores[name], TOOLS)))
             rate, n, seconds = _decode_run(backend, prompt, tokens, matcher)

@@ -502,9 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    # A terminated stage (CI timeout, `kill`) must stop its server too: route SIGTERM through the
+    # same unwinding as Ctrl-C so the try/finally around the server runs.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         config, entry = load_config(args.params, args.model_key)
     except ConfigError as exc:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -254,6 +256,44 @@ def test_server_process_group_is_stopped_when_the_run_fails(tmp_path: Path):
     finally:
         subprocess.Popen = real_popen  # type: ignore[misc]
     assert procs and procs[0].poll() is not None
+
+
+def test_sigterm_stops_the_stage_and_its_server(tmp_path: Path):
+    # A stand-in server that answers /health, and a "bfcl" that sleeps: terminated mid-run.
+    (tmp_path / "health").write_text("ok")
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    section = evaluate_section(bfcl_venv=str(tmp_path / "venv"), work_dir=str(tmp_path / "work"),
+                               metrics_dir=str(tmp_path / "metrics"))
+    section["models"]["base"]["path"] = str(model_dir)
+    params = write_params(tmp_path / "params.yaml", section)
+    script = (
+        "import sys, subprocess, time\n"
+        "from stages import evaluate as ev\n"
+        f"ev.server_command = lambda entry, server, port, name, key: [sys.executable, '-m', 'http.server', str(port), "
+        f"'--bind', '127.0.0.1', '--directory', {str(tmp_path)!r}]\n"
+        "def slow_bfcl(*a, **k):\n"
+        "    print('bfcl running', flush=True)\n"
+        "    time.sleep(120)\n"
+        "ev.run_bfcl = slow_bfcl\n"
+        f"sys.exit(ev.main(['--model-key', 'base', '--params', {str(params)!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "bfcl running"
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "server stopped" in err
+    log_text = (tmp_path / "work" / "base" / "server.log").read_text()
+    assert "GET /health" in log_text
+    assert not (tmp_path / "metrics").exists()
+    port = int(re.search(r"server healthy on port (\d+)", err).group(1))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path):
