@@ -8,7 +8,10 @@ PIP := $(VENV)/bin/pip
 # On CPU machines torch is pinned to the 2.13.0 CPU build (a bare `torch` pulls a multi-GB CUDA
 # build). GPU users: `make setup CONSTRAINTS=` and install the `gpu` extra.
 CONSTRAINTS ?= constraints/cpu.txt
-EXTRAS ?= dev
+# deepspeed is part of the default install so its ZeRO-2 path is tested on CPU; DS_BUILD_OPS=0
+# builds it from source in seconds without compiling any CUDA/CPU kernels.
+EXTRAS ?= dev,deepspeed
+export DS_BUILD_OPS := 0
 STAMP := $(VENV)/.installed
 MODEL ?= models/stage2
 PORT ?= 8000
@@ -25,7 +28,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 setup: $(STAMP)
 
 # Reinstall only when the dependency declarations change; otherwise `setup` is a no-op.
-$(STAMP): pyproject.toml $(CONSTRAINTS) scripts/install_assets.sh
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS) scripts/install_assets.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
 	$(PIP) install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
