@@ -16,6 +16,7 @@ from typing import Any
 
 from serve.constraints import ENGINES
 from serve.constraints.base import JsonLimits
+from serve.limits import SchemaLimits
 
 log = logging.getLogger("serve")
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-extra-properties", action="store_true",
                    help="let objects listing their properties carry other keys (default: forbid unless the "
                         "schema sets additionalProperties)")
+    p.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024,
+                   help="larger request bodies are refused with 413 (0 = unlimited)")
+    p.add_argument("--max-tools", type=int, default=128, help="most tools one request may offer")
+    p.add_argument("--max-schema-depth", type=int, default=64,
+                   help="deepest nesting of JSON values in a tool's parameters schema (an object level takes two)")
+    p.add_argument("--max-enum", type=int, default=1024, help="most values of one enum in a tool schema")
     p.add_argument("--dtype", default="auto", help="model dtype (auto: float32 on CPU)")
     p.add_argument("--max-context", type=int, default=None, help="override the model's context size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -73,7 +80,8 @@ def build_core(args: argparse.Namespace) -> Any:
         limits=JsonLimits(max_whitespace=args.max_whitespace, max_string_length=args.max_string_length,
                           max_integer_digits=args.max_integer_digits,
                           forbid_extra_properties=not args.allow_extra_properties),
-        api_key=args.api_key or None)
+        api_key=args.api_key or None, max_request_bytes=args.max_request_bytes,
+        schema_limits=SchemaLimits(max_tools=args.max_tools, max_depth=args.max_schema_depth, max_enum=args.max_enum))
     log.info("config: model=%s backend=%s format=%s engine=%s limits=%s default_max_tokens=%d", args.model,
              args.backend, fmt.name, engine.name, config.limits, config.default_max_tokens)
     return ServingCore(backend, fmt, engine, config)

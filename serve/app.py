@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from serve.core import ServingCore
 from serve.errors import AuthenticationError, error_response, install_error_handlers
+from serve.limits import BodySizeLimit
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, ResponsesRequest, now
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
 
     app = FastAPI(title="octupus-tool-call", lifespan=lifespan)
     install_error_handlers(app)
+    # Wraps the routes, so no handler reads more of an oversized body than the limit.
+    app.add_middleware(BodySizeLimit, max_bytes=lambda: app.state.core.config.max_request_bytes
+                       if hasattr(app.state, "core") else 0)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Any) -> Any:

@@ -26,6 +26,7 @@ from serve.constraints.base import ConstraintEngine, GrammarSpec, JsonLimits, To
 from serve.constraints.schema import bound_schema, check_schema
 from serve.errors import APIError, BadRequest, InvalidToolCall, ServerError
 from serve.formats import TOOL_NAME_RE, ParsedOutput, ToolFormat, held_prefix
+from serve.limits import SchemaLimits, check_tool_limits
 from serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class ServerConfig:
     repetition_window: int = 64
     limits: JsonLimits = field(default_factory=JsonLimits)
     api_key: str | None = None
+    max_request_bytes: int = 4 * 1024 * 1024  # larger bodies get 413 (0 = unlimited)
+    schema_limits: SchemaLimits = field(default_factory=SchemaLimits)
 
 
 @dataclass
@@ -175,6 +178,9 @@ class ServingCore:
                 named: str | None, parallel: bool, *, max_tokens: int | None, temperature: float | None,
                 top_p: float | None, seed: int | None, stop: list[str]) -> Prepared:
         schemas: dict[str, dict[str, Any]] = {}
+        if len(tools) > self.config.schema_limits.max_tools:
+            raise BadRequest(f"{len(tools)} tools given; at most {self.config.schema_limits.max_tools} are allowed",
+                             param="tools", code="too_many_tools")
         for i, tool in enumerate(tools):
             name = tool["function"]["name"]
             where = f"tools[{i}] '{name}'"
@@ -183,6 +189,7 @@ class ServingCore:
                                  "at most 64)", param="tools")
             if name in schemas:
                 raise BadRequest(f"{where}: duplicate function name", param="tools")
+            check_tool_limits(tool["function"].get("parameters"), where, self.config.schema_limits)
             schemas[name] = check_schema(tool["function"].get("parameters"), where)
         if tool_choice in ("required", "named") and not tools:
             raise BadRequest(f"tool_choice '{named or tool_choice}' needs tools", param="tool_choice")
@@ -191,6 +198,19 @@ class ServingCore:
                              param="tool_choice")
         calls_allowed = bool(tools) and tool_choice != "none"
         allowed = [named] if tool_choice == "named" else list(schemas) if calls_allowed else []
+
+        # The prompt (which carries the tool schemas) is measured before any grammar is compiled, so the
+        # context size also bounds how much schema a request can make the engine compile.
+        try:
+            text = self.fmt.render(messages, tools)
+        except Exception as exc:  # jinja's TemplateError and raise_exception(): the conversation's fault
+            raise BadRequest(f"the chat template cannot render this conversation: {exc}", param="messages") from None
+        self._refuse_far_too_long(text)
+        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = self.backend.max_context - len(prompt_ids)
+        if room <= 0:
+            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                             f"{self.backend.max_context} tokens", param="messages", code="context_length_exceeded")
 
         limits = self.config.limits
         if not self.engine.enforces_number_bounds:
@@ -213,16 +233,6 @@ class ServingCore:
                 compiled = self._compile(spec) if self.fmt.constrain_chat or tools else None
             else:
                 compiled = self._compile(spec)
-
-        try:
-            text = self.fmt.render(messages, tools)
-        except Exception as exc:  # jinja's TemplateError and raise_exception(): the conversation's fault
-            raise BadRequest(f"the chat template cannot render this conversation: {exc}", param="messages") from None
-        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        room = self.backend.max_context - len(prompt_ids)
-        if room <= 0:
-            raise BadRequest(f"the prompt has {len(prompt_ids)} tokens; this model's context is "
-                             f"{self.backend.max_context} tokens", param="messages", code="context_length_exceeded")
         cap = min(max_tokens or self.config.default_max_tokens, room)
         sampling = SamplingParams(max_tokens=cap, temperature=1.0 if temperature is None else temperature,
                                   top_p=1.0 if top_p is None else top_p, seed=seed,
@@ -230,6 +240,18 @@ class ServingCore:
                                   repetition_window=self.config.repetition_window)
         return Prepared(prompt_ids=prompt_ids, tools=schemas, compiled=compiled, calls_allowed=calls_allowed,
                         sampling=sampling, stop=[s for s in stop if s])
+
+    def _refuse_far_too_long(self, text: str) -> None:
+        """Refuse a prompt far over the context from a prefix: tokenizing megabytes takes seconds (8 s for
+        2.7 MB on 2 cores), while a prefix that alone overflows the context proves the answer."""
+        head_chars = 8 * self.backend.max_context
+        if len(text) <= head_chars:
+            return
+        # Cutting through a word can split it into more tokens than it has in the whole text: a margin.
+        head = len(self.tokenizer(text[:head_chars], add_special_tokens=False)["input_ids"]) - 256
+        if head > self.backend.max_context:
+            raise BadRequest(f"the prompt has more than {head} tokens; this model's context is "
+                             f"{self.backend.max_context} tokens", param="messages", code="context_length_exceeded")
 
     def _compile(self, spec: GrammarSpec) -> Any:
         compiled = self.engine.compile(spec)

@@ -92,10 +92,16 @@ def install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
         return error_response(BadRequest("invalid request: " + "; ".join(parts), param=param))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Still a fault of the server (and logged by Starlette), but in the shape clients parse.
+        return error_response(ServerError(f"internal server error ({type(exc).__name__})"))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         cls = NotFound if exc.status_code == 404 else APIError
-        err = cls(str(exc.detail), status=exc.status_code)
+        err = cls(str(exc.detail), status=exc.status_code,
+                  code="request_too_large" if exc.status_code == 413 else None)
         if exc.status_code == 405:
             err.type = "invalid_request_error"
         return error_response(err)

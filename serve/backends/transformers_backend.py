@@ -66,6 +66,8 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
         drop = cumulative - sorted_probs >= params.top_p
+        # Explicitly, because a top_p below float32's range (e.g. 5e-324) rounds to 0 and drops every token.
+        drop[0] = False
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
