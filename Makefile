@@ -17,13 +17,15 @@ MODEL ?= models/stage2
 PORT ?= 8000
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
+# Names clients may send: the folder name, and the BFCL model the original project's command uses.
+SERVED_NAMES ?= $(notdir $(MODEL)) gpt-4-turbo-2024-04-09
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # dvc.yaml stages call `python -m stages.<name>`: make that the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test test-slow bench serve clean
+.PHONY: setup bfcl-venv repro test test-slow bench serve clean
 
 setup: $(STAMP)
 
@@ -35,7 +37,13 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS) scripts/install_assets.sh
 	VENV=$(VENV) bash scripts/install_assets.sh
 	touch $(STAMP)
 
-repro: setup
+# bfcl-eval pins conflict with the project's (numpy, vLLM): it gets its own virtualenv.
+BFCL_STAMP := .venv-bfcl/.octupus-bfcl-installed
+bfcl-venv: $(BFCL_STAMP)
+$(BFCL_STAMP): scripts/bfcl_venv.sh stages/bfcl_runner.py
+	bash scripts/bfcl_venv.sh
+
+repro: setup $(BFCL_STAMP)
 	$(VENV)/bin/dvc repro
 
 test: setup
@@ -49,8 +57,8 @@ bench: setup
 
 serve: setup
 	test -d $(MODEL) || $(VENV)/bin/dvc repro train_stage2
-	$(PY) -m serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	$(PY) -m serve --model $(MODEL) --host $(HOST) --port $(PORT) --served-model-name $(SERVED_NAMES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-bfcl .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
