@@ -413,6 +413,16 @@ class ServingCore:
                 cancel.set()
         await fut
 
+    async def prepare_off_loop(self, endpoint: str, started: float, prepare: Any) -> Prepared:
+        """Run `prepare()` (templating, tokenising, grammar compilation) off the event loop; a
+        rejected request is counted and timed here before its APIError propagates."""
+        try:
+            return await asyncio.to_thread(prepare)
+        except APIError as exc:
+            self.metrics.rejections.labels(exc.code or exc.type).inc()
+            self.observe_request(endpoint, exc.status, started)
+            raise
+
     def observe_request(self, endpoint: str, status: int, started: float, prompt_tokens: int = 0) -> None:
         self.metrics.requests.labels(endpoint, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -50,11 +49,8 @@ class ChatServing:
     async def create(self, req: ChatCompletionRequest, raw: Request) -> Any:
         started = time.perf_counter()
         try:
-            # Templating, tokenising and grammar compilation stay off the event loop too.
-            prep = await asyncio.to_thread(self._prepare, req)
+            prep = await self.core.prepare_off_loop(ENDPOINT, started, lambda: self._prepare(req))
         except APIError as exc:
-            self.core.metrics.rejections.labels(exc.code or exc.type).inc()
-            self.core.observe_request(ENDPOINT, exc.status, started)
             return error_response(exc)
         if req.stream:
             return StreamingResponse(self._stream(req, prep, raw, started), media_type="text/event-stream",

@@ -7,7 +7,6 @@ tool messages. Generation, grammar and validation are shared with chat completio
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -95,11 +94,8 @@ class ResponsesServing:
     async def create(self, req: ResponsesRequest, raw: Request) -> Any:
         started = time.perf_counter()
         try:
-            # Templating, tokenising and grammar compilation stay off the event loop too.
-            prep = await asyncio.to_thread(self._prepare, req)
+            prep = await self.core.prepare_off_loop(ENDPOINT, started, lambda: self._prepare(req))
         except APIError as exc:
-            self.core.metrics.rejections.labels(exc.code or exc.type).inc()
-            self.core.observe_request(ENDPOINT, exc.status, started)
             return error_response(exc)
         try:
             result = assemble(await self.core.collect(prep, 0, raw.is_disconnected))

@@ -8,7 +8,6 @@ for every tool_choice mode, and the API's behaviour around it (streaming, errors
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,10 +19,8 @@ import jsonschema
 import openai
 import pytest
 import torch
-import uvicorn
 
-from serve.__main__ import build_core, build_parser
-from serve.app import create_app
+from loopback_server import LoopbackServer as Server
 
 MODEL = "tiny"
 SEEDS = range(6)
@@ -46,40 +43,6 @@ PREFIX_TOOLS = [tool("get", WEATHER), tool("get_weather", WEATHER), tool("get_we
 ALL_TOOLS = PREFIX_TOOLS + [tool("plan_trip", NESTED)]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in ALL_TOOLS}
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, argv: list[str], core_hook: Any = None) -> None:
-        args = build_parser().parse_args(argv)
-        self.port = free_port()
-
-        def factory() -> Any:
-            core = build_core(args)
-            return core_hook(core) if core_hook else core
-
-        self.app = create_app(factory)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def client(self, key: str = "unused") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0, timeout=120)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,8 +7,6 @@ the server must still answer a normal request afterwards: never a 500, never a h
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,42 +15,14 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 
-from serve.__main__ import build_core, build_parser
-from serve.app import create_app
+from loopback_server import LoopbackServer
 
 MODEL = "tiny"
 # Generous for a loaded 2-core machine; a hang or a runaway compile would blow far past it.
 TIME_BOUND = 10.0
 MAX_BODY = 4 * 1024 * 1024
 USER = [{"role": "user", "content": "hi"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LoopbackServer:
-    def __init__(self, argv: list[str]) -> None:
-        args = build_parser().parse_args(argv)
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(lambda: build_core(args)), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module", params=["llguidance", "lm-format-enforcer"])

@@ -16,7 +16,7 @@ import schemathesis
 import torch
 
 from serve.app import create_app
-from test_serve_hostile import LoopbackServer
+from loopback_server import LoopbackServer
 
 MODEL = "tiny"
 # Building the app does not build the serving core (that happens at start-up), so its schema is free.

@@ -255,7 +255,7 @@ def test_template_dict_and_string_arguments_render_the_same_bytes() -> None:
 def test_template_without_system_or_tools_and_bad_inputs() -> None:
     assert render_chat([{"role": "user", "content": "x"}], eos_token=EOS) == f"<|USER|>x{EOS}"
     assert render_chat([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-                       [GET_TOOL], eos_token=EOS).startswith(f"<|SYSTEM|># Tools\n")
+                       [GET_TOOL], eos_token=EOS).startswith("<|SYSTEM|># Tools\n")
     with pytest.raises(Exception, match="tool_format"):
         render_chat([{"role": "user", "content": "x"}], eos_token=EOS, tool_format="v3")
     with pytest.raises(Exception, match="unsupported message role"):
