@@ -1,0 +1,176 @@
+"""Recipes: named sets of params overrides (``recipes/<name>.yaml``), for DVC experiments.
+
+A recipe file is::
+
+    description: what the recipe is
+    extends: another-recipe        # or null; its overrides apply first
+    set:
+      train_stage2.tool_format: v1   # dotted path into params.yaml -> new value
+      ...
+
+``params.yaml`` stays the single source of truth: a recipe only names values that differ, and
+every key it sets must already exist there (a typo fails loudly instead of adding a key that no
+stage reads). Two ways to use one::
+
+    python -m stages.recipe exp v1                   # dvc exp run -n v1 -S key=value ...
+    python -m stages.recipe args v1                  # just the `-S key=value` arguments, shell-quoted
+    python -m stages.recipe write gpu-8x --out params.gpu.yaml   # a merged params file
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.config import DEFAULT_PARAMS, ConfigError, read_params
+
+RECIPES_DIR = Path("recipes")
+
+log = logging.getLogger(__name__)
+
+
+class RecipeError(ConfigError):
+    """A recipe is missing, malformed, cyclic, or sets a key params.yaml does not have."""
+
+
+def recipe_path(name: str, recipes_dir: Path = RECIPES_DIR) -> Path:
+    return recipes_dir / f"{name}.yaml"
+
+
+def available(recipes_dir: Path = RECIPES_DIR) -> list[str]:
+    return sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+
+
+def load_recipe(name: str, recipes_dir: Path = RECIPES_DIR, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The flattened overrides of ``name`` (``extends`` resolved, the recipe's own values last)."""
+    if name in _seen:
+        raise RecipeError(f"recipe cycle: {' -> '.join(_seen + (name,))}")
+    path = recipe_path(name, recipes_dir)
+    if not path.is_file():
+        raise RecipeError(f"no recipe '{name}' ({path}); available: {', '.join(available(recipes_dir)) or 'none'}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or set(data) - {"description", "extends", "set"}:
+        raise RecipeError(f"{path}: a recipe is a mapping with keys description, extends, set")
+    if not isinstance(data.get("description"), str) or not data["description"].strip():
+        raise RecipeError(f"{path}: 'description' (text) is required")
+    overrides = data.get("set") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) and k for k in overrides):
+        raise RecipeError(f"{path}: 'set' must map dotted param keys to values")
+    merged: dict[str, Any] = {}
+    parent = data.get("extends")
+    if parent is not None:
+        merged.update(load_recipe(str(parent), recipes_dir, _seen + (name,)))
+    merged.update(overrides)
+    return merged
+
+
+def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``params`` with each dotted key set; every key must already exist."""
+    result = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        node: Any = result
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[: depth + 1])
+                raise RecipeError(f"recipe key '{dotted}': params has no '{where}'")
+            if depth == len(parts) - 1:
+                node[part] = copy.deepcopy(value)
+            else:
+                node = node[part]
+    return result
+
+
+def _hydra_value(value: Any) -> str:
+    """A value in the override syntax `dvc exp run -S` parses (Hydra's: JSON-like literals)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # Quoted, so that values like "v1", "8" or "null" stay strings.
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    raise RecipeError(f"cannot express {type(value).__name__} value {value!r} as a dvc -S override")
+
+
+def dvc_set_args(overrides: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += ["-S", f"{key}={_hydra_value(value)}"]
+    return args
+
+
+def experiment_command(name: str, overrides: dict[str, Any], extra: list[str]) -> list[str]:
+    return ["dvc", "exp", "run", "-n", name, *dvc_set_args(overrides), *extra]
+
+
+def run_experiment(name: str, overrides: dict[str, Any], extra: list[str]) -> int:
+    """`dvc exp run` the recipe as experiment ``name``, replacing an earlier experiment of that name."""
+    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True, check=False)
+    if name in listed.stdout.split():
+        log.info("replacing the earlier experiment '%s'", name)
+        subprocess.run(["dvc", "exp", "remove", name], check=True)
+    cmd = experiment_command(name, overrides, extra)
+    log.info("running: %s", shlex.join(cmd))
+    return subprocess.run(cmd, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="base params file (default: params.yaml)")
+    parser.add_argument("--recipes-dir", default=str(RECIPES_DIR))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the available recipes")
+    p_show = sub.add_parser("show", help="the recipe's flattened overrides as JSON")
+    p_show.add_argument("name")
+    p_args = sub.add_parser("args", help="`-S key=value` arguments for `dvc exp run`, shell-quoted")
+    p_args.add_argument("name")
+    p_exp = sub.add_parser("exp", help="run the recipe as the DVC experiment of the same name")
+    p_exp.add_argument("name")
+    p_exp.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp run` arguments")
+    p_write = sub.add_parser("write", help="write params with the recipe applied")
+    p_write.add_argument("name")
+    p_write.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    recipes_dir = Path(args.recipes_dir)
+    try:
+        if args.command == "list":
+            for name in available(recipes_dir):
+                desc = yaml.safe_load(recipe_path(name, recipes_dir).read_text(encoding="utf-8")).get("description", "")
+                print(f"{name}: {' '.join(str(desc).split())}")
+            return 0
+        overrides = load_recipe(args.name, recipes_dir)
+        # Checked against the base params in every mode, so `args` never hands DVC a key that does not exist.
+        merged = apply_overrides(read_params(args.params), overrides)
+        if args.command == "show":
+            print(json.dumps(overrides, indent=2, ensure_ascii=False))
+        elif args.command == "exp":
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            return run_experiment(args.name, overrides, args.dvc_args)
+        elif args.command == "args":
+            print(" ".join(shlex.quote(a) for a in dvc_set_args(overrides)))
+        else:
+            Path(args.out).write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
