@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="model dtype (auto: float32 on CPU)")
     p.add_argument("--max-context", type=int, default=None, help="override the model's context size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="transformers backend: requests decoded together (continuous batching); 1 = one at a time")
+    p.add_argument("--max-batch-tokens", type=int, default=32768,
+                   help="transformers backend: most padded KV positions (rows x longest row) a batch may hold")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend: GPUs one model is split over")
+    p.add_argument("--max-num-seqs", type=int, default=256,
+                   help="vLLM backend: sequences batched at once (also the server's concurrent generations)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="vLLM backend: fraction of GPU memory for weights and KV cache")
+    p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
+                   help="vLLM backend: KV cache size in bytes (on CPU it otherwise takes VLLM_CPU_KVCACHE_SPACE GiB)")
     p.add_argument("--log-level", default=os.environ.get("OCTUPUS_LOG_LEVEL", "INFO"))
     return p
 
@@ -67,12 +78,29 @@ def build_core(args: argparse.Namespace) -> Any:
     from serve.core import ServerConfig, ServingCore
     from serve.formats import make_format
 
-    from serve.backends.transformers_backend import TransformersBackend
+    backend: Any
+    if args.backend == "vllm":
+        from serve.backends.vllm_backend import VLLMBackend
 
-    backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads)
+        backend = VLLMBackend(args.model, engine=args.engine, dtype=args.dtype, max_context=args.max_context,
+                              tensor_parallel_size=args.tensor_parallel_size, max_num_seqs=args.max_num_seqs,
+                              gpu_memory_utilization=args.gpu_memory_utilization,
+                              kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+    elif args.max_batch > 1:
+        from serve.backends.transformers_batched import BatchedTransformersBackend
+
+        backend = BatchedTransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context,
+                                             threads=args.threads, max_batch=args.max_batch,
+                                             max_batch_tokens=args.max_batch_tokens)
+    else:
+        from serve.backends.transformers_backend import TransformersBackend
+
+        backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads)
     fmt = make_format(args.format, backend.tokenizer)
     engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
                          special_tokens=fmt.special_pieces())
+    # vLLM applies grammars inside its engine: it needs them in a form it can send along.
+    engine = backend.constraint_engine(engine) if hasattr(backend, "constraint_engine") else engine
     config = ServerConfig(
         model_name=(args.served_model_name or [Path(args.model).resolve().name])[0],
         aliases=tuple((args.served_model_name or [])[1:]),
@@ -94,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --model {args.model} is not a folder (build it with `dvc repro`)", file=sys.stderr)
         return 2
     if args.backend == "vllm":
-        # The vLLM backend (a batch-level logits processor over this same engine interface) is a
-        # separate issue; refuse clearly instead of silently serving with another backend.
-        print("error: --backend vllm is not available in this build yet; use --backend transformers",
-              file=sys.stderr)
-        return 2
+        from serve.backends.vllm_backend import VLLM_MISSING, vllm_available
+
+        if not vllm_available():
+            print(f"error: {VLLM_MISSING}", file=sys.stderr)
+            return 2
     import uvicorn
 
     from serve.app import create_app

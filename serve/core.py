@@ -162,8 +162,10 @@ class ServingCore:
         self.metrics = metrics or Metrics()
         self.special_pieces = fmt.special_pieces()
         self.stop_token_ids = fmt.stop_token_ids()
-        # One worker: generations queue up in arrival order instead of competing for the cores.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # One worker per generation the backend can run at once (1 for the sequential transformers
+        # backend): the rest queue up in arrival order instead of competing for the cores.
+        self.executor = ThreadPoolExecutor(max_workers=max(1, int(getattr(backend, "max_concurrency", 1))),
+                                           thread_name_prefix="generate")
 
     def check_model(self, model: str) -> None:
         if model != self.config.model_name and model not in self.config.aliases:

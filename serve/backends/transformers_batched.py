@@ -1,0 +1,277 @@
+"""transformers backend with continuous batching: concurrent requests share one decode step.
+
+One engine thread owns the model. Requests queue up; at every step boundary the engine admits
+waiting ones (each prompt prefilled on its own, then its KV cache left-padded into the batch), runs
+one forward pass for all running sequences, and hands each its next token. A finished, cancelled
+or abandoned sequence leaves the batch at once, and its slot goes to the next request.
+
+Why: on a small model a CPU decode step is dominated by per-layer overhead, not by the batch size,
+so eight sequences cost little more per step than one (``python -m bench serve`` measures it). The
+per-sequence rules are those of :class:`TransformersBackend` (the same grammar masking, sampling,
+stop, length, repetition and cancellation checks, in the same order), so a request gets the same
+answer whether it ran alone or batched, up to float rounding of padded batched matmuls.
+
+Left padding: rows of different lengths are aligned on the right; padded positions are masked out
+of attention and each row's position ids count only its own tokens, so RoPE sees the positions the
+row would have alone. Leading columns that no row uses any more are dropped as rows leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from serve.backends.base import GenerationState, SamplingParams, repeats_cycle
+from serve.backends.transformers_backend import GrammarLogitsProcessor, TransformersBackend, _sample
+from serve.constraints.base import Matcher
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass
+class _Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    processor: GrammarLogitsProcessor | None
+    matcher: Matcher | None
+    cancel: threading.Event
+    state: GenerationState
+    generator: torch.Generator
+    out: "queue.SimpleQueue[object]" = field(default_factory=queue.SimpleQueue)
+    generated: list[int] = field(default_factory=list)
+    abandoned: bool = False  # the consumer closed its iterator (a stop string matched)
+    position: int = 0  # this row's next position id (its own token count)
+
+
+class BatchedTransformersBackend(TransformersBackend):
+    """Continuous batching over :class:`TransformersBackend`'s model and per-token rules."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, dtype: str = "auto", device: str | None = None,
+                 max_context: int | None = None, threads: int | None = None, max_batch: int = 8,
+                 max_batch_tokens: int = 32768) -> None:
+        super().__init__(model_dir, dtype=dtype, device=device, max_context=max_context, threads=threads)
+        self._init_engine(max_batch, max_batch_tokens)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, max_context: int | None = None, max_batch: int = 8,  # type: ignore[override]
+                   max_batch_tokens: int = 32768) -> "BatchedTransformersBackend":
+        self = super().from_model(model, tokenizer, max_context=max_context)
+        assert isinstance(self, BatchedTransformersBackend)
+        self._init_engine(max_batch, max_batch_tokens)
+        return self
+
+    def _init_engine(self, max_batch: int, max_batch_tokens: int) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.max_batch = max_batch
+        # Padded KV positions the batch may hold (rows x longest row): bounds memory when a long
+        # prompt joins short ones. A request that alone exceeds it still runs, just not batched.
+        self.max_batch_tokens = max_batch_tokens
+        self.max_concurrency = max_batch
+        self._waiting: queue.SimpleQueue[_Sequence] = queue.SimpleQueue()
+        self._held: _Sequence | None = None  # taken from the queue but not yet admitted (no room)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # decode steps run (a step advances every running row by one token)
+        self.max_rows_seen = 0
+
+    # ------------------------------------------------------------------ consumer side (request threads)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
+                 cancel: threading.Event, state: GenerationState) -> Iterator[int]:
+        generator = torch.Generator()
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        processor = GrammarLogitsProcessor(matcher, len(prompt_ids), state) if matcher is not None else None
+        seq = _Sequence(prompt_ids=list(prompt_ids), params=params, processor=processor, matcher=matcher,
+                        cancel=cancel, state=state, generator=generator, position=len(prompt_ids))
+        self._ensure_engine()
+        self._waiting.put(seq)
+        try:
+            while True:
+                item = seq.out.get()
+                if item is _END:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            # A consumer that stops early (stop string, error) frees its row at the next step.
+            seq.abandoned = True
+
+    def _ensure_engine(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._engine, name="batch-engine", daemon=True)
+                self._thread.start()
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _engine(self) -> None:
+        rows: list[_Sequence] = []
+        cache: DynamicCache | None = None
+        mask: torch.Tensor | None = None  # [rows, columns] 1 = a real token, 0 = left padding
+        logits: torch.Tensor | None = None  # [rows, vocab] next-token logits of each row
+        while True:
+            try:
+                if not rows:
+                    seq = self._held or self._waiting.get()  # idle: block until a request comes
+                    self._held = None
+                    rows, cache, mask, logits = self._admit([], None, None, None, seq)
+                rows, cache, mask, logits = self._admit_waiting(rows, cache, mask, logits)
+                if not rows:
+                    continue
+                self.max_rows_seen = max(self.max_rows_seen, len(rows))
+                tokens = [self._choose(seq, logits[i]) for i, seq in enumerate(rows)]
+                keep = [i for i, t in enumerate(tokens) if t is not None]
+                for i, seq in enumerate(rows):
+                    if tokens[i] is None:
+                        seq.out.put(_END)
+                if not keep:
+                    rows, cache, mask, logits = [], None, None, None
+                    continue
+                if len(keep) < len(rows):
+                    rows, cache, mask = self._select(rows, cache, mask, keep)
+                    tokens = [tokens[i] for i in keep]
+                logits, mask = self._step(rows, cache, mask, tokens)  # type: ignore[arg-type]
+                self.steps += 1
+            except Exception as exc:  # a failed forward pass fails the running requests, not the server
+                log.exception("batch step failed")
+                for seq in rows:
+                    seq.state.error = f"generation failed: {exc}"
+                    seq.state.finish_reason = "error"
+                    seq.out.put(_END)
+                rows, cache, mask, logits = [], None, None, None
+
+    def _admit_waiting(self, rows, cache, mask, logits):
+        while len(rows) < self.max_batch:
+            if self._held is None:
+                try:
+                    self._held = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+            seq = self._held
+            if seq.cancel.is_set() or seq.abandoned:
+                self._held = None
+                seq.state.finish_reason = "cancelled" if seq.cancel.is_set() else seq.state.finish_reason
+                seq.out.put(_END)
+                continue
+            columns = max(mask.shape[1] if mask is not None else 0, len(seq.prompt_ids))
+            if rows and (len(rows) + 1) * columns > self.max_batch_tokens:
+                break  # wait for rows to leave
+            self._held = None
+            rows, cache, mask, logits = self._admit(rows, cache, mask, logits, seq)
+        return rows, cache, mask, logits
+
+    @torch.inference_mode()
+    def _admit(self, rows, cache, mask, logits, seq: _Sequence):
+        """Prefill ``seq`` alone, then join its cache to the batch's, left-padding the shorter side."""
+        if seq.cancel.is_set() or seq.abandoned:
+            if seq.cancel.is_set():
+                seq.state.finish_reason = "cancelled"
+            seq.out.put(_END)
+            return rows, cache, mask, logits
+        own = DynamicCache(config=self.model.config)
+        ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, past_key_values=own, use_cache=True, logits_to_keep=1)
+        new_logits = out.logits[:, -1, :].float()
+        length = len(seq.prompt_ids)
+        new_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+        if not rows:
+            return [seq], own, new_mask, new_logits
+        width = mask.shape[1]
+        if length < width:
+            _pad_left(own, width - length)
+            new_mask = torch.cat([torch.zeros((1, width - length), dtype=torch.long, device=self.device), new_mask], 1)
+        elif length > width:
+            _pad_left(cache, length - width)
+            mask = torch.cat([torch.zeros((mask.shape[0], length - width), dtype=torch.long, device=self.device),
+                              mask], 1)
+        for layer, new in zip(cache.layers, own.layers, strict=True):
+            layer.keys = torch.cat([layer.keys, new.keys], 0)
+            layer.values = torch.cat([layer.values, new.values], 0)
+        return rows + [seq], cache, torch.cat([mask, new_mask], 0), torch.cat([logits, new_logits], 0)
+
+    def _choose(self, seq: _Sequence, row_logits: torch.Tensor) -> int | None:
+        """The row's next token, or None when the row ends here (the rules of the sequential loop)."""
+        state, params = seq.state, seq.params
+        if seq.cancel.is_set():
+            state.finish_reason = "cancelled"
+            return None
+        if seq.abandoned:
+            return None
+        if len(seq.generated) >= params.max_tokens:
+            state.finish_reason = "length"
+            return None
+        if seq.matcher is not None and seq.matcher.is_finished():
+            state.completion_tokens += 1
+            state.finish_reason = "stop"
+            return None
+        row = row_logits.clone()
+        if seq.processor is not None:
+            seq.processor.mask(row)
+            if not torch.isfinite(row).any():
+                state.error = "the grammar left no token allowed"
+                state.finish_reason = "error"
+                return None
+        token = _sample(row, params, seq.generator)
+        state.completion_tokens += 1
+        if token in params.stop_token_ids:
+            state.finish_reason = "stop"
+            return None
+        seq.generated.append(token)
+        if seq.processor is not None:
+            try:
+                seq.processor.advance(token)
+            except RuntimeError as exc:
+                state.error = str(exc)
+                state.finish_reason = "error"
+                return None
+        seq.out.put(token)
+        if repeats_cycle(seq.generated, params.repetition_window):
+            state.finish_reason = "repetition"
+            return None
+        if len(seq.generated) >= params.max_tokens:
+            state.finish_reason = "length"
+            return None
+        return token
+
+    def _select(self, rows, cache, mask, keep: list[int]):
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        mask = mask.index_select(0, index)
+        # Columns that only the departed rows used are padding for everyone left: drop them.
+        used = mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        for layer in cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, first:, :]
+        return [rows[i] for i in keep], cache, mask[:, first:]
+
+    @torch.inference_mode()
+    def _step(self, rows, cache, mask, tokens: list[int]):
+        ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[seq.position] for seq in rows], dtype=torch.long, device=self.device)
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], 1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True)
+        for seq in rows:
+            seq.position += 1
+        return out.logits[:, -1, :].float(), mask
+
+
+def _pad_left(cache: DynamicCache, columns: int) -> None:
+    for layer in cache.layers:
+        pad_shape = (*layer.keys.shape[:2], columns, layer.keys.shape[3])
+        layer.keys = torch.cat([layer.keys.new_zeros(pad_shape), layer.keys], 2)
+        layer.values = torch.cat([layer.values.new_zeros(pad_shape), layer.values], 2)
