@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from stages.config import ConfigError, StrictModel, load_section, log_config, setup_logging, stage_argparser
 
@@ -97,6 +97,8 @@ class ServerSettings(StrictModel):
     # null: the model's own context (SmolLM2: 8,192; some multi-turn cases need > 4,096).
     max_context: int | None
     threads: int | None
+    # transformers backend: requests decoded together (continuous batching; 1 = one at a time).
+    max_batch: int = Field(ge=1)
     startup_timeout_s: float
     extra_args: list[str]
 
@@ -109,6 +111,8 @@ class EvaluateConfig(StrictModel):
     bfcl_venv: str
     work_dir: str
     metrics_dir: str
+    # cases bfcl sends at once (its --num-threads); more than the server's batch only queues.
+    concurrency: int = Field(ge=1)
     server: ServerSettings
 
     @field_validator("categories")
@@ -384,6 +388,8 @@ def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_
         cmd += ["--max-context", str(server.max_context)]
     if server.threads is not None:
         cmd += ["--threads", str(server.threads)]
+    if server.backend == "transformers" and server.max_batch > 1:
+        cmd += ["--max-batch", str(server.max_batch)]
     return cmd + list(server.extra_args)
 
 
@@ -466,7 +472,7 @@ def run_bfcl(config: EvaluateConfig, python: Path, bfcl_root: Path, base_url: st
                TOKENIZERS_PARALLELISM="false")
     runner = Path(__file__).with_name("bfcl_runner.py")
     cmd = [str(python), str(runner), "run", "--model", config.bfcl_model, "--spec", str(spec_path.resolve()),
-           "--cases-out", str(cases_path.resolve())]
+           "--cases-out", str(cases_path.resolve()), "--num-threads", str(config.concurrency)]
     log_path = bfcl_root / "bfcl.log"
     log.info("running bfcl-eval (progress below; its full output: %s)", log_path)
     with log_path.open("wb") as log_fh:

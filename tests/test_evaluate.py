@@ -38,8 +38,10 @@ def evaluate_section(**overrides: object) -> dict:
         "bfcl_venv": ".venv-bfcl",
         "work_dir": "eval/bfcl",
         "metrics_dir": "metrics/bfcl",
+        "concurrency": 2,
         "server": {"backend": "transformers", "engine": "llguidance", "max_output_tokens": 64,
-                   "max_context": None, "threads": None, "startup_timeout_s": 120, "extra_args": []},
+                   "max_context": None, "threads": None, "max_batch": 2, "startup_timeout_s": 120,
+                   "extra_args": []},
     }
     section.update(overrides)
     return section
@@ -195,6 +197,7 @@ def test_internet_categories_are_refused_with_a_clear_error(tmp_path: Path, cate
     ({"bfcl_model": "my_model-FC"}, "contain no '_'"),
     ({"bfcl_model": "gpt-4o"}, "must end with '-FC'"),
     ({"surprise": 1}, "surprise"),
+    ({"concurrency": 0}, "concurrency"),
 ])
 def test_config_errors(tmp_path: Path, overrides: dict, message: str):
     params = write_params(tmp_path / "params.yaml", evaluate_section(**overrides))
@@ -209,6 +212,17 @@ def test_unknown_model_key_and_all_counts(tmp_path: Path):
     assert config.api_model_name == "gpt-4-turbo-2024-04-09"
     with pytest.raises(ConfigError, match="no 'nope'"):
         ev.load_config(params, "nope")
+
+
+def test_server_command_batches_on_transformers_only(tmp_path: Path):
+    params = write_params(tmp_path / "params.yaml", evaluate_section())
+    config, entry = ev.load_config(params, "stage2")
+    cmd = ev.server_command(entry, config.server, 1234, "m", "k")
+    assert cmd[cmd.index("--max-batch") + 1] == "2" and cmd[cmd.index("--default-max-tokens") + 1] == "64"
+    vllm = config.server.model_copy(update={"backend": "vllm"})
+    assert "--max-batch" not in ev.server_command(entry, vllm, 1234, "m", "k")
+    single = config.server.model_copy(update={"max_batch": 1})
+    assert "--max-batch" not in ev.server_command(entry, single, 1234, "m", "k")
 
 
 def test_missing_bfcl_venv_is_a_clear_error(tmp_path: Path):

@@ -29,7 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from serve.backends.base import GenerationState, SamplingParams, repeats_cycle
-from serve.backends.transformers_backend import GrammarLogitsProcessor, TransformersBackend, _sample
+from serve.backends.transformers_backend import GrammarLogitsProcessor, TransformersBackend, _sample, new_cache
 from serve.constraints.base import Matcher
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class BatchedTransformersBackend(TransformersBackend):
                 seq.state.finish_reason = "cancelled"
             seq.out.put(_END)
             return rows, cache, mask, logits
-        own = DynamicCache(config=self.model.config)
+        own = new_cache(self.model.config)
         ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
         out = self.model(input_ids=ids, past_key_values=own, use_cache=True, logits_to_keep=1)
         new_logits = out.logits[:, -1, :].float()
