@@ -25,7 +25,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # dvc.yaml stages call `python -m stages.<name>`: make that the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup bfcl-venv repro test test-slow bench serve clean
+.PHONY: setup bfcl-venv repro compare test test-slow bench serve clean
 
 setup: $(STAMP)
 
@@ -46,8 +46,18 @@ $(BFCL_STAMP): scripts/bfcl_venv.sh stages/bfcl_runner.py
 repro: setup $(BFCL_STAMP)
 	$(VENV)/bin/dvc repro
 
-test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+# V1 and V2 (recipes/v1.yaml, recipes/v2.yaml) as DVC experiments of the same names; stage 1 and
+# the stock model's evaluation are shared, so only filter, train_stage2 and evaluate@stage2 rerun.
+compare: setup $(BFCL_STAMP)
+	$(PY) -m stages.recipe exp v1
+	$(PY) -m stages.recipe exp v2
+	$(VENV)/bin/dvc params diff v1 v2
+	$(VENV)/bin/dvc metrics diff v1 v2
+
+# The smoke pipeline test runs the real bfcl-eval, so the test run builds its environment too and
+# fails (rather than skips) when it is missing.
+test: setup $(BFCL_STAMP)
+	OCTUPUS_REQUIRE_BFCL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

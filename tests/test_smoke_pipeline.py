@@ -1,0 +1,114 @@
+"""The whole pipeline on the smoke recipe, in a throw-away git repository, with the real bfcl-eval.
+
+`dvc repro` runs every stage (raw -> filter -> base_model -> edit_tokenizer -> train_stage1 ->
+train_stage2 -> evaluate@base, evaluate@stage2) on a tiny model; then a changed evaluation param
+reruns only the evaluate stages; then V1 and V2 run as DVC experiments and `dvc metrics diff v1 v2`
+shows the BFCL rows. Needs `.venv-bfcl` (`make test` creates it and sets OCTUPUS_REQUIRE_BFCL=1, so
+that in CI a missing environment fails instead of skipping).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BFCL_VENV = ROOT / ".venv-bfcl"
+MODELS = ("base", "stage2")
+COPIED = ("stages", "serve", "scripts", "recipes")
+
+
+def sh(repo: Path, *args: str, timeout: float = 900) -> str:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo), OCTUPUS_LOG_LEVEL="WARNING")
+    proc = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (BFCL_VENV / "bin" / "python").is_file():
+        if os.environ.get("OCTUPUS_REQUIRE_BFCL") == "1":
+            pytest.fail(f"{BFCL_VENV} is missing although `make test` should have created it")
+        pytest.skip(".venv-bfcl is missing: `make bfcl-venv` (make test does it)")
+    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    repo.mkdir()
+    for name in COPIED:
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = recipe.apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                                    recipe.load_recipe("smoke", ROOT / "recipes"))
+    params["evaluate"]["bfcl_venv"] = str(BFCL_VENV)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("/data/\n/models/\n/checkpoints/\n/eval/\n__pycache__/\n")
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    with (repo / ".dvc" / "config").open("a") as fh:
+        fh.write("[core]\n    analytics = false\n    check_update = false\n")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "smoke")
+    return repo
+
+
+def test_smoke_pipeline_end_to_end(repo: Path) -> None:
+    start = time.monotonic()
+    out = sh(repo, "dvc", "repro")
+    assert ran(out) == {"raw", "filter", "base_model", "edit_tokenizer", "train_stage1", "train_stage2",
+                        "evaluate@base", "evaluate@stage2"}
+    categories = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["categories"]
+    calls = 0
+    for key in MODELS:
+        metrics = json.loads((repo / "metrics" / "bfcl" / f"{key}.json").read_text())
+        assert metrics["model"] == key and metrics["subset"] is True and metrics["cases"] == len(categories)
+        assert {c: m["total"] for c, m in metrics["categories"].items()} == categories
+        assert all(0.0 <= m["accuracy"] <= 1.0 and m["correct"] <= m["total"] for m in metrics["categories"].values())
+        assert set(metrics["groups"]) == {"non_live", "live", "irrelevance", "multi_turn"}
+        assert 0.0 <= metrics["overall"] <= 1.0
+        validity = metrics["validity"]
+        calls += validity["tool_calls"]
+        # Constrained decoding: every call a model returned is valid (None: it returned none).
+        assert validity["validity"] in (1.0, None) and validity["valid_calls"] == validity["tool_calls"]
+        plot = (repo / "metrics" / "bfcl" / f"{key}_categories.csv").read_text().splitlines()
+        assert plot[0].startswith("category,accuracy") and len(plot) == len(categories) + 1
+    assert calls > 0, "neither model returned a tool call: validity was never put to the test"
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "smoke results")
+
+    # An evaluation param reruns the evaluate stages and nothing upstream.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["server"]["max_output_tokens"] = 40
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sh(repo, "dvc", "status")
+    assert "evaluate@base" in status and "evaluate@stage2" in status and "train_stage2" not in status
+    assert ran(sh(repo, "dvc", "repro")) == {"evaluate@base", "evaluate@stage2"}
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "shorter cap")
+
+    # V1 and V2 as experiments: stage 1 and the base evaluation are shared, not rerun.
+    for name in ("v1", "v2"):
+        out = sh(repo, sys.executable, "-m", "stages.recipe", "exp", name)
+        assert {"train_stage1", "evaluate@base", "base_model"}.isdisjoint(ran(out)), out[-3000:]
+    v1_ran = sh(repo, "dvc", "exp", "show", "--no-pager", "--md")
+    assert "v1" in v1_ran and "v2" in v1_ran
+    params_diff = sh(repo, "dvc", "params", "diff", "v1", "v2")
+    assert "train_stage2.tool_format" in params_diff and "v1" in params_diff
+    metrics_diff = sh(repo, "dvc", "metrics", "diff", "v1", "v2", "--all")
+    assert "metrics/bfcl/stage2.json" in metrics_diff and "overall" in metrics_diff
+    print(f"smoke pipeline: {time.monotonic() - start:.0f} s")
