@@ -12,16 +12,26 @@ Measures (all on this machine, CPU):
 - extra latency of the first request with a new tool set (grammar compile + first mask, minus
   the same with the grammar cached);
 - server p50 latency (HTTP, through the full stack) against a bare ``model.generate`` call
-  producing the same number of tokens.
+  producing the same number of tokens;
+- serving throughput under concurrency, per backend available here (transformers, one request at
+  a time; transformers with continuous batching when the server offers ``--max-batch``; vLLM when
+  ``import vllm`` works in this interpreter): ``python -m serve`` runs in its own process, and N
+  closed-loop clients (N = each ``--concurrency`` level) send a mix of requests with and without
+  tools through HTTP; requests/s, generated tokens/s and p50/p99 latency per level.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -218,6 +228,159 @@ def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
             "bare_generate_p50_s": round(statistics.median(bare), 3), "ratio_p50": round(ratio, 3)}
 
 
+# ----------------------------------------------------------------------------- throughput under concurrency
+
+
+def available_backends(max_batch: int) -> dict[str, list[str]]:
+    """Backend label -> the `python -m serve` flags that select it, for what runs in this interpreter."""
+    from serve.__main__ import build_parser
+
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings}
+    backends = {"transformers": ["--backend", "transformers"]}
+    if "--max-batch" in flags and max_batch > 1:
+        backends["transformers-batched"] = ["--backend", "transformers", "--max-batch", str(max_batch)]
+    try:
+        import vllm  # noqa: F401  (the check is that it imports, not what it offers)
+    except Exception as exc:  # ImportError, or a broken install (e.g. CUDA libraries missing)
+        log.info("vllm backend not measured: `import vllm` fails here (%s)", type(exc).__name__)
+    else:
+        backends["vllm"] = ["--backend", "vllm", "--max-num-seqs", str(max(max_batch, 1))]
+    return backends
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m serve` in its own process group, so that clients and server never share a GIL."""
+
+    def __init__(self, model: str, flags: list[str], threads: int, startup_timeout_s: float = 900) -> None:
+        import httpx
+
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "server.log"
+        cmd = [sys.executable, "-m", "serve", "--model", model, "--served-model-name", "bench", "--port",
+               str(self.port), "--threads", str(threads), "--log-level", "WARNING", *flags]
+        log.info("starting: %s", " ".join(cmd))
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server not healthy after {startup_timeout_s:.0f} s: {self.tail()}")
+            time.sleep(0.5)
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def throughput_request(i: int, tokens: int) -> dict[str, Any]:
+    """Request ``i`` of a level: every other one offers the tools (tool_choice auto), greedy."""
+    body: dict[str, Any] = {"model": "bench", "messages": MESSAGES, "max_tokens": tokens, "temperature": 0}
+    if i % 2:
+        body["tools"] = TOOLS
+    return body
+
+
+async def _run_level(base: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    generated = 0
+    failures: list[str] = []
+    next_index = 0
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal generated, next_index
+        while next_index < requests:
+            i = next_index
+            next_index += 1
+            start = time.perf_counter()
+            try:
+                r = await client.post("/v1/chat/completions", json=throughput_request(i, tokens))
+            except httpx.HTTPError as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if r.status_code != 200:
+                failures.append(f"{r.status_code}: {r.text[:200]}")
+                continue
+            latencies.append(time.perf_counter() - start)
+            generated += r.json()["usage"]["completion_tokens"]
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(1800.0), limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {"concurrency": concurrency, "requests": requests, "ok": len(latencies), "failed": len(failures),
+            "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 3),
+            "generated_tok_per_s": round(generated / wall, 2), "generated_tokens": generated,
+            "latency_p50_s": round(_pct(latencies, 0.5), 3), "latency_p99_s": round(_pct(latencies, 0.99), 3),
+            "failures": failures[:5]}
+
+
+def bench_throughput(model: str, levels: list[int], tokens: int, threads: int, min_requests: int,
+                     max_batch: int) -> dict[str, Any]:
+    """Requests/s, generated tokens/s and latency percentiles per backend and concurrency level."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    out: dict[str, Any] = {"max_tokens": tokens, "mix": "half chat, half with 2 tools (tool_choice auto); greedy",
+                           "backends": {}}
+    for label, flags in available_backends(max_batch).items():
+        log.info("throughput: backend %s", label)
+        try:
+            server = ServerProcess(model, flags, threads)
+        except RuntimeError as exc:
+            log.error("throughput: %s did not start: %s", label, exc)
+            out["backends"][label] = {"flags": flags, "error": str(exc)[-2000:]}
+            continue
+        rows = []
+        try:
+            asyncio.run(_run_level(server.base, 1, 1, 4))  # warm-up: first-request costs stay out of the numbers
+            for level in levels:
+                requests = max(min_requests, level)
+                log.info("throughput: %s, %d clients, %d requests", label, level, requests)
+                rows.append(asyncio.run(_run_level(server.base, level, requests, tokens)))
+        finally:
+            server.stop()
+        out["backends"][label] = {"flags": flags, "levels": rows}
+    return out
+
+
+def throughput_table(result: dict[str, Any]) -> str:
+    head = f"{'backend':<22}{'clients':>8}{'ok/req':>9}{'req/s':>9}{'gen tok/s':>11}{'p50 s':>9}{'p99 s':>9}"
+    lines = [head, "-" * len(head)]
+    for label, entry in result["backends"].items():
+        if "error" in entry:
+            lines.append(f"{label:<22}  did not start (see JSON)")
+            continue
+        for row in entry["levels"]:
+            lines.append(f"{label:<22}{row['concurrency']:>8}{row['ok']:>5}/{row['requests']:<3}"
+                         f"{row['requests_per_s']:>9.3f}{row['generated_tok_per_s']:>11.1f}"
+                         f"{row['latency_p50_s']:>9.2f}{row['latency_p99_s']:>9.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench serve", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="models/base", help="model folder (default: the embedded SmolLM2)")
@@ -228,6 +391,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--skip-qwen", action="store_true", help="skip the Qwen2.5-vocabulary replay")
+    p.add_argument("--concurrency", default="1,8,32",
+                   help="throughput: concurrent clients per level, comma-separated (empty: skip the section)")
+    p.add_argument("--throughput-tokens", type=int, default=16, help="throughput: max_tokens of each request")
+    p.add_argument("--throughput-requests", type=int, default=4,
+                   help="throughput: requests per level, at least (each level sends max(this, clients))")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="throughput: --max-batch of the batched transformers backend and --max-num-seqs of vLLM")
+    p.add_argument("--only-throughput", action="store_true", help="run only the throughput section")
     p.add_argument("--out", default="metrics/serve_bench.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -242,6 +413,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     if not Path(args.model).is_dir():
         raise SystemExit(f"{args.model} does not exist: build it with `dvc repro base_model`")
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if args.only_throughput:
+        results = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
+        if levels:
+            results["throughput"] = bench_throughput(args.model, levels, args.throughput_tokens, args.threads,
+                                                     args.throughput_requests, args.max_batch)
+        return _report(results, args.out)
     engines = [e for e in args.engines.split(",") if e]
     backend = TransformersBackend(args.model)
     fmt = make_format(args.format, backend.tokenizer)
@@ -272,12 +450,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["replay_qwen25_vocab"] = bench_replay(build_qwen25_tokenizer(), "hermes", engines)
     log.info("server latency against bare generate")
     results["server"] = bench_server(cores[engines[0]], args.tokens, args.rounds)
+    if levels:
+        del cores, backend  # the throughput servers run in their own processes: free this model first
+        results["throughput"] = bench_throughput(args.model, levels, args.throughput_tokens, args.threads,
+                                                 args.throughput_requests, args.max_batch)
+    return _report(results, args.out)
 
+
+def _report(results: dict[str, Any], out: str) -> dict[str, Any]:
     text = json.dumps(results, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    if "throughput" in results:
+        print(f"\nserving throughput ({results['throughput']['mix']}, max_tokens "
+              f"{results['throughput']['max_tokens']}):")
+        print(throughput_table(results["throughput"]))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")
     return results
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 
 from serve.core import ServingCore
 from serve.errors import AuthenticationError, error_response, install_error_handlers
@@ -17,6 +18,28 @@ from serve.limits import BodySizeLimit
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, ResponsesRequest, now
 
 log = logging.getLogger(__name__)
+
+
+class ApiKeyCheck:
+    """ASGI middleware: 401 on /v1/* unless the request carries the server's key (when one is set)."""
+
+    def __init__(self, app: Any, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        core: ServingCore | None = getattr(self.state, "core", None)
+        key = core.config.api_key if core is not None else None
+        if scope["type"] == "http" and key and scope["path"].startswith("/v1/"):
+            given = Headers(scope=scope).get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), key.encode()):
+                core.metrics.rejections.labels("invalid_api_key").inc()  # type: ignore[union-attr]
+                response = error_response(AuthenticationError(
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
@@ -35,6 +58,10 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
         log.info("serving '%s' (format %s, engine %s)", core.config.model_name, core.fmt.name, core.engine.name)
         yield
         core.executor.shutdown(wait=False, cancel_futures=True)
+        # vLLM's engine runs in child processes: stop them with the server, not at interpreter exit.
+        close = getattr(core.backend, "close", None)
+        if close is not None:
+            close()
 
     app = FastAPI(title="octupus-tool-call", lifespan=lifespan)
     install_error_handlers(app)
@@ -42,17 +69,10 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=lambda: app.state.core.config.max_request_bytes
                        if hasattr(app.state, "core") else 0)
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next: Any) -> Any:
-        key = request.app.state.core.config.api_key if hasattr(request.app.state, "core") else None
-        if key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), key.encode()):
-                request.app.state.core.metrics.rejections.labels("invalid_api_key").inc()
-                return error_response(AuthenticationError(
-                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"))
-        return await call_next(request)
+    # Pure ASGI, not @app.middleware("http"): behind Starlette's BaseHTTPMiddleware, the wrapped
+    # `receive` kept Request.is_disconnected() from reporting a client that left, so a non-streaming
+    # generation whose client gave up ran on to max_tokens (found by tests/test_serve_load.py).
+    app.add_middleware(ApiKeyCheck, state=app.state)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

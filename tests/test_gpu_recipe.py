@@ -1,0 +1,195 @@
+"""Dry run of the GPU recipes (recipes/gpu-8x.yaml, recipes/gpu-multinode.yaml): no GPU needed.
+
+Each recipe is applied to params.yaml; every section is then loaded through the typed config of
+the stage that reads it, exactly as the stage does, and the commands the stages would run are built
+with the stages' own functions: `accelerate launch` for both training stages (parsed by accelerate's
+own argument parser, its config file loaded by accelerate) and the evaluation server (parsed by
+`python -m serve`'s parser). The asserts are the recipe's promises: 8 processes a node, ZeRO-2, bf16,
+the original's hyperparameters, the hub as data and model source, vLLM for evaluation on every
+offline BFCL category.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dvc.exceptions import InvalidArgumentError
+
+from stages.config import StrictModel, load_section, read_params
+from stages.recipe import apply_overrides, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+GPU_RECIPES = ["gpu-8x", "gpu-multinode"]
+HUB_DATASETS = {
+    "hermes_fc": "NousResearch/hermes-function-calling-v1",
+    "toolace": "Team-ACE/ToolACE",
+    "fc_zh_hard": "hqfx/fc_zh_hard",
+    "openhermes": "teknium/OpenHermes-2.5",
+    "wildchat": "allenai/WildChat",
+}
+# The original project's recipe (../shared/facts.md): lr 2e-5 cosine to 1e-6, 50 warmup steps,
+# ZeRO-2, bf16; stage 1: 2 epochs at 4096 tokens; stage 2: 1 epoch at 8192 tokens, clip 3.
+ORIGINAL = {
+    "train_stage1": {"learning_rate": 2e-5, "min_learning_rate": 1e-6, "warmup_steps": 50, "num_train_epochs": 2,
+                     "max_length": 4096},
+    "train_stage2": {"learning_rate": 2e-5, "min_learning_rate": 1e-6, "warmup_steps": 50, "num_train_epochs": 1,
+                     "max_length": 8192, "max_grad_norm": 3.0},
+}
+
+
+def section_configs() -> dict[str, type[StrictModel]]:
+    from stages.base_model import BaseModelConfig
+    from stages.edit_tokenizer import EditTokenizerConfig
+    from stages.evaluate import EvaluateConfig
+    from stages.filter import FilterConfig
+    from stages.raw import RawConfig
+    from stages.sft import Stage1Config, Stage2Config
+
+    return {"raw": RawConfig, "filter": FilterConfig, "base_model": BaseModelConfig,
+            "edit_tokenizer": EditTokenizerConfig, "train_stage1": Stage1Config, "train_stage2": Stage2Config,
+            "evaluate": EvaluateConfig}
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stages resolve config-file paths (DeepSpeed, accelerate) from the repository root, as DVC runs them.
+    monkeypatch.chdir(REPO)
+
+
+def merged_params(name: str, tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    merged = apply_overrides(read_params(REPO / "params.yaml"), load_recipe(name, RECIPES))
+    path = tmp_path / f"params.{name}.yaml"
+    path.write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return merged, path
+
+
+def load_all(path: Path) -> dict[str, Any]:
+    """Every section through its stage's config class, the way each stage loads it."""
+    configs = section_configs()
+    sections = set(read_params(path))
+    assert sections <= set(configs), f"sections without a config check here: {sorted(sections - set(configs))}"
+    return {section: load_section(section, model, path) for section, model in configs.items()}
+
+
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_recipe_validates_and_sets_the_gpu_path(name: str, tmp_path: Path) -> None:
+    _, path = merged_params(name, tmp_path)
+    cfg = load_all(path)
+
+    for source, dataset in HUB_DATASETS.items():
+        origin = cfg["raw"].sources[source].origin
+        assert origin.type == "hub" and origin.dataset == dataset and origin.split == "train"
+        assert origin.revision  # `main` until pinned: the key is there to pin
+        assert origin.max_rows is None
+    assert cfg["raw"].sources["hermes_fc"].origin.config == "func_calling"
+    assert cfg["base_model"].source == "hub" and cfg["base_model"].hub.model_id == "Qwen/Qwen2.5-7B"
+    assert len(cfg["base_model"].hub.revision) == 40  # a pinned commit, not a branch
+
+    for stage, expected in ORIGINAL.items():
+        stage_cfg = cfg[stage]
+        assert stage_cfg.profile == "gpu" and stage_cfg.launcher == "accelerate"
+        profile = stage_cfg.active
+        for key, value in expected.items():
+            assert getattr(profile, key) == pytest.approx(value), (stage, key)
+        assert profile.lr_scheduler == "cosine_with_min_lr"
+        assert profile.bf16 and profile.dtype == "bfloat16"
+        assert profile.trainable_top_layers is None and profile.max_train_rows is None and profile.max_steps is None
+        ds = json.loads(Path(profile.deepspeed).read_text())
+        assert ds["zero_optimization"]["stage"] == 2
+        assert ds["bf16"]["enabled"] in (True, "auto")
+
+    evaluate = cfg["evaluate"]
+    assert evaluate.server.backend == "vllm"
+    from stages.evaluate import INTERNET_CATEGORIES, SCORING_CATEGORIES
+
+    offline = [c for c in SCORING_CATEGORIES if c not in INTERNET_CATEGORIES]
+    assert evaluate.categories == {c: "all" for c in offline}
+
+
+@pytest.mark.parametrize(("name", "machines"), [("gpu-8x", 1), ("gpu-multinode", 2)])
+def test_accelerate_launch_commands(name: str, machines: int, tmp_path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    from stages.sft import Stage1Config, Stage2Config, accelerate_command
+
+    _, path = merged_params(name, tmp_path)
+    for stage, model in (("train_stage1", Stage1Config), ("train_stage2", Stage2Config)):
+        config = load_section(stage, model, path)
+        argv = accelerate_command(config, f"stages.{stage}", str(path))
+        assert argv[1:3] == ["-m", "accelerate.commands.launch"]
+        args = launch_command_parser().parse_args(argv[3:])  # accelerate's own parser accepts it
+        assert args.num_processes == 8 * machines and args.num_machines == machines and args.machine_rank == 0
+        assert args.module and args.training_script == f"stages.{stage}"
+        assert args.training_script_args == ["--params", str(path)]
+
+        launch_config = load_config_from_file(args.config_file)  # accelerate's own config loader
+        assert launch_config.distributed_type == "DEEPSPEED" and not launch_config.use_cpu
+        ds_path = Path(launch_config.deepspeed_config["deepspeed_config_file"])
+        assert ds_path.is_file() and ds_path.resolve() == Path(config.active.deepspeed).resolve()
+        assert json.loads(ds_path.read_text())["zero_optimization"]["stage"] == 2
+        if machines > 1:
+            assert launch_config.rdzv_backend == "static"
+            assert launch_config.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
+            # Placeholders a user must fill, passed on the command line (they override the file's).
+            assert args.main_process_ip == "MAIN-NODE-IP-TO-FILL" and args.main_process_port == 29500
+        else:
+            assert args.main_process_ip is None
+
+
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_evaluation_server_command_is_vllm(name: str, tmp_path: Path) -> None:
+    from serve.__main__ import build_parser
+    from stages.evaluate import load_config, server_command
+
+    _, path = merged_params(name, tmp_path)
+    config, entry = load_config(path, "stage2")
+    argv = server_command(entry, config.server, 8123, config.api_model_name, "key")
+    assert argv[1:3] == ["-m", "serve"]
+    args = build_parser().parse_args(argv[3:])  # the server's own parser accepts every flag
+    assert args.backend == "vllm" and args.format == "octupus" and args.model == "models/stage2"
+    assert args.tensor_parallel_size == 1 and args.max_context == 32768 and args.threads is None
+    assert args.default_max_tokens == config.server.max_output_tokens
+
+
+def test_multinode_extends_8x_and_changes_only_the_topology() -> None:
+    single, multi = load_recipe("gpu-8x", RECIPES), load_recipe("gpu-multinode", RECIPES)
+    changed = {k for k in multi if multi[k] != single.get(k)}
+    assert changed and all(".accelerate." in k for k in changed), sorted(changed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["train_stage1", "train_stage2"])
+def test_trainer_resolves_deepspeed_zero2_with_the_original_hyperparameters(stage: str, tmp_path: Path) -> None:
+    """trl's SFTConfig fills DeepSpeed's `auto` values from the recipe (imports deepspeed: ~30 s)."""
+    from stages.sft import Stage1Config, Stage2Config, build_sft_config
+
+    _, path = merged_params("gpu-8x", tmp_path)
+    config = load_section(stage, Stage1Config if stage == "train_stage1" else Stage2Config, path)
+    args = build_sft_config(config, eval_enabled=True)
+    ds = args.hf_deepspeed_config.config
+    profile = config.active
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
+    assert ds["train_micro_batch_size_per_gpu"] == profile.per_device_batch_size
+    assert ds["gradient_accumulation_steps"] == profile.gradient_accumulation_steps
+    assert ds["gradient_clipping"] == pytest.approx(profile.max_grad_norm)
+    assert args.learning_rate == pytest.approx(2e-5) and args.warmup_steps == 50
+    assert args.lr_scheduler_kwargs["min_lr_rate"] == pytest.approx(1e-6 / 2e-5)
+
+
+def test_dvc_set_args_give_the_same_params_as_write(tmp_path: Path) -> None:
+    from dvc.utils.hydra import apply_overrides as dvc_apply
+
+    from stages.recipe import dvc_set_args
+
+    merged, _ = merged_params("gpu-8x", tmp_path)
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    args = dvc_set_args(load_recipe("gpu-8x", RECIPES))
+    dvc_apply(str(target), args[1::2])
+    assert read_params(target) == merged
