@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,12 +37,30 @@ class ConfigError(ValueError):
     """A params section is missing, has unknown keys, or has values of the wrong type."""
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats the YAML 1.2 way.
+
+    PyYAML (YAML 1.1) reads ``2e-05`` as a string; DVC (ruamel, YAML 1.2) writes floats that way
+    when `dvc exp run -S` sets them, so without this a recipe's learning rate would come back as text.
+    """
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
 def read_params(path: str | os.PathLike[str] = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+        data = yaml.load(fh, Loader=ParamsLoader) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data

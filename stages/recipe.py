@@ -96,8 +96,13 @@ def _hydra_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        # Hydra reads 1e-06 as a string: its floats need a decimal point before the exponent.
+        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
     if isinstance(value, str):
         # Quoted, so that values like "v1", "8" or "null" stay strings.
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -111,7 +116,12 @@ def _hydra_value(value: Any) -> str:
 def dvc_set_args(overrides: dict[str, Any]) -> list[str]:
     args: list[str] = []
     for key, value in overrides.items():
-        args += ["-S", f"{key}={_hydra_value(value)}"]
+        if isinstance(value, dict):
+            # Hydra merges `key={...}` into the existing mapping; a recipe means "this mapping":
+            # delete the key, then add it back whole.
+            args += ["-S", f"~{key}", "-S", f"+{key}={_hydra_value(value)}"]
+        else:
+            args += ["-S", f"{key}={_hydra_value(value)}"]
     return args
 
 
