@@ -3,6 +3,10 @@
     python -m serve --model models/stage2 [--backend transformers|vllm] [--format auto|octupus|hermes]
         [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
         [--served-model-name NAME]
+
+--backend vllm runs vLLM's V1 engine (GPU: `pip install vllm==0.32.0` then `pip install -e .`; CPU:
+scripts/vllm_venv.sh builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
+--kv-cache-memory-bytes and --enforce-eager; see serve/backends/vllm_backend.py.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vLLM backend: fraction of GPU memory for weights and KV cache")
     p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
                    help="vLLM backend: KV cache size in bytes (on CPU it otherwise takes VLLM_CPU_KVCACHE_SPACE GiB)")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="vLLM backend: skip graph compilation and capture (starts faster, decodes slower)")
     p.add_argument("--log-level", default=os.environ.get("OCTUPUS_LOG_LEVEL", "INFO"))
     return p
 
@@ -85,7 +91,7 @@ def build_core(args: argparse.Namespace) -> Any:
         backend = VLLMBackend(args.model, engine=args.engine, dtype=args.dtype, max_context=args.max_context,
                               tensor_parallel_size=args.tensor_parallel_size, max_num_seqs=args.max_num_seqs,
                               gpu_memory_utilization=args.gpu_memory_utilization,
-                              kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+                              kv_cache_memory_bytes=args.kv_cache_memory_bytes, enforce_eager=args.enforce_eager)
     elif args.max_batch > 1:
         from serve.backends.transformers_batched import BatchedTransformersBackend
 

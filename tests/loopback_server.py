@@ -1,7 +1,12 @@
-"""A real uvicorn server on 127.0.0.1 in a background thread, shared by the serve tests."""
+"""A real uvicorn server on 127.0.0.1 in a background thread, shared by the serve tests.
+
+``OCTUPUS_TEST_BACKEND=vllm`` (set by ``make test-vllm``, which runs in ``.venv-vllm``) serves every
+such test through the vLLM backend instead of transformers: the same tests, the other backend.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -14,6 +19,23 @@ from serve.__main__ import build_core, build_parser
 from serve.app import create_app
 
 
+TEST_BACKEND = os.environ.get("OCTUPUS_TEST_BACKEND", "transformers")
+if TEST_BACKEND not in ("transformers", "vllm"):
+    raise RuntimeError(f"OCTUPUS_TEST_BACKEND={TEST_BACKEND!r}: expected transformers or vllm")
+
+# vLLM on CPU for tiny test models: float32 like the transformers backend (its CPU default would be
+# bfloat16), a small KV cache (its default takes GiBs per server), no graph compilation (a minute per start).
+VLLM_TEST_ARGS = ["--backend", "vllm", "--dtype", "float32", "--kv-cache-memory-bytes", str(64 * 1024 * 1024),
+                  "--max-num-seqs", "16", "--enforce-eager"]
+
+
+def backend_argv(argv: list[str]) -> list[str]:
+    """ARGV with the test backend's options added, unless the test picked a backend itself."""
+    if TEST_BACKEND == "vllm" and "--backend" not in argv:
+        return [*argv, *VLLM_TEST_ARGS]
+    return list(argv)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -24,7 +46,7 @@ class LoopbackServer:
     """`python -m serve` ARGV, served on a free loopback port; `core_hook` may wrap the built core."""
 
     def __init__(self, argv: list[str], core_hook: Callable[[Any], Any] | None = None) -> None:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(backend_argv(argv))
         self.port = free_port()
 
         def factory() -> Any:
@@ -35,7 +57,8 @@ class LoopbackServer:
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.time() + 60
+        # vLLM starts an engine process and a worker process: much slower than loading a tiny model.
+        deadline = time.time() + (300 if args.backend == "vllm" else 60)
         while not self.server.started:
             if time.time() > deadline or not self.thread.is_alive():
                 raise RuntimeError("server did not start")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve.constraints.base import Matcher
+from serve.constraints.base import ConstraintEngine, Matcher
 
 
 @dataclass
@@ -37,6 +37,10 @@ class Backend(ABC):
     tokenizer: Any
     max_context: int
     vocab_size: int
+    # Generations that may run at once; the core sizes its worker pool from it. A backend that
+    # decodes one sequence at a time on the CPU (transformers) keeps 1 so requests queue in order;
+    # one that batches (vLLM) needs them in flight together.
+    max_concurrency: int = 1
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
@@ -46,6 +50,13 @@ class Backend(ABC):
     def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
         """The library's own generation call, greedy, for benchmarking against ``generate``."""
         raise NotImplementedError
+
+    def constraint_engine(self, engine: ConstraintEngine) -> ConstraintEngine:
+        """The engine the core should use with this backend (vLLM wraps it to send grammars along)."""
+        return engine
+
+    def close(self) -> None:
+        """Release what the backend holds outside this process (vLLM's engine processes)."""
 
 
 def repeats_cycle(ids: list[int], window: int, max_period: int = 32) -> bool:
