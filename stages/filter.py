@@ -6,7 +6,7 @@ Each source is normalized to OpenAI messages/tools (stages/normalize.py), checke
 (stages/filter_rules.py), de-duplicated and capped per function, then mixed into the two training
 sets by per-source ratios. polars does the table work (joins of calls to offered tools, the
 distinct (schema, arguments) pairs to validate, dedup, caps, splits, mixing); the per-row part is
-the reading of each row, with every repeated string (tool lists, call lists) parsed once.
+the reading of each row, with every repeated tool list, tool and name parsed once.
 Everything is deterministic: rows are ordered by a hash of their content, never by input order.
 """
 
@@ -19,9 +19,10 @@ import math
 import multiprocessing
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import polars as pl
@@ -29,7 +30,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
-from stages.filter_rules import RULES, arguments_ok, content_key, prepare_row, schema_ok
+from stages.filter_rules import RULES, arguments_value, compiled_validator, prepare_row_keyed, schema_ok
 from stages.normalize import Drop, Parsers, cached_parsers
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,30 @@ class _Chunk:
     drops: Counter[str] = field(default_factory=Counter)
 
 
-def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, position: int = 0) -> _Chunk:
-    out = _Chunk()
-    gc_was_enabled = gc.isenabled()
-    # The loop allocates millions of acyclic objects; cyclic GC passes over them only cost time.
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector (reference counting still frees everything here).
+
+    Reading allocates millions of acyclic objects and keeps lists of hundreds of thousands of
+    long strings alive until they become frames; every collection pass would visit each of them
+    (a cache miss per string), several times per source. Nested use keeps the outer state.
+    """
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, position: int = 0) -> _Chunk:
+    out = _Chunk()
+    with _no_cyclic_gc():
         for line in tqdm(lines, desc=f"normalize {desc}", unit="row", mininterval=5.0, position=position,
                          leave=position == 0):
             try:
-                m, t, calls, schemas = prepare_row(kind, line, parsers)
+                m, t, calls, schemas, key = prepare_row_keyed(kind, line, parsers)
             except Drop as drop:
                 out.drops[drop.rule] += 1
                 continue
@@ -121,16 +136,13 @@ def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, po
             row = len(out.messages)
             out.messages.append(m)
             out.tools.append(t)
-            out.keys.append(content_key(m, t))
+            out.keys.append(key)
             if t not in out.tool_lists:
                 out.tool_lists[t] = schemas
             for name, args in calls:
                 out.call_rows.append(row)
                 out.call_names.append(name)
                 out.call_args.append(args)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return out
 
 
@@ -208,29 +220,44 @@ def normalize_source(kind: str, lines: Sequence[str], parsers: Parsers, desc: st
 # Table rules
 
 
-def _check_schemas(table: pl.DataFrame) -> pl.DataFrame:
-    """Add schema_ok to the tool table; each distinct schema is checked once."""
-    distinct = table.get_column("schema").unique()
-    valid = pl.DataFrame({"schema": distinct, "schema_ok": [schema_ok(s) for s in distinct.to_list()]},
-                         schema={"schema": pl.String, "schema_ok": pl.Boolean})
-    return table.join(valid, on="schema", how="left")
+def _check_schemas(table: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """Add schema_id and schema_ok to the tool table; each distinct schema is checked once.
+
+    Returns the table and the distinct schemas (index = schema_id), so later joins and the
+    distinct (schema, arguments) pairs run on integers instead of the long schema texts.
+    """
+    distinct = table.get_column("schema").unique(maintain_order=True).to_list()
+    valid = pl.DataFrame({"schema": distinct, "schema_id": np.arange(len(distinct), dtype=np.int64),
+                          "schema_ok": [schema_ok(s) for s in distinct]},
+                         schema={"schema": pl.String, "schema_id": pl.Int64, "schema_ok": pl.Boolean})
+    return table.join(valid, on="schema", how="left").drop("schema"), distinct
+
+
+def _arguments_ok(schema_ids: list[int], arguments: list[str], schemas: list[str]) -> list[bool]:
+    """Validity of each (schema_id, arguments) pair of valid schemas; one validator lookup per schema."""
+    checks: dict[int, Callable[[Any], bool]] = {}
+    out = []
+    for i, a in zip(schema_ids, arguments):
+        check = checks.get(i)
+        if check is None:
+            check = checks[i] = compiled_validator(schemas[i])
+        out.append(check(arguments_value(a)))
+    return out
 
 
 def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame, max_chars: int,
                 max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
     """The table rules, in RULES order from bad_tool_schema on. Returns kept rows and drops."""
-    tool_table = _check_schemas(tool_table)
+    tool_table, schemas = _check_schemas(tool_table)
     bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools_id").unique()
     calls = (calls.join(rows.select("row", "tools_id"), on="row", how="left")
              .join(tool_table, on=["tools_id", "name"], how="left"))
-    unknown_rows = calls.filter(pl.col("schema").is_null()).get_column("row").unique()
-    pairs = calls.filter(pl.col("schema_ok").fill_null(False)).select("schema", "arguments").unique()
-    pair_ok = pl.DataFrame(
-        {"schema": pairs.get_column("schema"), "arguments": pairs.get_column("arguments"),
-         "args_ok": [arguments_ok(s, a) for s, a in pairs.iter_rows()]},
-        schema={"schema": pl.String, "arguments": pl.String, "args_ok": pl.Boolean},
-    )
-    invalid_rows = (calls.join(pair_ok, on=["schema", "arguments"], how="inner")
+    unknown_rows = calls.filter(pl.col("schema_id").is_null()).get_column("row").unique()
+    pairs = calls.filter(pl.col("schema_ok").fill_null(False)).select("schema_id", "arguments").unique()
+    pair_ok = pairs.with_columns(args_ok=pl.Series(
+        _arguments_ok(pairs.get_column("schema_id").to_list(), pairs.get_column("arguments").to_list(), schemas),
+        dtype=pl.Boolean))
+    invalid_rows = (calls.join(pair_ok, on=["schema_id", "arguments"], how="inner")
                     .filter(~pl.col("args_ok")).get_column("row").unique())
     reason = (
         pl.when(pl.col("tools_id").is_in(bad_schema_lists.implode())).then(pl.lit("bad_tool_schema"))
@@ -245,8 +272,12 @@ def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFram
         {r: n for r, n in rows.filter(pl.col("reason").is_not_null()).group_by("reason").len().iter_rows()})
     passed = rows.filter(pl.col("reason").is_null()).drop("reason")
 
-    # Exact duplicates are identical, so which copy survives cannot change the output.
-    unique = passed.unique(subset=["messages", "tools"], keep="any").sort("key", "messages")
+    # Exact duplicates are identical, so which copy survives cannot change the output. Equal rows
+    # have equal content keys, so only rows sharing a key are compared by their (long) texts.
+    shared_key = pl.col("key").is_duplicated()
+    unique = pl.concat([passed.filter(~shared_key),
+                        passed.filter(shared_key).unique(subset=["messages", "tools"], keep="any")]
+                       ).sort("key", "messages")
     drops["duplicate"] += passed.height - unique.height
 
     if max_rows_per_function is not None and unique.height:
@@ -266,8 +297,9 @@ def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFram
 def filter_source(kind: str, lines: Sequence[str], parsers: Parsers, max_chars: int,
                   max_rows_per_function: int | None, desc: str = "", workers: int = 1) -> tuple[pl.DataFrame, Counter[str]]:
     """Normalize and filter one source; kept rows (messages, tools, key) sorted by key."""
-    rows, calls, tool_table, drops = normalize_source(kind, lines, parsers, desc, workers)
-    kept, table_drops = apply_rules(rows, calls, tool_table, max_chars, max_rows_per_function)
+    with _no_cyclic_gc():
+        rows, calls, tool_table, drops = normalize_source(kind, lines, parsers, desc, workers)
+        kept, table_drops = apply_rules(rows, calls, tool_table, max_chars, max_rows_per_function)
     drops.update(table_drops)
     return kept, drops
 

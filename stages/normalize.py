@@ -5,10 +5,11 @@ Each ``normalize_<kind>(row)`` takes one decoded raw row (the hub schema, see
 raises :class:`Drop` naming the rule the row breaks. Everything here is pure Python with no eval:
 python-like literals and call lists are read with ``ast`` and a whitelist of literal nodes.
 
-Parsing of strings that repeat across rows (tool lists, call lists, tool results) goes through
+Parsing of the strings inside a row (tool lists, call lists, tool results) goes through
 :class:`Parsers`. The plain instance parses every time with the stdlib ``json`` module (the
-row-by-row baseline); the cached one (:func:`cached_parsers`) parses each distinct string once and
-reads/writes JSON with orjson (:data:`FAST_JSON`), which is what the polars path uses. Both write
+row-by-row baseline); the cached one (:func:`cached_parsers`) parses each distinct tool, tool
+list, prompt and name once and reads/writes JSON with orjson (:data:`FAST_JSON`), which is what
+the polars path uses. Both write
 the same text: compact JSON (``","`` and ``":"`` separators, non-ASCII kept), the byte form
 ``stages.toolcall_format`` uses for arguments.
 """
@@ -19,9 +20,9 @@ import ast
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import orjson
 
@@ -42,11 +43,12 @@ class Drop(Exception):
         self.rule = rule
 
 
-@dataclass(frozen=True)
-class ToolSet:
+class ToolSet(NamedTuple):
     """A row's OpenAI tools, their JSON text, and (name, canonical schema JSON) per tool.
 
-    Built from per-tool pieces, so a tool repeated across rows is encoded once.
+    Built from per-tool pieces, so a tool repeated across rows is encoded once. A named tuple
+    rather than a frozen dataclass: one is built per distinct tool list, and frozen dataclasses
+    are several times slower to construct.
     """
 
     tools: tuple[dict[str, Any], ...] = ()
@@ -64,6 +66,7 @@ class Conversation:
     messages: list[dict[str, Any]]
     tools: ToolSet = NO_TOOLS
     n_calls: int = 0  # placeholders "#0" .. "#<n_calls - 1>" stand for the call ids
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments JSON) in order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,30 +383,38 @@ def normalize_tools(raw_tools: Any, keep_dots: bool, codec: JsonCodec = STDLIB_J
 _QUOTES = "\"'"
 
 
+# The characters the scan stops at, and a whole quoted string (escapes skip one character).
+_SCAN_STOP = re.compile(r"[\"'()\[\]{}]")
+_QUOTED = {q: re.compile(q + r"(?:[^" + q + r"\\]|\\.)*" + q, re.S) for q in _QUOTES}
+
+
 def _scan_to_close(text: str, start: int) -> int:
-    """Index just past the ')' that closes the '(' at ``start``; quotes and brackets respected."""
+    """Index just past the ')' that closes the '(' at ``start``; quotes and brackets respected.
+
+    Jumps from one bracket or quote to the next with regexes instead of walking every character.
+    """
     depth = 0
     i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
+    stop = _SCAN_STOP.search
+    while True:
+        m = stop(text, i)
+        if m is None:
+            raise ValueError("unbalanced call")
+        at = m.start()
+        ch = text[at]
         if ch in _QUOTES:
-            j = i + 1
-            while j < n and text[j] != ch:
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
+            quoted = _QUOTED[ch].match(text, at)
+            if quoted is None:
+                raise ValueError("unbalanced call")  # the string never ends
+            i = quoted.end()
             continue
         if ch in "([{":
             depth += 1
-        elif ch in ")]}":
+        else:
             depth -= 1
             if depth == 0:
-                return i + 1
-        i += 1
-    raise ValueError("unbalanced call")
-
-
-_KEYWORD = re.compile(r"(^\s*|,\s*)([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+                return at + 1
+        i = at + 1
 
 
 def _keywords_as_json(args_text: str, codec: JsonCodec = STDLIB_JSON) -> dict[str, Any] | None:
@@ -414,20 +425,41 @@ def _keywords_as_json(args_text: str, codec: JsonCodec = STDLIB_JSON) -> dict[st
     """
     if not args_text.strip():
         return {}
-    found = 0
-
-    def quote(m: re.Match[str]) -> str:
-        nonlocal found
-        found += 1
-        return f'{m.group(1)}"{m.group(2)}": '
-
+    text, found = _quote_keywords(args_text)
     try:
-        obj = codec.loads_no_constants("{" + _KEYWORD.sub(quote, args_text) + "}")
+        obj = codec.loads_no_constants("{" + text + "}")
     except ValueError:
         return None
     if not isinstance(obj, dict) or len(obj) != found:
         return None
+    if _FLOAT_MARK.search(text) is None:
+        return obj  # no number literal with a fraction or exponent: no float to turn into an int
     return {k: _whole_floats_to_int(v) for k, v in obj.items()}
+
+
+# A keyword at the start of one comma-separated piece: (leading space, name), up to its '='.
+_PIECE_KEYWORD = re.compile(r"(\s*)([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+
+
+def _quote_keywords(args_text: str) -> tuple[str, int]:
+    r"""Every ``name=`` at the start or after a comma becomes ``"name": ``; returns (text, count).
+
+    Such a keyword starts at the text's start or at a comma and holds no comma, so matching at the
+    start of each comma-separated piece finds exactly what a regex scan of the whole text finds
+    (``(^\s*|,\s*)(name)\s*=(?!=)``), without trying the pattern at every position.
+    """
+    pieces = args_text.split(",")
+    found = 0
+    for i, piece in enumerate(pieces):
+        m = _PIECE_KEYWORD.match(piece)
+        if m is not None:
+            pieces[i] = f'{m.group(1)}"{m.group(2)}": {piece[m.end():]}'
+            found += 1
+    return ",".join(pieces), found
+
+
+# A JSON float literal always has a digit right before its '.' or exponent 'e'/'E'.
+_FLOAT_MARK = re.compile(r"[0-9][.eE]")
 
 
 def _keywords_by_ast(call_text: str) -> dict[str, Any]:
@@ -444,9 +476,12 @@ def _keywords_by_ast(call_text: str) -> dict[str, Any]:
     return args
 
 
+_NOT_IN_CALL_NAME = re.compile(r"[\"'\[\]{}=,]")
+
+
 def _call_name(body: str, start: int, paren: int) -> str:
     name = body[start:paren].strip()
-    if not name or any(c in name for c in "\"'[]{}=,"):
+    if not name or _NOT_IN_CALL_NAME.search(name):
         raise ValueError(f"bad call name {name!r}")
     return name
 
@@ -630,13 +665,17 @@ class Parsers:
         self.cache = cache
         self.toolace_system = maybe(self._toolace_system)
         self.hermes_system = maybe(self._hermes_system)
-        self.toolace_calls = maybe(self._toolace_calls)
-        self.hermes_calls = maybe(partial(_hermes_calls, codec=self.json))
-        self.hermes_responses = maybe(partial(_hermes_responses, codec=self.json))
-        self.toolace_results = maybe(partial(_toolace_results, codec=self.json))
+        # Call lists and tool results are nearly all distinct (3-14% repeats on the synthetic
+        # sources): there the cache's hashing and eviction cost more than its hits saved.
+        self.toolace_calls = self._toolace_calls
+        self.hermes_calls = partial(_hermes_calls, codec=self.json)
+        self.hermes_responses = partial(_hermes_responses, codec=self.json)
+        self.toolace_results = partial(_toolace_results, codec=self.json)
         self.tools_json = maybe(self._tools_json)
         self.tool_element = maybe(self._tool_element, 100_000)  # keyed by the object's body
         self.name = maybe(self._name, 100_000)
+        # The prose before a <tools> block is nearly always the same few prompts.
+        self.prose = maybe(self._prose, 256)
 
     def _tool_element(self, body: str) -> ToolEntry:
         return tool_entry(normalize_tool(parse_loose("{" + body + "}", self.json), self.keep_dots)[1], self.json)
@@ -689,7 +728,11 @@ class Parsers:
             return None
         # The rest of the prompt teaches the XML call format, which our template replaces.
         start, body = block
-        return _TAGS_IN_PROSE.sub("", system[:start]).strip(), self.tool_list(body)
+        return self.prose(system[:start]), self.tool_list(body)
+
+    @staticmethod
+    def _prose(text: str) -> str:
+        return _TAGS_IN_PROSE.sub("", text).strip()
 
     def _tools_json(self, text: str) -> ToolSet:
         return self.tool_list(text)
@@ -724,11 +767,13 @@ class _Builder:
         self.messages: list[dict[str, Any]] = []
         self._open: list[tuple[str, str]] = []  # (placeholder id, name) of unanswered calls
         self.n_calls = 0
+        self.call_list: list[tuple[str, str]] = []  # (name, arguments JSON) of every call, in order
 
     def text(self, role: str, content: Any) -> None:
         if not isinstance(content, str):
             raise Drop("empty_turn", f"{role} content is {type(content).__name__}")
-        self._open = []
+        if self._open:
+            self._open = []
         self.messages.append({"role": role, "content": content})
 
     def calls(self, calls: list[tuple[Any, Any]], merge: bool = False) -> None:
@@ -747,9 +792,11 @@ class _Builder:
             clean = self.p.name(name)
             placeholder = f"#{self.n_calls}"
             self.n_calls += 1
+            arguments = self.p.json.dumps(args)
             tool_calls.append({"id": placeholder, "type": "function",
-                               "function": {"name": clean, "arguments": self.p.json.dumps(args)}})
+                               "function": {"name": clean, "arguments": arguments}})
             self._open.append((placeholder, clean))
+            self.call_list.append((clean, arguments))
 
     def result(self, name: Any, content: str) -> None:
         if not self._open:
@@ -758,8 +805,10 @@ class _Builder:
         if name is not None:
             # Results may come back in any order; a named one answers the first open call of that name.
             clean = self.p.name(name)
-            at = next((i for i, (_, call_name) in enumerate(self._open) if call_name == clean), -1)
-            if at < 0:
+            for at, (_, call_name) in enumerate(self._open):
+                if call_name == clean:
+                    break
+            else:
                 raise Drop("tool_result_mismatch", f"result of {name!r} answers no open call")
         placeholder, _ = self._open.pop(at)
         self.messages.append({"role": "tool", "tool_call_id": placeholder, "content": content})
@@ -767,8 +816,11 @@ class _Builder:
 
 def _turns(row: dict[str, Any], key: str) -> list[dict[str, Any]]:
     turns = row.get(key)
-    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+    if not isinstance(turns, list):
         raise Drop("unparseable", f"'{key}' is not a list of turns")
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise Drop("unparseable", f"'{key}' is not a list of turns")
     return turns
 
 
@@ -807,7 +859,7 @@ def normalize_hermes_fc(row: dict[str, Any], p: Parsers) -> Conversation:
                 b.result(name, content)
         else:
             raise Drop("role_order", f"unknown role {who!r}")
-    return Conversation(b.messages, tools, b.n_calls)
+    return Conversation(b.messages, tools, b.n_calls, b.call_list)
 
 
 def normalize_toolace(row: dict[str, Any], p: Parsers) -> Conversation:
@@ -825,7 +877,8 @@ def normalize_toolace(row: dict[str, Any], p: Parsers) -> Conversation:
         if who == "user":
             b.text("user", value)
         elif who == "assistant":
-            calls = p.toolace_calls(value)
+            # Checked before the cache, so plain answers do not push call lists out of it.
+            calls = p.toolace_calls(value) if _LOOKS_LIKE_CALLS.match(value) else None
             if calls is None:
                 b.text("assistant", value)
             else:
@@ -839,7 +892,7 @@ def normalize_toolace(row: dict[str, Any], p: Parsers) -> Conversation:
                     b.result(name, content)
         else:
             raise Drop("role_order", f"unknown role {who!r}")
-    return Conversation(b.messages, tools, b.n_calls)
+    return Conversation(b.messages, tools, b.n_calls, b.call_list)
 
 
 def _legacy_call(value: Any, codec: JsonCodec) -> tuple[Any, Any] | None:
@@ -891,7 +944,7 @@ def normalize_fc_zh_hard(row: dict[str, Any], p: Parsers) -> Conversation:
             b.result(msg.get("name") or None, content if isinstance(content, str) else p.json.dumps(content))
         else:
             raise Drop("role_order", f"unknown role {role!r}")
-    return Conversation(b.messages, tools, b.n_calls)
+    return Conversation(b.messages, tools, b.n_calls, b.call_list)
 
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -959,6 +1012,33 @@ def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, s
         messages_json = (messages_json.replace(f'"id":"#{i}"', f'"id":{new_id}')
                          .replace(f'"tool_call_id":"#{i}"', f'"tool_call_id":{new_id}'))
     return messages_json, tools_json
+
+
+def finalize_keyed(conv: Conversation) -> tuple[str, str, int]:
+    """:func:`finalize` with the fast codec, plus the row's content key (``filter_rules.content_key``).
+
+    Works on the UTF-8 bytes orjson writes: each text is encoded once and hashed from there,
+    instead of decoding, replacing, and encoding again to hash. Raises UnicodeEncodeError for text
+    that has no UTF-8 form (lone surrogates); the caller counts the row as unparseable.
+    """
+    try:
+        messages = orjson.dumps(conv.messages)
+    except TypeError:  # lone surrogates: json writes them, and encode() below refuses them
+        messages = _std_dumps(conv.messages).encode()
+    tools_json = conv.tools.json
+    tools = tools_json.encode()
+    if conv.n_calls:
+        hasher = hashlib.blake2b(messages, digest_size=8)
+        hasher.update(tools)
+        digest = hasher.hexdigest().encode()
+        for i in range(conv.n_calls):
+            new_id = b'"call_%s%03d"' % (digest, i)
+            messages = (messages.replace(b'"id":"#%d"' % i, b'"id":' + new_id)
+                        .replace(b'"tool_call_id":"#%d"' % i, b'"tool_call_id":' + new_id))
+    hasher = hashlib.blake2b(messages, digest_size=8)
+    hasher.update(b"\x00")
+    hasher.update(tools)
+    return messages.decode(), tools_json, int.from_bytes(hasher.digest(), "little")
 
 
 def read_conversation(kind: str, line: str, parsers: Parsers) -> Conversation:

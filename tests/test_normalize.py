@@ -385,3 +385,49 @@ def test_data_modules_do_not_import_torch():
     code = "import sys, stages.normalize, stages.filter_rules, stages.filter; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _scan_reference(text: str, start: int) -> int:
+    """The plain character walk that _scan_to_close must agree with."""
+    depth, i, n = 0, start, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in "\"'":
+            j = i + 1
+            while j < n and text[j] != ch:
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise ValueError("unbalanced call")
+
+
+def test_call_list_scanning_shortcuts_agree_with_the_plain_readings():
+    import random
+    import re
+
+    from stages.normalize import _quote_keywords, _scan_to_close
+
+    keyword = re.compile(r"(^\s*|,\s*)([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
+    rng = random.Random(3)
+    alphabet = ["a", "b_1", "x", "=", "==", ",", ", ", " ", "\n", "(", ")", "[", "]", "{", "}", '"', "'", "\\",
+                "1", "2.5", "é"]
+    for _ in range(20000):
+        text = "(" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        try:
+            want: object = _scan_reference(text, 0)
+        except ValueError:
+            want = ValueError
+        try:
+            got: object = _scan_to_close(text, 0)
+        except ValueError:
+            got = ValueError
+        assert got == want, text
+        args = text[1:]
+        assert _quote_keywords(args) == keyword.subn(lambda m: f'{m.group(1)}"{m.group(2)}": ', args), args
