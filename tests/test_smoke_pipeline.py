@@ -67,6 +67,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.timeout(1800)
 def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     start = time.monotonic()
     out = sh(repo, "dvc", "repro")
@@ -97,16 +98,16 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = sh(repo, "dvc", "status")
     assert "evaluate@base" in status and "evaluate@stage2" in status and "train_stage2" not in status
-    assert ran(sh(repo, "dvc", "repro")) == {"evaluate@base", "evaluate@stage2"}
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "shorter cap")
+    # DVC's own decision, without spending two more evaluations on it.
+    assert ran(sh(repo, "dvc", "repro", "--dry")) == {"evaluate@base", "evaluate@stage2"}
+    sh(repo, "git", "checkout", "params.yaml")
 
     # V1 and V2 as experiments: stage 1 and the base evaluation are shared, not rerun.
     for name in ("v1", "v2"):
         out = sh(repo, sys.executable, "-m", "stages.recipe", "exp", name)
         assert {"train_stage1", "evaluate@base", "base_model"}.isdisjoint(ran(out)), out[-3000:]
-    v1_ran = sh(repo, "dvc", "exp", "show", "--no-pager", "--md")
-    assert "v1" in v1_ran and "v2" in v1_ran
+    shown = sh(repo, "dvc", "exp", "show", "--no-pager", "--md")
+    assert "v1" in shown and "v2" in shown
     params_diff = sh(repo, "dvc", "params", "diff", "v1", "v2")
     assert "train_stage2.tool_format" in params_diff and "v1" in params_diff
     metrics_diff = sh(repo, "dvc", "metrics", "diff", "v1", "v2", "--all")
