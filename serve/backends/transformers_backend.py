@@ -99,6 +99,16 @@ def new_cache(config: Any) -> DynamicCache:
     return cache
 
 
+def seeded_generator(params: SamplingParams) -> torch.Generator:
+    """The request's sampling RNG: seeded when the request gives a seed, else from the OS."""
+    generator = torch.Generator()
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    return generator
+
+
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     if params.temperature <= 1e-5:
         return int(torch.argmax(logits))
@@ -164,11 +174,7 @@ class TransformersBackend(Backend):
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
                  cancel: threading.Event, state: GenerationState) -> Iterator[int]:
-        generator = torch.Generator()
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
+        generator = seeded_generator(params)
         processor = GrammarLogitsProcessor(matcher, len(prompt_ids), state) if matcher is not None else None
         stop_ids = set(params.stop_token_ids)
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)

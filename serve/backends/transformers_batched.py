@@ -29,7 +29,8 @@ import torch
 from transformers import DynamicCache
 
 from serve.backends.base import GenerationState, SamplingParams, repeats_cycle
-from serve.backends.transformers_backend import GrammarLogitsProcessor, TransformersBackend, _sample, new_cache
+from serve.backends.transformers_backend import (GrammarLogitsProcessor, TransformersBackend, _sample, new_cache,
+                                                   seeded_generator)
 from serve.constraints.base import Matcher
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,7 @@ class BatchedTransformersBackend(TransformersBackend):
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
                  cancel: threading.Event, state: GenerationState) -> Iterator[int]:
-        generator = torch.Generator()
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
+        generator = seeded_generator(params)
         processor = GrammarLogitsProcessor(matcher, len(prompt_ids), state) if matcher is not None else None
         seq = _Sequence(prompt_ids=list(prompt_ids), params=params, processor=processor, matcher=matcher,
                         cancel=cancel, state=state, generator=generator, position=len(prompt_ids))
