@@ -20,6 +20,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stages.toolcall_format import OCTUPUS_SHAPE, ToolCallShape
@@ -185,6 +186,22 @@ def _token_id(tokenizer: Any, token: str) -> int | None:
     return vocab.get(token)
 
 
+def saved_tool_format(tokenizer: Any) -> str:
+    """The rendering (V1/V2) the model was trained with, from the ``octupus.json`` the training stages
+    save beside it: a V1 model shown V2's tools block never calls a tool. Default V2."""
+    from stages import toolcall_format
+
+    path = Path(getattr(tokenizer, "name_or_path", "") or ".") / "octupus.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("tool_format", toolcall_format.DEFAULT_TOOL_FORMAT)
+    except (OSError, ValueError, AttributeError):
+        return toolcall_format.DEFAULT_TOOL_FORMAT
+    if value not in toolcall_format.TOOL_FORMATS:
+        raise ValueError(f"{path}: tool_format {value!r} is not one of {toolcall_format.TOOL_FORMATS}")
+    log.info("octupus format: %s rendering (from %s)", value, path)
+    return value
+
+
 class OctupusFormat(ToolFormat):
     name = "octupus"
     shape = OCTUPUS_SHAPE
@@ -196,11 +213,12 @@ class OctupusFormat(ToolFormat):
 
         # The template saved with the model wins; the module's copy covers tokenizers saved without one.
         self.template = tokenizer.chat_template or toolcall_format.CHAT_TEMPLATE
+        self.tool_format = saved_tool_format(tokenizer)
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(
             messages, tools=tools or None, chat_template=self.template,
-            add_generation_prompt=True, tokenize=False)
+            add_generation_prompt=True, tokenize=False, tool_format=self.tool_format)
 
     def stop_token_ids(self) -> list[int]:
         return [self.tokenizer.eos_token_id]

@@ -45,6 +45,32 @@ def test_octupus_renders_with_project_template(tiny_tokenizer: Any) -> None:
     assert prompt.endswith("<|USER|>hi" + tiny_tokenizer.eos_token + "<|ASSISTANT|>")
 
 
+@pytest.mark.parametrize("tool_format", ["v1", "v2"])
+def test_octupus_renders_the_way_the_model_was_trained(tiny_tokenizer: Any, tmp_path: Any, tool_format: str) -> None:
+    """A model trained with V1's rendering (octupus.json beside it) is prompted with V1's rendering."""
+    from transformers import AutoTokenizer
+
+    from stages.toolcall_format import render_chat
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "octupus.json").write_text(json.dumps({"format": "octupus", "tool_format": tool_format}))
+    fmt = make_format("octupus", AutoTokenizer.from_pretrained(tmp_path))
+    # V1 and V2 differ in how a turn's tool results are rendered (merged vs one message each).
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": f'{{"city": "{c}"}}'}}
+             for i, c in enumerate(["Paris", "Oslo"])]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "c0", "content": "12C"},
+                {"role": "tool", "tool_call_id": "c1", "content": "3C"}]
+    prompt = fmt.render(messages, TOOLS)
+    expected = {f: render_chat(messages, TOOLS, eos_token=tiny_tokenizer.eos_token, tool_format=f,
+                               add_generation_prompt=True) for f in ("v1", "v2")}
+    assert expected["v1"] != expected["v2"]
+    assert prompt == expected[tool_format]
+    (tmp_path / "octupus.json").write_text(json.dumps({"tool_format": "v3"}))
+    with pytest.raises(ValueError, match="tool_format 'v3'"):
+        make_format("octupus", AutoTokenizer.from_pretrained(tmp_path))
+
+
 @pytest.mark.parametrize("shape", [OCTUPUS_SHAPE, HERMES_SHAPE], ids=["octupus", "hermes"])
 def test_incremental_parse_never_retracts(shape: Any) -> None:
     calls = [("get", '{"city": "Rome", "n": [1, 2]}'), ("get_weather", '{"city": "}\\n</tool_call>"}')]
