@@ -13,6 +13,9 @@ Measures (all on this machine, CPU):
   the same with the grammar cached);
 - server p50 latency (HTTP, through the full stack) against a bare ``model.generate`` call
   producing the same number of tokens;
+- prefix cache (``--prefix-cache-mb``): prefill time of the steps of a growing conversation (each
+  step = the previous prompt plus a tool result and a user turn, as multi-turn clients send it),
+  with the cache off and on, rounds alternating, and the ratio;
 - serving throughput under concurrency, per backend available here (transformers, one request at
   a time; transformers with continuous batching when the server offers ``--max-batch``; vLLM when
   ``import vllm`` works in this interpreter): ``python -m serve`` runs in its own process, and N
@@ -189,6 +192,43 @@ def bench_first_request(core: Any, trials: int = 5) -> dict[str, Any]:
             "cached_tool_set_ms": round(statistics.median(cached) * 1e3, 2), "extra_ms": round(extra * 1e3, 2)}
 
 
+def bench_prefix_cache(backend: Any, fmt: Any, steps: int, rounds: int) -> dict[str, Any]:
+    """Prefill seconds of a growing conversation's steps, prefix cache off vs on (same backend)."""
+    from serve.backends.prefix_cache import PrefixCache
+
+    # An agent-sized tool list (~1,000 tokens): the two tools in eight renamed copies.
+    tools = [{"type": "function", "function": dict(t["function"], name=f"{t['function']['name']}_{i}")}
+             for i in range(8) for t in TOOLS]
+    messages = list(MESSAGES)
+    prompts = []
+    for step in range(steps):
+        prompts.append(backend.tokenizer(fmt.render(messages, tools), add_special_tokens=False)["input_ids"])
+        call = {"id": f"call_{step}", "type": "function",
+                "function": {"name": "get_weather_0", "arguments": json.dumps({"city": f"City {step}"})}}
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"call_{step}",
+                      "content": json.dumps({"forecast": [{"day": d, "temp_c": 10 + d, "sky": "clear"} for d in range(6)]})},
+                     {"role": "user", "content": f"Thanks. Now the same for city number {step + 1}, please, in detail."}]
+    saved = backend.prefix_cache
+    totals: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for _ in range(rounds):
+            for label in ("off", "on"):
+                backend.prefix_cache = PrefixCache(0 if label == "off" else 1024 * 2**20)
+                start = time.perf_counter()
+                for ids in prompts:
+                    backend.prefill(ids)
+                totals[label].append(time.perf_counter() - start)
+    finally:
+        backend.prefix_cache = saved
+    off, on = statistics.median(totals["off"]), statistics.median(totals["on"])
+    out = {"steps": steps, "prompt_tokens": [len(p) for p in prompts], "seconds_off": round(off, 3),
+           "seconds_on": round(on, 3), "speedup": round(off / on, 2)}
+    log.info("prefix cache: %d steps (%d..%d prompt tokens): prefill %.2fs off, %.2fs on: %.2fx", steps,
+             len(prompts[0]), len(prompts[-1]), off, on, off / on)
+    return out
+
+
 def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
     """p50 latency of POST /v1/chat/completions against bare model.generate, same token count."""
     import httpx
@@ -239,6 +279,11 @@ def available_backends(max_batch: int) -> dict[str, list[str]]:
     backends = {"transformers": ["--backend", "transformers"]}
     if "--max-batch" in flags and max_batch > 1:
         backends["transformers-batched"] = ["--backend", "transformers", "--max-batch", str(max_batch)]
+    if "--prefix-cache-mb" in flags:
+        # Every client sends the same prompt here: with the cache on, prefill would be nearly free
+        # and this would stop measuring decode throughput (the prefix section measures the cache).
+        for label in [b for b in backends if b.startswith("transformers")]:
+            backends[label] = backends[label] + ["--prefix-cache-mb", "0"]
     try:
         import vllm  # noqa: F401  (the check is that it imports, not what it offers)
     except Exception as exc:  # ImportError, or a broken install (e.g. CUDA libraries missing)
@@ -448,6 +493,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         log.info("constraint time replayed on the Qwen2.5 vocabulary")
         results["replay_qwen25_vocab"] = bench_replay(build_qwen25_tokenizer(), "hermes", engines)
+    log.info("prefix cache on a growing conversation")
+    results["prefix_cache"] = bench_prefix_cache(backend, fmt, steps=6, rounds=args.rounds)
     log.info("server latency against bare generate")
     results["server"] = bench_server(cores[engines[0]], args.tokens, args.rounds)
     if levels:

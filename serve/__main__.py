@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers backend: requests decoded together (continuous batching); 1 = one at a time")
     p.add_argument("--max-batch-tokens", type=int, default=32768,
                    help="transformers backend: most padded KV positions (rows x longest row) a batch may hold")
+    p.add_argument("--prefix-cache-mb", type=float, default=512,
+                   help="transformers backend: memory for the KV of recent prompts, reused when a new prompt "
+                        "starts with one of them (multi-turn conversations); 0 = off")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend: GPUs one model is split over")
     p.add_argument("--max-num-seqs", type=int, default=256,
                    help="vLLM backend: sequences batched at once (also the server's concurrent generations)")
@@ -97,11 +100,13 @@ def build_core(args: argparse.Namespace) -> Any:
 
         backend = BatchedTransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context,
                                              threads=args.threads, max_batch=args.max_batch,
-                                             max_batch_tokens=args.max_batch_tokens)
+                                             max_batch_tokens=args.max_batch_tokens,
+                                             prefix_cache_mb=args.prefix_cache_mb)
     else:
         from serve.backends.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads)
+        backend = TransformersBackend(args.model, dtype=args.dtype, max_context=args.max_context, threads=args.threads,
+                                      prefix_cache_mb=args.prefix_cache_mb)
     fmt = make_format(args.format, backend.tokenizer)
     engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
                          special_tokens=fmt.special_pieces())

@@ -67,7 +67,8 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
     install_error_handlers(app)
     # Wraps the routes, so no handler reads more of an oversized body than the limit.
     app.add_middleware(BodySizeLimit, max_bytes=lambda: app.state.core.config.max_request_bytes
-                       if hasattr(app.state, "core") else 0)
+                       if hasattr(app.state, "core") else 0,
+                       on_refusal=lambda: app.state.core.metrics.rejections.labels("request_too_large").inc())
 
     # Pure ASGI, not @app.middleware("http"): behind Starlette's BaseHTTPMiddleware, the wrapped
     # `receive` kept Request.is_disconnected() from reporting a client that left, so a non-streaming

@@ -160,6 +160,8 @@ class ServingCore:
         self.engine = engine
         self.config = config
         self.metrics = metrics or Metrics()
+        if getattr(backend, "prefix_cache", None) is not None:
+            self.metrics.watch_prefix_cache(backend.prefix_cache)
         self.special_pieces = fmt.special_pieces()
         self.stop_token_ids = fmt.stop_token_ids()
         # One worker per generation the backend can run at once (1 for the sequential transformers

@@ -95,9 +95,10 @@ def _check_ref_chain(schema: Any, ref: str, where: str) -> None:
 class BodySizeLimit:
     """ASGI middleware: 413 for bodies over ``max_bytes``, by Content-Length or while streaming."""
 
-    def __init__(self, app: Any, max_bytes: Callable[[], int]) -> None:
+    def __init__(self, app: Any, max_bytes: Callable[[], int], on_refusal: Callable[[], None] | None = None) -> None:
         self.app = app
         self._max_bytes = max_bytes
+        self._on_refusal = on_refusal
 
     @property
     def max_bytes(self) -> int:
@@ -107,6 +108,8 @@ class BodySizeLimit:
         return RequestTooLarge(f"request body is larger than {self.max_bytes} bytes", code="request_too_large")
 
     async def _send_error(self, send: Any, error: APIError) -> None:
+        if self._on_refusal is not None:
+            self._on_refusal()
         body = json.dumps(error.body()).encode()
         await send({"type": "http.response.start", "status": error.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

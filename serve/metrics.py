@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CONSTRAINT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.1, 0.5)
@@ -37,5 +41,25 @@ class Metrics:
                                      "Generations stopped because the client went away", registry=r)
         self.finish_reasons = Counter("octupus_finish_reasons", "Choices by finish reason", ["reason"], registry=r)
 
+    def watch_prefix_cache(self, cache: Any) -> None:
+        """Export a backend's prefix-cache counters (read at scrape time)."""
+        self.registry.register(_PrefixCacheCollector(cache))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCollector(Collector):
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        c = self.cache
+        yield CounterMetricFamily("octupus_prefix_cache_lookups", "Prompts looked up in the prefix cache",
+                                  value=c.lookups)
+        yield CounterMetricFamily("octupus_prefix_cache_hits", "Prompts that reused a cached prefix", value=c.hits)
+        yield CounterMetricFamily("octupus_prefix_cache_reused_tokens", "Prompt tokens taken from the prefix cache",
+                                  value=c.reused_tokens)
+        yield CounterMetricFamily("octupus_prefilled_tokens", "Prompt tokens run through the model (prefill)",
+                                  value=c.prefilled_tokens)
+        yield GaugeMetricFamily("octupus_prefix_cache_bytes", "Memory held by the prefix cache", value=c.nbytes)

@@ -99,6 +99,9 @@ class ServerSettings(StrictModel):
     threads: int | None
     # transformers backend: requests decoded together (continuous batching; 1 = one at a time).
     max_batch: int = Field(ge=1)
+    # transformers backend: MiB of prompt KV kept for reuse (multi-turn steps resend the whole
+    # conversation); 0 = off.
+    prefix_cache_mb: float = Field(ge=0)
     startup_timeout_s: float
     extra_args: list[str]
 
@@ -388,8 +391,10 @@ def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_
         cmd += ["--max-context", str(server.max_context)]
     if server.threads is not None:
         cmd += ["--threads", str(server.threads)]
-    if server.backend == "transformers" and server.max_batch > 1:
-        cmd += ["--max-batch", str(server.max_batch)]
+    if server.backend == "transformers":
+        if server.max_batch > 1:
+            cmd += ["--max-batch", str(server.max_batch)]
+        cmd += ["--prefix-cache-mb", f"{server.prefix_cache_mb:g}"]
     return cmd + list(server.extra_args)
 
 
@@ -484,6 +489,28 @@ def run_bfcl(config: EvaluateConfig, python: Path, bfcl_root: Path, base_url: st
     return doc
 
 
+# Server counters worth a line in the stage's log (the whole scrape is kept beside bfcl's results).
+_SERVER_COUNTERS = ("octupus_prompt_tokens_total", "octupus_prefilled_tokens_total",
+                    "octupus_prefix_cache_reused_tokens_total", "octupus_completion_tokens_total")
+
+
+def save_server_metrics(url: str, path: Path) -> None:
+    """Keep the server's Prometheus scrape (token counts, prefix-cache reuse, latencies)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            text = resp.read().decode("utf-8")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        log.warning("could not read the server's metrics at %s: %s", url, exc)
+        return
+    path.write_text(text, encoding="utf-8")
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _SERVER_COUNTERS:
+            values[name.removeprefix("octupus_").removesuffix("_total")] = int(float(value))
+    log.info("server counters: %s", json.dumps(values))
+
+
 def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> dict[str, Any]:
     if not Path(entry.path).is_dir():
         raise EvalError(f"model folder {entry.path} does not exist (build it with `dvc repro`)")
@@ -498,6 +525,7 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> dict[
     start = time.monotonic()
     with running_server(cmd, port, config.server.startup_timeout_s, bfcl_root / "server.log") as base_url:
         cases_doc = run_bfcl(config, python, bfcl_root, base_url, api_key)
+        save_server_metrics(base_url.removesuffix("/v1") + "/metrics", bfcl_root / "server_metrics.txt")
     seconds = time.monotonic() - start
     return build_metrics(model_key, entry, config, bfcl_root, cases_doc, seconds)
 

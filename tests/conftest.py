@@ -23,7 +23,7 @@ import copy
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -108,3 +108,19 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def smollm2_format_tokenizer(smollm2_tokenizer):
     return _with_format(copy.deepcopy(smollm2_tokenizer))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a test module, restored afterwards.
+
+    The test models are tiny: intra-op threads only add contention on a busy 2-core machine
+    (measured 30x slower decoding there). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` or by requesting the fixture.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

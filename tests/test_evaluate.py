@@ -40,7 +40,8 @@ def evaluate_section(**overrides: object) -> dict:
         "metrics_dir": "metrics/bfcl",
         "concurrency": 2,
         "server": {"backend": "transformers", "engine": "llguidance", "max_output_tokens": 64,
-                   "max_context": None, "threads": None, "max_batch": 2, "startup_timeout_s": 120,
+                   "max_context": None, "threads": None, "max_batch": 2, "prefix_cache_mb": 256,
+                   "startup_timeout_s": 120,
                    "extra_args": []},
     }
     section.update(overrides)
@@ -220,7 +221,9 @@ def test_server_command_batches_on_transformers_only(tmp_path: Path):
     cmd = ev.server_command(entry, config.server, 1234, "m", "k")
     assert cmd[cmd.index("--max-batch") + 1] == "2" and cmd[cmd.index("--default-max-tokens") + 1] == "64"
     vllm = config.server.model_copy(update={"backend": "vllm"})
-    assert "--max-batch" not in ev.server_command(entry, vllm, 1234, "m", "k")
+    assert cmd[cmd.index("--prefix-cache-mb") + 1] == "256"
+    vllm_cmd = ev.server_command(entry, vllm, 1234, "m", "k")
+    assert "--max-batch" not in vllm_cmd and "--prefix-cache-mb" not in vllm_cmd  # vLLM caches prefixes itself
     single = config.server.model_copy(update={"max_batch": 1})
     assert "--max-batch" not in ev.server_command(entry, single, 1234, "m", "k")
 

@@ -33,12 +33,8 @@ TOOLS = [{"type": "function", "function": {"name": n, "description": f"{n} tool"
          for n in ("get_weather", "get_weather_forecast")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: intra-op threads only add contention on a busy 2-core machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +141,37 @@ def test_server_with_batching_answers_like_the_sequential_server(servers: tuple[
     assert calls, "the tiny model made no call at all: the grammar path was not exercised"
     for name, arguments in calls:
         jsonschema.validate(json.loads(arguments), WEATHER)
+
+
+def test_grouped_decode_attention_equals_repeated_heads() -> None:
+    """The batched decode path attends each KV head once for its query group: same as repeat_kv."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from serve.backends.attention import grouped_decode_sdpa
+
+    torch.manual_seed(0)
+    batch, kv_heads, groups, length, dim = 3, 2, 3, 17, 8
+    query = torch.randn(batch, kv_heads * groups, 1, dim)
+    key, value = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :5] = False  # left padding of different widths
+    mask[2, ..., :11] = False
+    module = SimpleNamespace(num_key_value_groups=groups, is_causal=True)
+    out, _ = grouped_decode_sdpa(module, query, key, value, mask, scaling=0.3)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, groups), repeat_kv(value, groups), attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert out.shape == (batch, 1, kv_heads * groups, dim)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # Padded positions carry no weight: changing them changes nothing.
+    key2, value2 = key.clone(), value.clone()
+    key2[0, :, :5] += 100.0
+    value2[0, :, :5] -= 100.0
+    torch.testing.assert_close(grouped_decode_sdpa(module, query, key2, value2, mask, scaling=0.3)[0], out)
+
+
+def test_batched_backend_uses_the_grouped_decode_path(backend: BatchedTransformersBackend) -> None:
+    # The tiny model has 4 query heads on 2 KV heads, so the equality tests above ran this path.
+    assert backend.model.config.num_attention_heads > backend.model.config.num_key_value_heads
+    assert backend.grouped_decode and backend.model.config._attn_implementation == "octupus_grouped_sdpa"

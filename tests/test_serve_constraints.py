@@ -26,13 +26,8 @@ NAMES = ["get", "get_weather", "get_weather_forecast"]
 LIMITS = JsonLimits(max_whitespace=2, max_string_length=16, max_integer_digits=6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    # Masks over 152k logits: intra-op threads only add contention on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: intra-op threads only add contention on a busy 2-core machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(fmt: Any, names: list[str] = NAMES, schema: dict[str, Any] = WEATHER, *, text: bool = True,

@@ -49,13 +49,8 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in ALL_TOOLS
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models: intra-op threading only adds contention (30x slower on a loaded 2-core box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: intra-op threads only add contention on a busy 2-core machine (conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LIMITS = ["--max-string-length", "12", "--max-integer-digits", "4", "--default-max-tokens", "96"]

@@ -178,6 +178,19 @@ def test_oversized_chunked_body_is_413(http: httpx.Client) -> None:
     assert err["code"] == "request_too_large"
 
 
+def test_413_refusals_are_counted(http: httpx.Client) -> None:
+    def refused() -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith('octupus_rejected_requests_total{reason="request_too_large"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = refused()
+    body = json.dumps(chat(messages=[{"role": "user", "content": "a" * (2 * MAX_BODY)}])).encode()
+    assert_refused(http, content=body, headers={"content-type": "application/json"}, statuses=(413,))
+    assert refused() == before + 1
+
+
 @pytest.mark.parametrize("body", [b"not json", b"{", b"", b"\xff\xfe\x00", b"[]", b"null", b"42", b'"x"',
                                   b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}]' + b"}" * 3,
                                   b"[" * 10_000 + b"]" * 10_000])

@@ -88,6 +88,15 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
         assert validity["validity"] in (1.0, None) and validity["valid_calls"] == validity["tool_calls"]
         plot = (repo / "metrics" / "bfcl" / f"{key}_categories.csv").read_text().splitlines()
         assert plot[0].startswith("category,accuracy") and len(plot) == len(categories) + 1
+        # The server's counters, scraped before it stopped: multi_turn_base resends the conversation
+        # at every step, so its later steps start from the prefix cache.
+        scrape = (repo / "eval" / "bfcl" / key / "server_metrics.txt").read_text().splitlines()
+        counters = {ln.split()[0]: float(ln.split()[1]) for ln in scrape if ln.startswith("octupus_")
+                    and not ln.startswith(("octupus_request", "octupus_constraint", "octupus_grammar"))
+                    and "{" not in ln.split()[0]}
+        assert counters["octupus_prefilled_tokens_total"] > 0
+        assert counters["octupus_prefix_cache_hits_total"] >= 1, counters
+        assert counters["octupus_prefix_cache_reused_tokens_total"] > 0
     assert calls > 0, "neither model returned a tool call: validity was never put to the test"
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "smoke results")

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -343,17 +342,6 @@ def _stage_env() -> dict[str, str]:
     env.update({"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                 "OMP_NUM_THREADS": "1"})
     return env
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """In-process training with one torch thread (see _stage_env), restored afterwards."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(

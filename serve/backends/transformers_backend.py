@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Logi
 from transformers.cache_utils import DynamicLayer
 
 from serve.backends.base import Backend, GenerationState, SamplingParams, repeats_cycle
+from serve.backends.prefix_cache import PrefixCache, reusable, seed_cache
 from serve.constraints.base import Matcher
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_dir: str | Path, dtype: str = "auto", device: str | None = None,
-                 max_context: int | None = None, threads: int | None = None) -> None:
+                 max_context: int | None = None, threads: int | None = None, prefix_cache_mb: float = 0) -> None:
         model_dir = Path(model_dir)
         if threads:
             torch.set_num_threads(threads)
@@ -158,11 +159,13 @@ class TransformersBackend(Backend):
         cfg = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.max_context = int(max_context or getattr(cfg, "max_position_embeddings", 0) or 4096)
+        self.prefix_cache = self._make_prefix_cache(prefix_cache_mb)
         log.info("loaded %s in %.1fs (%s, vocab rows %d, tokenizer %d, context %d)", model_dir,
                  time.perf_counter() - start, torch_dtype, self.vocab_size, len(self.tokenizer), self.max_context)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, max_context: int | None = None) -> "TransformersBackend":
+    def from_model(cls, model: Any, tokenizer: Any, max_context: int | None = None,
+                   prefix_cache_mb: float = 0) -> "TransformersBackend":
         """Wrap an already loaded model (tests, benchmarks)."""
         self = cls.__new__(cls)
         self.model = model.eval()
@@ -170,18 +173,39 @@ class TransformersBackend(Backend):
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 4096)
+        self.prefix_cache = self._make_prefix_cache(prefix_cache_mb)
         return self
+
+    def _make_prefix_cache(self, megabytes: float) -> PrefixCache:
+        if megabytes and not reusable(new_cache(self.model.config)):
+            log.warning("prefix cache off: this model's cache has layers that do not keep every position")
+            megabytes = 0
+        return PrefixCache(int(megabytes * 2**20))
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+        """A one-row cache holding ``prompt_ids`` and the logits of its last position.
+
+        Starts from the longest cached prefix of the prompt (the prefix cache) and keeps the
+        prompt's KV for later requests.
+        """
+        cache = new_cache(self.model.config)
+        reused, keys, values = self.prefix_cache.lookup(prompt_ids)
+        if reused:
+            seed_cache(cache, keys, values)
+        ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.prefix_cache.store(prompt_ids, cache)
+        return cache, out.logits[:, -1, :].float()
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
                  cancel: threading.Event, state: GenerationState) -> Iterator[int]:
         generator = seeded_generator(params)
         processor = GrammarLogitsProcessor(matcher, len(prompt_ids), state) if matcher is not None else None
         stop_ids = set(params.stop_token_ids)
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         generated: list[int] = []
-        cache = new_cache(self.model.config)
+        cache, logits = self.prefill(prompt_ids)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             while True:
                 if cancel.is_set():
                     state.finish_reason = "cancelled"
@@ -194,7 +218,7 @@ class TransformersBackend(Backend):
                     state.completion_tokens += 1
                     state.finish_reason = "stop"
                     return
-                logits = out.logits[0, -1, :].float()
+                logits = logits[0]
                 if processor is not None:
                     processor.mask(logits)
                     if not torch.isfinite(logits).any():
@@ -221,8 +245,9 @@ class TransformersBackend(Backend):
                 if len(generated) >= params.max_tokens:
                     state.finish_reason = "length"
                     return
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=out.past_key_values,
+                out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=cache,
                                  use_cache=True)
+                logits = out.logits[:, -1, :].float()
 
     def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)

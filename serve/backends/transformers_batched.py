@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from serve.backends.attention import use_grouped_decode
 from serve.backends.base import GenerationState, SamplingParams, repeats_cycle
-from serve.backends.transformers_backend import (GrammarLogitsProcessor, TransformersBackend, _sample, new_cache,
-                                                   seeded_generator)
+from serve.backends.transformers_backend import GrammarLogitsProcessor, TransformersBackend, _sample, seeded_generator
 from serve.constraints.base import Matcher
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,15 @@ class BatchedTransformersBackend(TransformersBackend):
 
     def __init__(self, model_dir: str | Path, dtype: str = "auto", device: str | None = None,
                  max_context: int | None = None, threads: int | None = None, max_batch: int = 8,
-                 max_batch_tokens: int = 32768) -> None:
-        super().__init__(model_dir, dtype=dtype, device=device, max_context=max_context, threads=threads)
+                 max_batch_tokens: int = 32768, prefix_cache_mb: float = 0) -> None:
+        super().__init__(model_dir, dtype=dtype, device=device, max_context=max_context, threads=threads,
+                         prefix_cache_mb=prefix_cache_mb)
         self._init_engine(max_batch, max_batch_tokens)
 
     @classmethod
     def from_model(cls, model, tokenizer, max_context: int | None = None, max_batch: int = 8,  # type: ignore[override]
-                   max_batch_tokens: int = 32768) -> "BatchedTransformersBackend":
-        self = super().from_model(model, tokenizer, max_context=max_context)
+                   max_batch_tokens: int = 32768, prefix_cache_mb: float = 0) -> "BatchedTransformersBackend":
+        self = super().from_model(model, tokenizer, max_context=max_context, prefix_cache_mb=prefix_cache_mb)
         assert isinstance(self, BatchedTransformersBackend)
         self._init_engine(max_batch, max_batch_tokens)
         return self
@@ -76,6 +77,9 @@ class BatchedTransformersBackend(TransformersBackend):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
+        # Padded rows need an attention mask, and with a mask transformers' SDPA copies the KV
+        # cache for grouped-query heads at every step; this path does not (serve/backends/attention.py).
+        self.grouped_decode = use_grouped_decode(self.model)
         # Padded KV positions the batch may hold (rows x longest row): bounds memory when a long
         # prompt joins short ones. A request that alone exceeds it still runs, just not batched.
         self.max_batch_tokens = max_batch_tokens
@@ -173,16 +177,14 @@ class BatchedTransformersBackend(TransformersBackend):
 
     @torch.inference_mode()
     def _admit(self, rows, cache, mask, logits, seq: _Sequence):
-        """Prefill ``seq`` alone, then join its cache to the batch's, left-padding the shorter side."""
+        """Prefill ``seq`` alone (from the prefix cache when it can), then join its cache to the batch's,
+        left-padding the shorter side."""
         if seq.cancel.is_set() or seq.abandoned:
             if seq.cancel.is_set():
                 seq.state.finish_reason = "cancelled"
             seq.out.put(_END)
             return rows, cache, mask, logits
-        own = new_cache(self.model.config)
-        ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, past_key_values=own, use_cache=True, logits_to_keep=1)
-        new_logits = out.logits[:, -1, :].float()
+        own, new_logits = self.prefill(seq.prompt_ids)
         length = len(seq.prompt_ids)
         new_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
         if not rows:
