@@ -166,30 +166,6 @@ def select_cases(spec: dict[str, int | str]) -> tuple[dict[str, list[str]], dict
     return ids, {"available": available, "cases": cases}
 
 
-# bfcl's scheduling priorities (bfcl_eval.utils.sort_key): memory prerequisites 0, web search 1,
-# single-turn 2, multi-turn 3, memory 4.
-_SINGLE_TURN, _MULTI_TURN = 2, 3
-
-
-def multi_turn_first(sort_key: Any) -> Any:
-    """bfcl's ready-queue order with multi-turn cases ahead of single-turn ones.
-
-    bfcl starts multi-turn cases last. Each is a chain of dependent requests (a few thousand
-    tokens each, one step after another), so at the end of a run they trickle through a server
-    that batches requests with almost nothing beside them: on 2 CPU cores the last 5 cases of the
-    default subset took ~4 of 11 minutes. Started first, their steps share batches with the
-    single-turn cases. Only the order of submission changes: every case runs once, result files
-    are sorted by id, and the other priorities (memory prerequisites first) stay as they were.
-    """
-
-    def key(entry: Any) -> Any:
-        priority, *rest = sort_key(entry)
-        swapped = {_SINGLE_TURN: _MULTI_TURN, _MULTI_TURN: _SINGLE_TURN}.get(priority, priority)
-        return (swapped, *rest)
-
-    return key
-
-
 def run(model: str, spec_path: Path, cases_out: Path, num_threads: int) -> int:
     root = _project_root()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -203,11 +179,7 @@ def run(model: str, spec_path: Path, cases_out: Path, num_threads: int) -> int:
     cases_out.write_text(json.dumps(cases, ensure_ascii=False), encoding="utf-8")
     print(f"bfcl_runner: {len(cases['cases'])} cases in {len(ids)} categories", flush=True)
 
-    from bfcl_eval import _llm_response_generation
     from bfcl_eval._llm_response_generation import main as generation_main
-
-    # Its ready queue orders cases by the module's own `sort_key` (imported from bfcl_eval.utils).
-    _llm_response_generation.sort_key = multi_turn_first(_llm_response_generation.sort_key)
     from bfcl_eval.eval_checker.eval_runner import main as evaluation_main
 
     generation_main(SimpleNamespace(

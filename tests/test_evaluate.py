@@ -404,29 +404,3 @@ def test_pth_hook_registers_the_original_model_name_when_bfcl_loads_its_registry
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["gpt-4-turbo-2024-04-09", "OpenAIResponsesHandler", "True", "True", "True",
                                   str(work), "unused"]
-
-
-def test_runner_starts_multi_turn_cases_first_with_bfcls_own_order_otherwise():
-    """Under bfcl's interpreter: its real sort_key, wrapped, puts multi-turn ahead of single-turn."""
-    bfcl_python = REPO / ".venv-bfcl" / "bin" / "python"
-    if not bfcl_python.is_file():
-        if os.environ.get("OCTUPUS_REQUIRE_BFCL") == "1":
-            pytest.fail(f"{bfcl_python} is missing although `make test` should have created it")
-        pytest.skip(".venv-bfcl is missing: `make bfcl-venv` (make test does it)")
-    script = (
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(REPO / 'stages')!r})\n"
-        "import bfcl_runner\n"
-        "from bfcl_eval.utils import sort_key\n"
-        "ids = ['simple_python_3', 'multi_turn_base_1', 'irrelevance_0', 'simple_python_10', 'multi_turn_base_0',\n"
-        "       'live_simple_2-1-0']\n"
-        "entries = [{'id': i} for i in ids]\n"
-        "print(json.dumps([[e['id'] for e in sorted(entries, key=k)] for k in (sort_key,\n"
-        "                  bfcl_runner.multi_turn_first(sort_key))]))\n")
-    out = subprocess.run([str(bfcl_python), "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "BFCL_PROJECT_ROOT": "/tmp"})
-    assert out.returncode == 0, out.stderr
-    original, ours = json.loads(out.stdout.strip().splitlines()[-1])
-    # bfcl's own order: single-turn first; ours: the same two blocks swapped, each in bfcl's order.
-    assert original[-2:] == ["multi_turn_base_0", "multi_turn_base_1"]
-    assert ours == original[-2:] + original[:-2]
