@@ -37,7 +37,7 @@ from serve.inputs import GenerationInputs, ToolChoice
 from serve.limits import SchemaLimits, check_tool_limits
 from serve.metrics import Metrics
 from toolcall.arguments import loads_strict
-from toolcall.parser import ParsedOutput, held_prefix
+from toolcall.parser import ParsedOutput, held_prefix, parse_text_turn
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +232,7 @@ class ServingCore:
 
     def _parse(self, prep: Prepared, text: str, finished: bool) -> ParsedOutput:
         if not prep.calls_allowed:
-            opener = self.fmt.shape.text_open
-            if opener and text.startswith(opener):
-                text = text[len(opener):]
-            elif opener and opener.startswith(text) and not finished:
-                text = ""
-            return ParsedOutput(content=text)
+            return parse_text_turn(self.fmt.shape, text, finished)
         return self.fmt.parse(text, finished)
 
     def run_choice(self, prep: Prepared, index: int, cancel: threading.Event, incremental: bool) -> Iterator[Event]:

@@ -14,7 +14,7 @@ from toolcall import source_files
 from toolcall.arguments import ArgumentsError, canonical_arguments, load_object
 from toolcall.chat_template import CHAT_TEMPLATE, render_assistant, render_chat
 from toolcall.messages import ContentError, assistant_calls, canonicalize_messages, text_of
-from toolcall.parser import ParsedOutput, parse_turn
+from toolcall.parser import ParsedOutput, parse_text_turn, parse_turn
 from toolcall.shapes import OCTUPUS_SHAPE
 from toolcall.tokens import (
     ASSISTANT,
@@ -212,6 +212,12 @@ def test_call_arguments_must_be_one_strict_json_object(arguments: str, why: str)
     assert [(c.name, c.arguments, c.complete) for c in out.calls] == [("get", arguments, True)]
     with pytest.raises(ArgumentsError, match=why):
         load_object(out.calls[0].arguments)
+
+
+def test_text_only_turn_is_all_content_after_its_marker() -> None:
+    assert parse_text_turn(OCTUPUS_SHAPE, f"{CONTENT}a {FUNCTION_CALL}b", finished=True).content == f"a {FUNCTION_CALL}b"
+    assert parse_text_turn(OCTUPUS_SHAPE, "<|CONT", finished=False).content == ""
+    assert parse_text_turn(OCTUPUS_SHAPE, "<|CONT", finished=True).content == "<|CONT"
 
 
 def test_reserved_markers_are_found_in_data_text() -> None:

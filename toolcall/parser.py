@@ -92,3 +92,14 @@ def parse_turn(shape: ToolCallShape, text: str, finished: bool) -> ParsedOutput:
         calls.append(ParsedCall(name=name, arguments=rest, complete=finished))
         break
     return ParsedOutput(content=None, calls=calls)
+
+
+def parse_text_turn(shape: ToolCallShape, text: str, finished: bool) -> ParsedOutput:
+    """A turn whose grammar allowed text only (no tools, or ``tool_choice`` none): all of it is
+    content, after the text marker when the shape has one (held back while it is being generated)."""
+    opener = shape.text_open
+    if opener and text.startswith(opener):
+        text = text[len(opener):]
+    elif opener and opener.startswith(text) and not finished:
+        text = ""
+    return ParsedOutput(content=text)
