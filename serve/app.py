@@ -16,6 +16,8 @@ from serve.core import ServingCore
 from serve.errors import AuthenticationError, error_response, install_error_handlers
 from serve.limits import BodySizeLimit
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, ResponsesRequest, now
+from serve.serving_chat import ChatServing
+from serve.serving_responses import ResponsesServing
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,6 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from serve.serving_chat import ChatServing
-        from serve.serving_responses import ResponsesServing
-
         core = core_factory()
         app.state.core = core
         app.state.chat = ChatServing(core)

@@ -1,8 +1,12 @@
-"""What both endpoints share: request preparation, the constrained generation of one choice as a
-stream of events, validation of every call, and the single generation worker.
+"""What both endpoints share: one call that turns an endpoint's inputs into a prepared request
+(conversation rules, tool checks, prompt, grammar), the constrained generation of one choice as a
+stream of events (:mod:`serve.events`), validation of every call, and the generation workers.
 
-Streaming and non-streaming responses consume the same event stream (the non-streaming path just
-assembles it), which is why, for the same request and seed, both give the same result.
+A request flows one way: endpoint (request -> :class:`serve.inputs.GenerationInputs`) ->
+:meth:`ServingCore.prepare` -> :meth:`ServingCore.stream` or :meth:`ServingCore.collect` -> the
+endpoint writes the events out. Streaming and non-streaming answers consume the same event stream
+(the non-streaming path just assembles it), which is why, for the same request and seed, both give
+the same result.
 """
 
 from __future__ import annotations
@@ -20,14 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from fastapi.responses import JSONResponse
 
 from serve.backends.base import Backend, GenerationState, SamplingParams
 from serve.constraints.base import ConstraintEngine, GrammarSpec, JsonLimits, ToolGrammar
 from serve.constraints.schema import bound_schema, check_schema
-from serve.errors import APIError, BadRequest, InvalidToolCall, ServerError
-from serve.formats import TOOL_NAME_RE, ParsedOutput, ToolFormat, held_prefix
+from serve.conversation import normalize_messages
+from serve.errors import APIError, BadRequest, InvalidToolCall, NotFound, error_response
+from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished
+from serve.formats import TOOL_NAME_RE, ToolFormat
+from serve.inputs import GenerationInputs, ToolChoice
 from serve.limits import SchemaLimits, check_tool_limits
 from serve.metrics import Metrics
+from toolcall.arguments import loads_strict
+from toolcall.parser import ParsedOutput, held_prefix, parse_text_turn
 
 log = logging.getLogger(__name__)
 
@@ -56,78 +66,16 @@ class Prepared:
     stop: list[str]
 
 
-# ------------------------------------------------------------------ events of one choice
-
-
 @dataclass
-class ContentDelta:
-    text: str
+class SentCall:
+    """What a choice's events have said so far about one call."""
 
-
-@dataclass
-class CallStart:
-    index: int
     id: str
-    name: str
-
-
-@dataclass
-class ArgsDelta:
-    index: int
-    text: str
-
-
-@dataclass
-class Finished:
-    reason: str  # stop | length | tool_calls
-    completion_tokens: int
-    complete_calls: int = 0  # calls 0..complete_calls-1 are complete and validated
-
-
-@dataclass
-class Failed:
-    error: APIError
-    completion_tokens: int
-
-
-Event = ContentDelta | CallStart | ArgsDelta | Finished | Failed
-
-
-@dataclass
-class ChoiceResult:
-    content: str | None
-    calls: list[tuple[str, str, str]]  # (id, name, arguments)
-    finish_reason: str
-    completion_tokens: int
-
-
-def assemble(events: list[Event]) -> ChoiceResult:
-    """Fold a choice's events into its final content and calls (raises the choice's error)."""
-    content: list[str] = []
-    calls: dict[int, list[str]] = {}
-    for ev in events:
-        if isinstance(ev, ContentDelta):
-            content.append(ev.text)
-        elif isinstance(ev, CallStart):
-            calls[ev.index] = [ev.id, ev.name, ""]
-        elif isinstance(ev, ArgsDelta):
-            calls[ev.index][2] += ev.text
-        elif isinstance(ev, Failed):
-            raise ev.error
-        elif isinstance(ev, Finished):
-            # A call still open when generation stopped is incomplete: never returned as a call.
-            complete = [(c[0], c[1], c[2]) for i, c in sorted(calls.items()) if i < ev.complete_calls]
-            text = "".join(content)
-            return ChoiceResult(content=text if (text or not complete) else None, calls=complete,
-                                finish_reason=ev.reason, completion_tokens=ev.completion_tokens)
-    raise ServerError("generation ended without a result")
+    arguments_sent: int = 0  # characters of the arguments already sent as ArgsDelta
+    validated: bool = False  # complete and checked against its tool's schema
 
 
 # ------------------------------------------------------------------ validation
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
 
 
 def validate_call(name: str | None, arguments: str, tools: dict[str, dict[str, Any]]) -> str | None:
@@ -135,7 +83,7 @@ def validate_call(name: str | None, arguments: str, tools: dict[str, dict[str, A
     if name is None or name not in tools:
         return f"function name {name!r} is not one of the offered tools"
     try:
-        args = json.loads(arguments, parse_constant=_reject_constant)
+        args = loads_strict(arguments)
     except ValueError as exc:
         return f"arguments of '{name}' are not valid JSON ({exc}): {arguments[:200]!r}"
     if not isinstance(args, dict):
@@ -169,18 +117,20 @@ class ServingCore:
         self.executor = ThreadPoolExecutor(max_workers=max(1, int(getattr(backend, "max_concurrency", 1))),
                                            thread_name_prefix="generate")
 
+    # -------------------------------------------------------------- preparation
+
+    async def prepare(self, inputs: GenerationInputs) -> Prepared:
+        """Check ``inputs`` and turn them into what generation needs, off the event loop (templating,
+        tokenising and grammar compilation take milliseconds to seconds); raises the request's APIError."""
+        return await asyncio.to_thread(self._prepare, inputs)
+
     def check_model(self, model: str) -> None:
         if model != self.config.model_name and model not in self.config.aliases:
-            from serve.errors import NotFound
-
             raise NotFound(f"The model '{model}' does not exist; this server serves '{self.config.model_name}'",
                            param="model", code="model_not_found")
 
-    # -------------------------------------------------------------- preparation
-
-    def prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], tool_choice: str,
-                named: str | None, parallel: bool, *, max_tokens: int | None, temperature: float | None,
-                top_p: float | None, seed: int | None, stop: list[str]) -> Prepared:
+    def _check_tools(self, tools: list[dict[str, Any]], choice: ToolChoice) -> dict[str, dict[str, Any]]:
+        """Each tool's checked schema by name; a 400 for a bad name, schema or choice."""
         schemas: dict[str, dict[str, Any]] = {}
         if len(tools) > self.config.schema_limits.max_tools:
             raise BadRequest(f"{len(tools)} tools given; at most {self.config.schema_limits.max_tools} are allowed",
@@ -195,13 +145,20 @@ class ServingCore:
                 raise BadRequest(f"{where}: duplicate function name", param="tools")
             check_tool_limits(tool["function"].get("parameters"), where, self.config.schema_limits)
             schemas[name] = check_schema(tool["function"].get("parameters"), where)
-        if tool_choice in ("required", "named") and not tools:
-            raise BadRequest(f"tool_choice '{named or tool_choice}' needs tools", param="tool_choice")
-        if tool_choice == "named" and named not in schemas:
-            raise BadRequest(f"tool_choice names function '{named}', which is not among the tools",
+        if choice.mode in ("required", "named") and not tools:
+            raise BadRequest(f"tool_choice '{choice.name or choice.mode}' needs tools", param="tool_choice")
+        if choice.mode == "named" and choice.name not in schemas:
+            raise BadRequest(f"tool_choice names function '{choice.name}', which is not among the tools",
                              param="tool_choice")
-        calls_allowed = bool(tools) and tool_choice != "none"
-        allowed = [named] if tool_choice == "named" else list(schemas) if calls_allowed else []
+        return schemas
+
+    def _prepare(self, inputs: GenerationInputs) -> Prepared:
+        self.check_model(inputs.model)
+        messages = normalize_messages(inputs.messages)
+        tools, choice = inputs.tools, inputs.tool_choice
+        schemas = self._check_tools(tools, choice)
+        calls_allowed = bool(tools) and choice.mode != "none"
+        allowed = [choice.name] if choice.mode == "named" else list(schemas) if calls_allowed else []
 
         # The prompt (which carries the tool schemas) is measured before any grammar is compiled, so the
         # context size also bounds how much schema a request can make the engine compile.
@@ -226,8 +183,8 @@ class ServingCore:
                 ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], limits)))
                 for n in (allowed if calls_allowed else list(schemas)))
             spec = GrammarSpec(shape=self.fmt.shape, special_pieces=self.special_pieces,
-                               tools=grammar_tools, allow_text=tool_choice in ("auto", "none"),
-                               allow_calls=True, parallel=parallel and tool_choice != "named",
+                               tools=grammar_tools, allow_text=choice.mode in ("auto", "none"),
+                               allow_calls=True, parallel=inputs.parallel_tool_calls and choice.mode != "named",
                                max_whitespace=self.config.limits.max_whitespace)
             if not calls_allowed:
                 # Compile the tools once to prove they are enforceable, then generate text only.
@@ -237,13 +194,14 @@ class ServingCore:
                 compiled = self._compile(spec) if self.fmt.constrain_chat or tools else None
             else:
                 compiled = self._compile(spec)
-        cap = min(max_tokens or self.config.default_max_tokens, room)
-        sampling = SamplingParams(max_tokens=cap, temperature=1.0 if temperature is None else temperature,
-                                  top_p=1.0 if top_p is None else top_p, seed=seed,
+        cap = min(inputs.max_tokens or self.config.default_max_tokens, room)
+        sampling = SamplingParams(max_tokens=cap,
+                                  temperature=1.0 if inputs.temperature is None else inputs.temperature,
+                                  top_p=1.0 if inputs.top_p is None else inputs.top_p, seed=inputs.seed,
                                   stop_token_ids=self.stop_token_ids,
                                   repetition_window=self.config.repetition_window)
         return Prepared(prompt_ids=prompt_ids, tools=schemas, compiled=compiled, calls_allowed=calls_allowed,
-                        sampling=sampling, stop=[s for s in stop if s])
+                        sampling=sampling, stop=[s for s in inputs.stop if s])
 
     def _refuse_far_too_long(self, text: str) -> None:
         """Refuse a prompt far over the context from a prefix: tokenizing megabytes takes seconds (8 s for
@@ -274,12 +232,7 @@ class ServingCore:
 
     def _parse(self, prep: Prepared, text: str, finished: bool) -> ParsedOutput:
         if not prep.calls_allowed:
-            opener = self.fmt.shape.text_open
-            if opener and text.startswith(opener):
-                text = text[len(opener):]
-            elif opener and opener.startswith(text) and not finished:
-                text = ""
-            return ParsedOutput(content=text)
+            return parse_text_turn(self.fmt.shape, text, finished)
         return self.fmt.parse(text, finished)
 
     def run_choice(self, prep: Prepared, index: int, cancel: threading.Event, incremental: bool) -> Iterator[Event]:
@@ -291,7 +244,7 @@ class ServingCore:
         state = GenerationState()
         ids: list[int] = []
         sent_content = 0
-        sent_calls: list[list[Any]] = []  # per call: [id, name sent?, args chars sent, validated?]
+        sent_calls: list[SentCall] = []
         stopped_by_string = False
 
         def diff(parsed: ParsedOutput, final: bool) -> Iterator[Event]:
@@ -308,19 +261,19 @@ class ServingCore:
                 if call.name is None:
                     break
                 if i == len(sent_calls):
-                    sent_calls.append([f"call_{uuid.uuid4().hex[:24]}", True, 0, False])
-                    yield CallStart(index=i, id=sent_calls[i][0], name=call.name)
-                rec = sent_calls[i]
-                if len(call.arguments) > rec[2]:
-                    yield ArgsDelta(index=i, text=call.arguments[rec[2]:])
-                    rec[2] = len(call.arguments)
-                if call.complete and not rec[3]:
+                    sent_calls.append(SentCall(id=f"call_{uuid.uuid4().hex[:24]}"))
+                    yield CallStart(index=i, id=sent_calls[i].id, name=call.name)
+                sent = sent_calls[i]
+                if len(call.arguments) > sent.arguments_sent:
+                    yield ArgsDelta(index=i, text=call.arguments[sent.arguments_sent:])
+                    sent.arguments_sent = len(call.arguments)
+                if call.complete and not sent.validated:
                     problem = validate_call(call.name, call.arguments, prep.tools)
                     if problem is not None:
                         self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
                         log.error("invalid tool call from engine %s: %s", self.engine.name, problem)
                         raise InvalidToolCall(self.engine.name, problem)
-                    rec[3] = True
+                    sent.validated = True
 
         try:
             gen = self.backend.generate(prep.prompt_ids, params, matcher, cancel, state)
@@ -349,7 +302,7 @@ class ServingCore:
             finished = state.finish_reason == "stop"
             parsed = self._parse(prep, self._decode(ids, True), finished)
             yield from diff(parsed, True)
-            complete = sum(1 for r in sent_calls if r[3])
+            complete = sum(1 for sent in sent_calls if sent.validated)
             if finished and complete:
                 reason = "tool_calls"
             elif finished:
@@ -404,28 +357,29 @@ class ServingCore:
                 loop.call_soon_threadsafe(queue.put_nowait, done)
 
         fut = loop.run_in_executor(self.executor, produce)
+        ended = False
         try:
             while True:
                 item = await queue.get()
                 if item is done:
+                    ended = True
                     break
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            if not fut.done():
+            # Only a consumer that leaves early stops the generation. (Not `fut.done()`: the worker can
+            # still be returning after its last event, and the event is shared by a request's choices,
+            # so setting it then cancelled the next choice of a streamed n > 1 request.)
+            if not ended:
                 cancel.set()
         await fut
 
-    async def prepare_off_loop(self, endpoint: str, started: float, prepare: Any) -> Prepared:
-        """Run `prepare()` (templating, tokenising, grammar compilation) off the event loop; a
-        rejected request is counted and timed here before its APIError propagates."""
-        try:
-            return await asyncio.to_thread(prepare)
-        except APIError as exc:
-            self.metrics.rejections.labels(exc.code or exc.type).inc()
-            self.observe_request(endpoint, exc.status, started)
-            raise
+    def refuse(self, endpoint: str, started: float, error: APIError) -> JSONResponse:
+        """The answer to a request refused before generation: counted and timed, in OpenAI's error shape."""
+        self.metrics.rejections.labels(error.code or error.type).inc()
+        self.observe_request(endpoint, error.status, started)
+        return error_response(error)
 
     def observe_request(self, endpoint: str, status: int, started: float, prompt_tokens: int = 0) -> None:
         self.metrics.requests.labels(endpoint, str(status)).inc()

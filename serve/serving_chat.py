@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: one class that returns a response, an SSE stream or an error."""
+"""POST /v1/chat/completions: the request becomes :class:`serve.inputs.GenerationInputs`; the answer is
+a response, an SSE stream or an error, written from the core's events."""
 
 from __future__ import annotations
 
@@ -9,73 +10,39 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
-from serve.core import (ArgsDelta, CallStart, ContentDelta, Failed, Finished, Prepared, ServingCore, assemble)
+from serve.core import Prepared, ServingCore
 from serve.errors import APIError, error_response
+from serve.events import ArgsDelta, CallStart, ContentDelta, Failed, Finished, assemble
+from serve.inputs import GenerationInputs, ToolChoice
 from serve.protocol import (AssistantMessage, ChatCompletionRequest, ChatCompletionResponse, Choice, FunctionCall,
                             ToolCallOut, UsageInfo, new_id, now)
+from serve.sse import GenerationStream
 
 ENDPOINT = "chat_completions"
 
 
-def tool_choice_of(choice: Any, has_tools: bool) -> tuple[str, str | None]:
-    """(mode, function name) from either API's tool_choice; mode is none|auto|required|named."""
-    if choice is None:
-        return ("auto" if has_tools else "none"), None
-    if isinstance(choice, str):
-        return choice, None
-    name = choice.function.name if hasattr(choice, "function") else choice.name
-    return "named", name
-
-
-class GenerationStream(StreamingResponse):
-    """An SSE response that stops its generation however the response ends.
-
-    Starlette does not close the body iterator when the client disconnects while a chunk is being
-    sent: the abandoned generator is finalised only when the garbage collector gets to it, possibly
-    much later, and until then the worker goes on generating for nobody, up to max_tokens, holding
-    the queue. Seen under load (tests/test_serve_load.py): 1 of 32 disconnects ran a 1,200-token
-    generation to its end. Setting ``cancel`` and closing the iterator here makes the stop immediate.
-    """
-
-    def __init__(self, content: AsyncIterator[str], cancel: threading.Event) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self.cancel = cancel
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.cancel.set()
-            # Runs the generator's own cleanup (request metrics) now; it has no await in its finally,
-            # so this completes even inside a cancelled scope.
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+def chat_inputs(req: ChatCompletionRequest) -> GenerationInputs:
+    tools = [{"type": "function", "function": t.function.model_dump(exclude_none=True)} for t in req.tools or []]
+    return GenerationInputs(
+        model=req.model, messages=[m.model_dump(exclude_none=True) for m in req.messages], tools=tools,
+        tool_choice=ToolChoice.of(req.tool_choice, bool(tools)),
+        parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+        max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+        seed=req.seed, stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
 
 
 class ChatServing:
     def __init__(self, core: ServingCore) -> None:
         self.core = core
 
-    def _prepare(self, req: ChatCompletionRequest) -> Prepared:
-        from serve.formats import normalize_messages
-
-        self.core.check_model(req.model)
-        messages = normalize_messages([m.model_dump(exclude_none=True) for m in req.messages])
-        tools = [{"type": "function", "function": t.function.model_dump(exclude_none=True)} for t in req.tools or []]
-        mode, name = tool_choice_of(req.tool_choice, bool(tools))
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return self.core.prepare(messages, tools, mode, name,
-                                 True if req.parallel_tool_calls is None else req.parallel_tool_calls,
-                                 max_tokens=req.max_completion_tokens or req.max_tokens,
-                                 temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=stop)
-
     async def create(self, req: ChatCompletionRequest, raw: Request) -> Any:
         started = time.perf_counter()
         try:
-            prep = await self.core.prepare_off_loop(ENDPOINT, started, lambda: self._prepare(req))
+            prep = await self.core.prepare(chat_inputs(req))
         except APIError as exc:
-            return error_response(exc)
+            return self.core.refuse(ENDPOINT, started, exc)
         if req.stream:
             cancel = threading.Event()
             return GenerationStream(self._stream(req, prep, started, cancel), cancel)
@@ -86,7 +53,7 @@ class ChatServing:
             return error_response(exc)
         choices = []
         for i, r in enumerate(results):
-            calls = [ToolCallOut(id=cid, function=FunctionCall(name=name, arguments=args)) for cid, name, args in r.calls]
+            calls = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in r.calls]
             choices.append(Choice(index=i, finish_reason=r.finish_reason,  # type: ignore[arg-type]
                                   message=AssistantMessage(content=r.content, tool_calls=calls or None)))
         completion = sum(r.completion_tokens for r in results)

@@ -1,8 +1,8 @@
 """POST /v1/responses (function tools only), the endpoint BFCL's ``gpt-*`` model names use.
 
-Input items become the same chat conversation the chat endpoint builds: messages by role,
-``function_call`` items become the assistant's tool calls, ``function_call_output`` items become
-tool messages. Generation, grammar and validation are shared with chat completions.
+The request becomes the same :class:`serve.inputs.GenerationInputs` the chat endpoint builds: input
+items become chat messages by role, ``function_call`` items become the assistant's tool calls,
+``function_call_output`` items become tool messages. Generation, grammar and validation are the core's.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from serve.core import Prepared, ServingCore, assemble
+from serve.core import ServingCore
 from serve.errors import APIError, BadRequest, error_response
-from serve.formats import text_of, normalize_messages
+from serve.events import assemble
+from serve.inputs import GenerationInputs, ToolChoice
 from serve.protocol import ResponsesRequest, new_id, now
-from serve.serving_chat import tool_choice_of
+from toolcall.messages import ContentError, text_of
 
 ENDPOINT = "responses"
 
@@ -39,8 +40,8 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
                 raise BadRequest(f"{where}: unknown role {role!r}", param="input")
             try:
                 text = text_of(item.get("content"))
-            except BadRequest as exc:
-                raise BadRequest(f"{where}: {exc.message}", param="input") from None
+            except ContentError as exc:
+                raise BadRequest(f"{where}: {exc}", param="input") from None
             except (AttributeError, TypeError):
                 raise BadRequest(f"{where}: content must be a string or a list of text parts", param="input") from None
             messages.append({"role": role, "content": text})
@@ -63,7 +64,7 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             if not isinstance(output, str):
                 try:
                     output = text_of(output)
-                except (BadRequest, AttributeError, TypeError):
+                except (ContentError, AttributeError, TypeError):
                     output = json.dumps(output, ensure_ascii=False)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
         elif kind == "reasoning":
@@ -73,30 +74,28 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     return messages
 
 
+def responses_inputs(req: ResponsesRequest) -> GenerationInputs:
+    if req.stream:
+        raise BadRequest("streaming is not supported on /v1/responses; use /v1/chat/completions", param="stream")
+    tools = [{"type": "function", "function": t.model_dump(exclude_none=True, exclude={"type", "strict"})}
+             for t in req.tools or []]
+    return GenerationInputs(
+        model=req.model, messages=input_to_messages(req), tools=tools,
+        tool_choice=ToolChoice.of(req.tool_choice, bool(tools)),
+        parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+        max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
+
+
 class ResponsesServing:
     def __init__(self, core: ServingCore) -> None:
         self.core = core
 
-    def _prepare(self, req: ResponsesRequest) -> Prepared:
-        self.core.check_model(req.model)
-        if req.stream:
-            raise BadRequest("streaming is not supported on /v1/responses; use /v1/chat/completions",
-                             param="stream")
-        messages = normalize_messages(input_to_messages(req))
-        tools = [{"type": "function", "function": t.model_dump(exclude_none=True, exclude={"type", "strict"})}
-                 for t in req.tools or []]
-        mode, name = tool_choice_of(req.tool_choice, bool(tools))
-        return self.core.prepare(messages, tools, mode, name,
-                                 True if req.parallel_tool_calls is None else req.parallel_tool_calls,
-                                 max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
-                                 seed=req.seed, stop=[])
-
     async def create(self, req: ResponsesRequest, raw: Request) -> Any:
         started = time.perf_counter()
         try:
-            prep = await self.core.prepare_off_loop(ENDPOINT, started, lambda: self._prepare(req))
+            prep = await self.core.prepare(responses_inputs(req))
         except APIError as exc:
-            return error_response(exc)
+            return self.core.refuse(ENDPOINT, started, exc)
         try:
             result = assemble(await self.core.collect(prep, 0, raw.is_disconnected))
         except APIError as exc:
@@ -106,9 +105,9 @@ class ResponsesServing:
         if result.content:
             output.append({"type": "message", "id": new_id("msg_"), "status": "completed", "role": "assistant",
                            "content": [{"type": "output_text", "text": result.content, "annotations": []}]})
-        for call_id, fname, args in result.calls:
-            output.append({"type": "function_call", "id": new_id("fc_"), "call_id": call_id, "name": fname,
-                           "arguments": args, "status": "completed"})
+        for call in result.calls:
+            output.append({"type": "function_call", "id": new_id("fc_"), "call_id": call.id, "name": call.name,
+                           "arguments": call.arguments, "status": "completed"})
         incomplete = result.finish_reason == "length"
         tool_choice: Any = req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump") else \
             (req.tool_choice or "auto")

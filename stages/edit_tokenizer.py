@@ -2,7 +2,7 @@
 
     python -m stages.edit_tokenizer [--params params.yaml]
 
-- adds the format's special tokens (``stages.toolcall_format.SPECIAL_TOKENS``) as special tokens
+- adds the format's special tokens (``toolcall.tokens.SPECIAL_TOKENS``) as special tokens
   (transformers 5: ``extra_special_tokens``), so each is one id and never split;
 - sets the project chat template (saved as ``chat_template.jinja`` beside the tokenizer);
 - grows the embedding table only when the tokenizer outgrew it (Qwen has spare rows: they are
@@ -24,14 +24,14 @@ from pydantic import Field, field_validator
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
 from stages.hf_assets import save_model_dir
-from stages.toolcall_format import CHAT_TEMPLATE, SPECIAL_TOKENS, format_metadata
+from toolcall.chat_template import CHAT_TEMPLATE
+from toolcall.metadata import METADATA_FILE, format_metadata, metadata_text
+from toolcall.tokens import SPECIAL_TOKENS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = "octupus.json"
 
 
 class EditTokenizerConfig(StrictModel):
@@ -153,7 +153,7 @@ def save_edited(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, outp
     meta = format_metadata(tokenizer.eos_token) | {"edit": summary}
     meta.pop("tool_format")  # chosen per training run (train_stage2.tool_format), not by the model
     save_model_dir(model, tokenizer, output_dir,
-                   {METADATA_FILE: json.dumps(meta, ensure_ascii=False, indent=2) + "\n"})
+                   {METADATA_FILE: metadata_text(meta)})
 
 
 def run(config: EditTokenizerConfig) -> dict[str, Any]:

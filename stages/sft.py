@@ -44,7 +44,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, NonNegativeFloat, NonNegativeInt, model_validator
 
 from stages.config import ConfigError, StrictModel, log_config
-from stages.toolcall_format import ArgumentsError, canonicalize_messages
+import toolcall
+from toolcall.arguments import ArgumentsError
+from toolcall.chat_template import DEFAULT_TOOL_FORMAT
+from toolcall.messages import canonicalize_messages
+from toolcall.metadata import METADATA_FILE as PROJECT_METADATA_FILE
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so `--help` and config errors are instant
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -59,10 +63,7 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 BOOKKEEPING_FIELDS = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "max_eval_rows")
 TRAIN_CURVES = frozenset({"loss", "learning_rate", "grad_norm", "mean_token_accuracy"})
 EVAL_CURVES = frozenset({"eval_loss", "eval_mean_token_accuracy"})
-PROJECT_METADATA_FILE = "octupus.json"
 IGNORE_INDEX = -100
-# Stage 1 (chat only) renders with the template's default recipe.
-DEFAULT_TOOL_FORMAT = "v2"
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
@@ -419,7 +420,7 @@ def run_fingerprint(config: SFTStageConfig, tool_format: str) -> dict[str, Any]:
             digest.update(str(path.stat().st_size).encode())
     code = hashlib.sha256()
     # A fix in how rows become tokens must not resume a checkpoint trained on the old tokens.
-    for module_file in (Path(__file__), Path(__file__).with_name("toolcall_format.py")):
+    for module_file in (Path(__file__), *toolcall.source_files()):
         _hash_file(module_file, code)
     return {
         "code_sha256": code.hexdigest(),

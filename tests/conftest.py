@@ -76,7 +76,7 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stages.edit_tokenizer import edit_model, save_edited
     from stages.hf_assets import build_tiny_model, train_tiny_bpe_tokenizer
-    from stages.toolcall_format import EMBEDDING_INIT_WORDS
+    from toolcall.tokens import EMBEDDING_INIT_WORDS
 
     tokenizer = train_tiny_bpe_tokenizer()
     model = build_tiny_model(tokenizer, arch="qwen2", tie_word_embeddings=True)

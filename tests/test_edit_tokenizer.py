@@ -13,16 +13,12 @@ import yaml
 from stages import edit_tokenizer as et
 from stages.config import ConfigError
 from stages.hf_assets import build_tiny_model, train_tiny_bpe_tokenizer
-from stages.toolcall_format import (
-    ASSISTANT,
-    CONTENT,
-    EMBEDDING_INIT_WORDS,
-    FUNCTION_CALL,
-    SPECIAL_TOKENS,
-    canonicalize_messages,
-    parse_output,
-    render_assistant,
-)
+from toolcall.chat_template import render_assistant
+from toolcall.messages import canonicalize_messages
+from toolcall.metadata import METADATA_FILE
+from toolcall.parser import parse_turn
+from toolcall.shapes import OCTUPUS_SHAPE
+from toolcall.tokens import ASSISTANT, CONTENT, EMBEDDING_INIT_WORDS, FUNCTION_CALL, SPECIAL_TOKENS
 
 INIT_WORDS = dict(EMBEDDING_INIT_WORDS)
 
@@ -101,7 +97,7 @@ def test_tiny_model_dir_loads_and_generates(tiny_model_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert (tiny_model_dir / "model.safetensors").is_file() and (tiny_model_dir / "chat_template.jinja").is_file()
-    meta = json.loads((tiny_model_dir / et.METADATA_FILE).read_text())
+    meta = json.loads((tiny_model_dir / METADATA_FILE).read_text())
     assert meta["special_tokens"] == SPECIAL_TOKENS and meta["eos_token"] == tok.eos_token
     assert meta["edit"]["token_ids"] == {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
@@ -146,7 +142,7 @@ def test_stages_run_from_params(tmp_path: Path) -> None:
     assert not model.config.tie_word_embeddings
     assert all(len(tok.encode(t, add_special_tokens=False)) == 1 for t in SPECIAL_TOKENS)
     assert max(tok.convert_tokens_to_ids(SPECIAL_TOKENS)) < model.get_input_embeddings().weight.shape[0]
-    assert json.loads((edited / et.METADATA_FILE).read_text())["shape"]["call_open"] == FUNCTION_CALL
+    assert json.loads((edited / METADATA_FILE).read_text())["shape"]["call_open"] == FUNCTION_CALL
     assert not (tmp_path / "edited.partial").exists()
     # Rerunning replaces the output cleanly (DVC reruns, manual reruns).
     et.main(["--params", str(params)])
@@ -193,7 +189,8 @@ def _check_real_tokenizer(tok, eos: str) -> None:
     learned = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
     turns = [render_assistant(m, eos) for m in messages if m["role"] == "assistant"]
     assert learned == "".join(turns)
-    assert [parse_output(t, eos).tool_calls for t in turns][0][0].arguments == '{"city":"München","days":2}'
+    call = parse_turn(OCTUPUS_SHAPE, turns[0].removesuffix(eos), finished=True).calls[0]
+    assert (call.name, call.arguments, call.complete) == ("get_weather", '{"city":"München","days":2}', True)
 
 
 def test_qwen25_tokenizer_offline(qwen_tokenizer, qwen_format_tokenizer) -> None:

@@ -16,7 +16,8 @@ from transformers import DynamicCache
 
 from serve.backends.base import GenerationState, SamplingParams
 from serve.backends.prefix_cache import PrefixCache, common_prefix
-from serve.backends.transformers_backend import GrowingLayer, TransformersBackend
+from serve.backends.kv_cache import GrowingLayer
+from serve.backends.transformers_backend import TransformersBackend
 from serve.backends.transformers_batched import BatchedTransformersBackend
 
 

@@ -16,8 +16,8 @@ import torch
 from serve.constraints import GrammarError, GrammarSpec, JsonLimits, ToolGrammar, make_engine
 from serve.constraints.schema import bound_schema, check_schema
 from serve.errors import BadRequest
-from serve.formats import HERMES_SHAPE, make_format
-from stages.toolcall_format import OCTUPUS_SHAPE
+from serve.formats import make_format
+from toolcall.shapes import HERMES_SHAPE, OCTUPUS_SHAPE
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},

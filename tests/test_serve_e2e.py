@@ -63,7 +63,7 @@ def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         return tiny_model_dir
     from stages.edit_tokenizer import edit_model, save_edited
     from stages.hf_assets import build_tiny_model, train_tiny_bpe_tokenizer
-    from stages.toolcall_format import EMBEDDING_INIT_WORDS
+    from toolcall.tokens import EMBEDDING_INIT_WORDS
 
     tokenizer = train_tiny_bpe_tokenizer()
     model = build_tiny_model(tokenizer, arch="qwen2", tie_word_embeddings=True, num_heads=2, num_kv_heads=1)

@@ -1,4 +1,4 @@
-"""Prompt rendering and output parsing of the serving formats (no model needed)."""
+"""Prompt rendering and output parsing of the serving formats, and the conversation rules (no model needed)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 
+from serve.conversation import normalize_messages
 from serve.errors import BadRequest
-from serve.formats import HERMES_SHAPE, make_format, normalize_messages, parse_with_shape
-from stages.toolcall_format import OCTUPUS_SHAPE, parse_output
+from serve.formats import make_format
+from toolcall.chat_template import render_chat
+from toolcall.metadata import METADATA_FILE
+from toolcall.parser import parse_turn
+from toolcall.shapes import HERMES_SHAPE, OCTUPUS_SHAPE
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
@@ -50,10 +54,8 @@ def test_octupus_renders_the_way_the_model_was_trained(tiny_tokenizer: Any, tmp_
     """A model trained with V1's rendering (octupus.json beside it) is prompted with V1's rendering."""
     from transformers import AutoTokenizer
 
-    from stages.toolcall_format import render_chat
-
     tiny_tokenizer.save_pretrained(tmp_path)
-    (tmp_path / "octupus.json").write_text(json.dumps({"format": "octupus", "tool_format": tool_format}))
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"format": "octupus", "tool_format": tool_format}))
     fmt = make_format("octupus", AutoTokenizer.from_pretrained(tmp_path))
     # V1 and V2 differ in how a turn's tool results are rendered (merged vs one message each).
     calls = [{"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": f'{{"city": "{c}"}}'}}
@@ -66,7 +68,7 @@ def test_octupus_renders_the_way_the_model_was_trained(tiny_tokenizer: Any, tmp_
                                add_generation_prompt=True) for f in ("v1", "v2")}
     assert expected["v1"] != expected["v2"]
     assert prompt == expected[tool_format]
-    (tmp_path / "octupus.json").write_text(json.dumps({"tool_format": "v3"}))
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"tool_format": "v3"}))
     with pytest.raises(ValueError, match="tool_format 'v3'"):
         make_format("octupus", AutoTokenizer.from_pretrained(tmp_path))
 
@@ -77,7 +79,7 @@ def test_incremental_parse_never_retracts(shape: Any) -> None:
     text = shape.render_calls(calls)
     sent_args: dict[int, str] = {}
     for end in range(1, len(text) + 1):
-        parsed = parse_with_shape(shape, text[:end], finished=False)
+        parsed = parse_turn(shape, text[:end], finished=False)
         assert parsed.content is None
         for i, call in enumerate(parsed.calls):
             if call.name is not None:
@@ -85,25 +87,16 @@ def test_incremental_parse_never_retracts(shape: Any) -> None:
                 assert call.arguments.startswith(sent_args.get(i, ""))
                 assert calls[i][1].startswith(call.arguments)
                 sent_args[i] = call.arguments
-    final = parse_with_shape(shape, text, finished=True)
+    final = parse_turn(shape, text, finished=True)
     assert [(c.name, c.arguments, c.complete) for c in final.calls] == [(n, a, True) for n, a in calls]
-    cut = parse_with_shape(shape, text[:-3], finished=False)
+    cut = parse_turn(shape, text[:-3], finished=False)
     assert not cut.calls[-1].complete
 
 
-def test_octupus_parse_agrees_with_toolcall_format() -> None:
-    text = OCTUPUS_SHAPE.render_calls([("a", '{"x": 1}'), ("b_c", '{"y": ["z"]}')])
-    ours = parse_with_shape(OCTUPUS_SHAPE, text, finished=True)
-    theirs = parse_output(text)
-    assert [(c.name, json.loads(c.arguments)) for c in ours.calls] == \
-        [(c.name, json.loads(c.arguments)) for c in theirs.tool_calls]
-    assert parse_with_shape(OCTUPUS_SHAPE, "<|CONTENT|>hello", True).content == parse_output("<|CONTENT|>hello").content
-
-
 def test_text_is_held_while_it_could_still_become_a_call() -> None:
-    assert parse_with_shape(HERMES_SHAPE, "<tool", finished=False).content is None
-    assert parse_with_shape(HERMES_SHAPE, "<tool", finished=True).content == "<tool"
-    assert parse_with_shape(HERMES_SHAPE, "Hi", finished=False).content == "Hi"
+    assert parse_turn(HERMES_SHAPE, "<tool", finished=False).content is None
+    assert parse_turn(HERMES_SHAPE, "<tool", finished=True).content == "<tool"
+    assert parse_turn(HERMES_SHAPE, "Hi", finished=False).content == "Hi"
 
 
 @pytest.mark.parametrize("messages, problem", [

@@ -439,7 +439,7 @@ def test_stream_disconnect_during_send_stops_the_generation() -> None:
     (its ``finally`` sets the cancel event) instead of whenever the garbage collector finds it."""
     import threading
 
-    from serve.serving_chat import GenerationStream
+    from serve.sse import GenerationStream
 
     cancel = threading.Event()
     closed = threading.Event()

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BFCL_VENV = ROOT / ".venv-bfcl"
 MODELS = ("base", "stage2")
-COPIED = ("stages", "serve", "scripts", "recipes")
+COPIED = ("stages", "serve", "toolcall", "scripts", "recipes")
 
 
 def sh(repo: Path, *args: str, timeout: float = 900) -> str:

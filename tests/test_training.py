@@ -24,7 +24,9 @@ import yaml
 
 from stages import sft
 from stages.config import ConfigError, load_section
-from stages.toolcall_format import canonicalize_messages, render_assistant
+from toolcall.chat_template import render_assistant
+from toolcall.messages import canonicalize_messages
+from toolcall.metadata import METADATA_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,8 +310,8 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(
     out = tmp_path / "models/stage2"
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert not out.with_name("stage2.partial").exists()
-    metadata_in = json.loads((tiny_model_dir / sft.PROJECT_METADATA_FILE).read_text())
-    metadata_out = json.loads((out / sft.PROJECT_METADATA_FILE).read_text())
+    metadata_in = json.loads((tiny_model_dir / METADATA_FILE).read_text())
+    metadata_out = json.loads((out / METADATA_FILE).read_text())
     assert metadata_out == {**metadata_in, "tool_format": "v2"}
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from serve.backends.base import GenerationState, SamplingParams
-from serve.backends.vllm_backend import (EXTRA_ARGS_KEY, LMFEToolCallLogitsProcessor, RemoteGrammarEngine,
-                                         RemoteMatcher, VLLMBackend, request_options, spec_from_payload,
-                                         spec_to_payload)
+from serve.backends.vllm_backend import VLLMBackend, request_options
+from serve.backends.vllm_lmfe_processor import EXTRA_ARGS_KEY, LMFEToolCallLogitsProcessor
 from serve.constraints import GrammarError, make_engine
 from serve.constraints.base import GrammarSpec, ToolGrammar
 from serve.constraints.llguidance_engine import build_lark
+from serve.constraints.remote_grammar import RemoteGrammarEngine, RemoteMatcher, spec_from_payload, spec_to_payload
 from serve.formats import make_format
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 4}}, "required": ["city"],

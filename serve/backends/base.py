@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,16 +58,3 @@ class Backend(ABC):
     def close(self) -> None:
         """Release what the backend holds outside this process (vLLM's engine processes)."""
 
-
-def repeats_cycle(ids: list[int], window: int, max_period: int = 32) -> bool:
-    """True when the last ``window`` ids are one cycle of length <= ``max_period`` repeated."""
-    if window <= 0 or len(ids) < window:
-        return False
-    tail = ids[-window:]
-    for period in range(1, min(max_period, window // 2) + 1):
-        if tail[period:] == tail[:-period]:
-            return True
-    return False
-
-
-TimerCallback = Callable[[float], None]

@@ -129,16 +129,3 @@ class PrefixCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
-
-
-def reusable(cache: DynamicCache) -> bool:
-    """True when every layer of ``cache`` keeps all positions (plain full attention)."""
-    from serve.backends.transformers_backend import GrowingLayer
-
-    return all(type(layer) is GrowingLayer for layer in cache.layers)
-
-
-def seed_cache(cache: DynamicCache, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    """Fill an empty cache with a cached prefix (GrowingLayer copies it into its own buffer)."""
-    for index, (k, v) in enumerate(zip(keys, values, strict=True)):
-        cache.update(k, v, index)

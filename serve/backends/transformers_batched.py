@@ -6,10 +6,11 @@ one forward pass for all running sequences, and hands each its next token. A fin
 or abandoned sequence leaves the batch at once, and its slot goes to the next request.
 
 Why: on a small model a CPU decode step is dominated by per-layer overhead, not by the batch size,
-so eight sequences cost little more per step than one (``python -m bench serve`` measures it). The
-per-sequence rules are those of :class:`TransformersBackend` (the same grammar masking, sampling,
-stop, length, repetition and cancellation checks, in the same order), so a request gets the same
-answer whether it ran alone or batched, up to float rounding of padded batched matmuls.
+so eight sequences cost little more per step than one (``python -m bench serve`` measures it). Each
+row follows the same per-token rules as :class:`TransformersBackend`'s loop
+(:class:`serve.backends.decode_row.DecodeRow`: grammar masking, sampling, stop, length, repetition
+and cancellation, in the same order), so a request gets the same answer whether it ran alone or
+batched, up to float rounding of padded batched matmuls.
 
 Left padding: rows of different lengths are aligned on the right; padded positions are masked out
 of attention and each row's position ids count only its own tokens, so RoPE sees the positions the
@@ -29,8 +30,9 @@ import torch
 from transformers import DynamicCache
 
 from serve.backends.attention import use_grouped_decode
-from serve.backends.base import GenerationState, SamplingParams, repeats_cycle
-from serve.backends.transformers_backend import GrammarLogitsProcessor, TransformersBackend, _sample, seeded_generator
+from serve.backends.base import GenerationState, SamplingParams
+from serve.backends.decode_row import DecodeRow
+from serve.backends.transformers_backend import TransformersBackend
 from serve.constraints.base import Matcher
 
 log = logging.getLogger(__name__)
@@ -41,20 +43,18 @@ _END = object()
 @dataclass
 class _Sequence:
     prompt_ids: list[int]
-    params: SamplingParams
-    processor: GrammarLogitsProcessor | None
-    matcher: Matcher | None
-    cancel: threading.Event
-    state: GenerationState
-    generator: torch.Generator
+    row: DecodeRow
     out: "queue.SimpleQueue[object]" = field(default_factory=queue.SimpleQueue)
-    generated: list[int] = field(default_factory=list)
-    abandoned: bool = False  # the consumer closed its iterator (a stop string matched)
     position: int = 0  # this row's next position id (its own token count)
+
+    @property
+    def gone(self) -> bool:
+        """Cancelled, or its consumer left: nothing more to compute for it."""
+        return self.row.cancel.is_set() or self.row.abandoned
 
 
 class BatchedTransformersBackend(TransformersBackend):
-    """Continuous batching over :class:`TransformersBackend`'s model and per-token rules."""
+    """Continuous batching over :class:`TransformersBackend`'s model, with the same per-token rules."""
 
     name = "transformers"
 
@@ -95,10 +95,8 @@ class BatchedTransformersBackend(TransformersBackend):
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
                  cancel: threading.Event, state: GenerationState) -> Iterator[int]:
-        generator = seeded_generator(params)
-        processor = GrammarLogitsProcessor(matcher, len(prompt_ids), state) if matcher is not None else None
-        seq = _Sequence(prompt_ids=list(prompt_ids), params=params, processor=processor, matcher=matcher,
-                        cancel=cancel, state=state, generator=generator, position=len(prompt_ids))
+        seq = _Sequence(prompt_ids=list(prompt_ids), row=DecodeRow(params, matcher, cancel, state),
+                        position=len(prompt_ids))
         self._ensure_engine()
         self._waiting.put(seq)
         try:
@@ -109,7 +107,7 @@ class BatchedTransformersBackend(TransformersBackend):
                 yield item  # type: ignore[misc]
         finally:
             # A consumer that stops early (stop string, error) frees its row at the next step.
-            seq.abandoned = True
+            seq.row.abandoned = True
 
     def _ensure_engine(self) -> None:
         with self._lock:
@@ -150,8 +148,7 @@ class BatchedTransformersBackend(TransformersBackend):
             except Exception as exc:  # a failed forward pass fails the running requests, not the server
                 log.exception("batch step failed")
                 for seq in rows:
-                    seq.state.error = f"generation failed: {exc}"
-                    seq.state.finish_reason = "error"
+                    seq.row.end("error", f"generation failed: {exc}")
                     seq.out.put(_END)
                 rows, cache, mask, logits = [], None, None, None
 
@@ -163,9 +160,9 @@ class BatchedTransformersBackend(TransformersBackend):
                 except queue.Empty:
                     break
             seq = self._held
-            if seq.cancel.is_set() or seq.abandoned:
+            if seq.gone:
                 self._held = None
-                seq.state.finish_reason = "cancelled" if seq.cancel.is_set() else seq.state.finish_reason
+                seq.row.cancelled()
                 seq.out.put(_END)
                 continue
             columns = max(mask.shape[1] if mask is not None else 0, len(seq.prompt_ids))
@@ -179,9 +176,8 @@ class BatchedTransformersBackend(TransformersBackend):
     def _admit(self, rows, cache, mask, logits, seq: _Sequence):
         """Prefill ``seq`` alone (from the prefix cache when it can), then join its cache to the batch's,
         left-padding the shorter side."""
-        if seq.cancel.is_set() or seq.abandoned:
-            if seq.cancel.is_set():
-                seq.state.finish_reason = "cancelled"
+        if seq.gone:
+            seq.row.cancelled()
             seq.out.put(_END)
             return rows, cache, mask, logits
         own, new_logits = self.prefill(seq.prompt_ids)
@@ -203,48 +199,13 @@ class BatchedTransformersBackend(TransformersBackend):
         return rows + [seq], cache, torch.cat([mask, new_mask], 0), torch.cat([logits, new_logits], 0)
 
     def _choose(self, seq: _Sequence, row_logits: torch.Tensor) -> int | None:
-        """The row's next token, or None when the row ends here (the rules of the sequential loop)."""
-        state, params = seq.state, seq.params
-        if seq.cancel.is_set():
-            state.finish_reason = "cancelled"
+        """The row's next token (handed to its consumer), or None when the row ends here."""
+        # A copy: the batch's logits are inference tensors, which the grammar mask cannot write in place here.
+        token = seq.row.next_token(row_logits.clone())
+        if token is None:
             return None
-        if seq.abandoned:
-            return None
-        if len(seq.generated) >= params.max_tokens:
-            state.finish_reason = "length"
-            return None
-        if seq.matcher is not None and seq.matcher.is_finished():
-            state.completion_tokens += 1
-            state.finish_reason = "stop"
-            return None
-        row = row_logits.clone()
-        if seq.processor is not None:
-            seq.processor.mask(row)
-            if not torch.isfinite(row).any():
-                state.error = "the grammar left no token allowed"
-                state.finish_reason = "error"
-                return None
-        token = _sample(row, params, seq.generator)
-        state.completion_tokens += 1
-        if token in params.stop_token_ids:
-            state.finish_reason = "stop"
-            return None
-        seq.generated.append(token)
-        if seq.processor is not None:
-            try:
-                seq.processor.advance(token)
-            except RuntimeError as exc:
-                state.error = str(exc)
-                state.finish_reason = "error"
-                return None
         seq.out.put(token)
-        if repeats_cycle(seq.generated, params.repetition_window):
-            state.finish_reason = "repetition"
-            return None
-        if len(seq.generated) >= params.max_tokens:
-            state.finish_reason = "length"
-            return None
-        return token
+        return None if seq.row.ends_after_token() else token
 
     def _select(self, rows, cache, mask, keep: list[int]):
         index = torch.tensor(keep, dtype=torch.long, device=self.device)

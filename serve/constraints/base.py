@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from stages.toolcall_format import ToolCallShape
-
 from serve.errors import BadRequest
+from toolcall.shapes import ToolCallShape
 
 
 class GrammarError(BadRequest):

@@ -1,4 +1,5 @@
-"""The tool-call format: template rendering and masks, output parsing, and the render -> parse round trip."""
+"""The tool-call format package: template rendering and masks, output parsing, strict arguments, and the
+render -> parse round trip."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from stages import toolcall_format as tf
-from stages.toolcall_format import (
+from toolcall import source_files
+from toolcall.arguments import ArgumentsError, canonical_arguments, load_object
+from toolcall.chat_template import CHAT_TEMPLATE, render_assistant, render_chat
+from toolcall.messages import ContentError, assistant_calls, canonicalize_messages, text_of
+from toolcall.parser import ParsedOutput, parse_text_turn, parse_turn
+from toolcall.shapes import OCTUPUS_SHAPE
+from toolcall.tokens import (
     ASSISTANT,
     CONTENT,
+    EMBEDDING_INIT_WORDS,
     FUNCTION_CALL,
     FUNCTION_OUTPUT,
     PARAMETERS,
     SPECIAL_TOKENS,
-    canonicalize_messages,
-    parse_output,
-    render_assistant,
-    render_chat,
+    reserved_marker_in,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,91 +122,116 @@ def assistant_spans(rendered: str, eos: str) -> list[str]:
 
 
 def expected_of(message: dict) -> tuple[str | None, list[tuple[str, str]]]:
-    calls = tf.assistant_calls(message)
+    calls = assistant_calls(message)
     if calls:
-        return None, [(name, tf.canonical_arguments(args)) for name, args in calls]
-    return tf._text_of(message.get("content")), []
+        return None, [(name, canonical_arguments(args)) for name, args in calls]
+    return text_of(message.get("content")), []
+
+
+def parse_span(span: str) -> ParsedOutput:
+    """A rendered assistant span read the way the server reads generated text: generation ended on
+    the end-of-turn token, which the backend removes."""
+    assert span.endswith(EOS), span[-40:]
+    return parse_turn(OCTUPUS_SHAPE, span[: -len(EOS)], finished=True)
 
 
 # ------------------------------------------------------------------ module surface
 
 
 def test_import_does_not_pull_torch() -> None:
-    code = "import sys, stages.toolcall_format; assert 'torch' not in sys.modules, 'torch imported'"
+    modules = ", ".join(f"toolcall.{p.stem}" for p in source_files() if p.suffix == ".py" and p.stem != "__init__")
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 def test_exports_are_consistent() -> None:
     assert len(set(SPECIAL_TOKENS)) == 7
-    assert set(tf.EMBEDDING_INIT_WORDS) == set(SPECIAL_TOKENS)
-    assert tf.CHAT_TEMPLATE == (REPO / "stages" / "chat_template.jinja").read_text(encoding="utf-8")
-    assert "{% generation %}" in tf.CHAT_TEMPLATE.replace("{%- generation -%}", "{% generation %}")
-    shape = tf.OCTUPUS_SHAPE
+    assert set(EMBEDDING_INIT_WORDS) == set(SPECIAL_TOKENS)
+    assert CHAT_TEMPLATE == (REPO / "toolcall" / "chat_template.jinja").read_text(encoding="utf-8")
+    assert REPO / "toolcall" / "chat_template.jinja" in source_files()
+    assert "{% generation %}" in CHAT_TEMPLATE.replace("{%- generation -%}", "{% generation %}")
+    shape = OCTUPUS_SHAPE
     assert (shape.text_open, shape.call_open, shape.name_close, shape.call_close, shape.call_separator) == (
         CONTENT, FUNCTION_CALL, PARAMETERS, "", "")
     assert shape.special_tokens <= set(SPECIAL_TOKENS)
     assert shape.render_calls([("a", "{}"), ("b", '{"x":1}')]) == f"{FUNCTION_CALL}a{PARAMETERS}{{}}{FUNCTION_CALL}b{PARAMETERS}{{\"x\":1}}"
 
 
-# ------------------------------------------------------------------ parse_output
+# ------------------------------------------------------------------ parser (octupus; tests/test_serve_formats.py: both shapes)
 
 
-def test_parse_text_answer_with_and_without_eos() -> None:
-    out = parse_output(f"{CONTENT}Paris is the capital.{EOS}")
-    assert (out.content, out.tool_calls, out.complete, out.ended) == ("Paris is the capital.", [], True, True)
-    out = parse_output(f"{CONTENT}cut here")
-    assert (out.content, out.complete, out.ended) == ("cut here", True, False)
+def test_parse_text_answer() -> None:
+    out = parse_turn(OCTUPUS_SHAPE, f"{CONTENT}Paris is the capital.", finished=True)
+    assert (out.content, out.calls) == ("Paris is the capital.", [])
+    assert parse_turn(OCTUPUS_SHAPE, f"{CONTENT}cut here", finished=False).content == "cut here"
+    # An unconstrained, untrained model writes no decision token: its text is content.
+    plain = parse_turn(OCTUPUS_SHAPE, "I would call get_weather(city='Paris')", finished=True)
+    assert (plain.content, plain.calls) == ("I would call get_weather(city='Paris')", [])
+    assert parse_turn(OCTUPUS_SHAPE, "", finished=True).content == ""  # an immediate eos
+
+
+def test_parse_holds_back_an_undecided_start() -> None:
+    for start in ("", "<|FUNCTION_C", "<|CONT"):
+        out = parse_turn(OCTUPUS_SHAPE, start, finished=False)
+        assert (out.content, out.calls) == (None, [])
+    assert parse_turn(OCTUPUS_SHAPE, "<|FUNCTION_C", finished=True).content == "<|FUNCTION_C"
 
 
 def test_parse_parallel_calls_and_prefix_names() -> None:
     text = (f'{FUNCTION_CALL}get{PARAMETERS}{{"url": "u"}}{FUNCTION_CALL}get_weather{PARAMETERS}'
-            f'{{"city":"Paris", "n": [1, 2]}}<|im_end|>trailing garbage')
-    out = parse_output(text, eos_token="<|im_end|>")
-    assert out.complete and out.ended and out.content is None
-    assert [(c.name, c.arguments) for c in out.tool_calls] == [
-        ("get", '{"url":"u"}'), ("get_weather", '{"city":"Paris","n":[1,2]}')]
-    assert out.tool_calls[0].to_openai("id1") == {
-        "id": "id1", "type": "function", "function": {"name": "get", "arguments": '{"url":"u"}'}}
+            f'{{"city":"Paris", "n": [1, 2]}}')
+    out = parse_turn(OCTUPUS_SHAPE, text, finished=True)
+    assert out.content is None
+    assert [(c.name, c.arguments, c.complete) for c in out.calls] == [
+        ("get", '{"url": "u"}', True), ("get_weather", '{"city":"Paris", "n": [1, 2]}', True)]
+    assert [canonical_arguments(c.arguments) for c in out.calls] == ['{"url":"u"}', '{"city":"Paris","n":[1,2]}']
+
+
+def test_parse_cut_calls_are_incomplete() -> None:
+    cut_args = parse_turn(OCTUPUS_SHAPE, f'{FUNCTION_CALL}get_weather{PARAMETERS}{{"city": "Par', finished=False)
+    assert [(c.name, c.arguments, c.complete) for c in cut_args.calls] == [("get_weather", '{"city": "Par', False)]
+    assert cut_args.complete_calls == []
+    for finished in (False, True):
+        cut_name = parse_turn(OCTUPUS_SHAPE, f"{FUNCTION_CALL}get{PARAMETERS}{{}}{FUNCTION_CALL}get_wea", finished)
+        assert [(c.name, c.arguments) for c in cut_name.complete_calls] == [("get", "{}")]
+        assert cut_name.calls[-1].name is None and not cut_name.calls[-1].complete
 
 
 @pytest.mark.parametrize(
-    ("text", "n_calls", "why"),
+    ("arguments", "why"),
     [
-        (f'{FUNCTION_CALL}get_weather{PARAMETERS}{{"city": "Par', 0, "not valid JSON"),
-        (f'{FUNCTION_CALL}get{PARAMETERS}{{}}{FUNCTION_CALL}get_wea', 1, "cut before its arguments"),
-        (f"{FUNCTION_CALL}get{PARAMETERS}[1, 2]{EOS}", 0, "must be a JSON object"),
-        (f'{FUNCTION_CALL}get{PARAMETERS}{{"x": NaN}}{EOS}', 0, "not valid JSON"),
-        (f'{FUNCTION_CALL}get{PARAMETERS}{{"x": 1}} {{"y": 2}}{EOS}', 0, "not valid JSON"),
-        (f'{FUNCTION_CALL}{PARAMETERS}{{}}{EOS}', 0, "without a name"),
-        ("<|FUNCTION_C", 0, "decision token"),
+        ('{"city": "Par', "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"x": NaN}', "not valid JSON"),
+        ('{"x": 1} {"y": 2}', "not valid JSON"),
+        ('{"x": __import__("os").getcwd()}', "not valid JSON"),  # parsed, never evaluated
     ],
 )
-def test_parse_incomplete_or_invalid_calls(text: str, n_calls: int, why: str) -> None:
-    out = parse_output(text)
-    assert not out.complete
-    assert len(out.tool_calls) == n_calls
-    assert why in (out.error or "")
+def test_call_arguments_must_be_one_strict_json_object(arguments: str, why: str) -> None:
+    out = parse_turn(OCTUPUS_SHAPE, f"{FUNCTION_CALL}get{PARAMETERS}{arguments}", finished=True)
+    assert [(c.name, c.arguments, c.complete) for c in out.calls] == [("get", arguments, True)]
+    with pytest.raises(ArgumentsError, match=why):
+        load_object(out.calls[0].arguments)
 
 
-def test_parse_stops_at_role_marker_and_handles_undecided_text() -> None:
-    out = parse_output(f"{CONTENT}hi{tf.USER}more")
-    assert (out.content, out.ended) == ("hi", True)
-    plain = parse_output("I would call get_weather(city='Paris')")  # an unconstrained, untrained model
-    assert plain.content == "I would call get_weather(city='Paris')" and plain.tool_calls == []
-    empty = parse_output("")
-    assert empty.content is None and not empty.complete
-    assert parse_output(EOS).complete  # an immediate eos is a (degenerate) finished turn
+def test_text_only_turn_is_all_content_after_its_marker() -> None:
+    assert parse_text_turn(OCTUPUS_SHAPE, f"{CONTENT}a {FUNCTION_CALL}b", finished=True).content == f"a {FUNCTION_CALL}b"
+    assert parse_text_turn(OCTUPUS_SHAPE, "<|CONT", finished=False).content == ""
+    assert parse_text_turn(OCTUPUS_SHAPE, "<|CONT", finished=True).content == "<|CONT"
 
 
 def test_reserved_markers_are_found_in_data_text() -> None:
-    assert tf.reserved_marker_in("say <|CONTENT|> now") == CONTENT
-    assert tf.reserved_marker_in("ends<|im_end|>") == "<|im_end|>"
-    assert tf.reserved_marker_in("plain <|other|> text") is None
+    assert reserved_marker_in("say <|CONTENT|> now") == CONTENT
+    assert reserved_marker_in("ends<|im_end|>") == "<|im_end|>"
+    assert reserved_marker_in("plain <|other|> text") is None
 
 
-def test_parse_never_evaluates() -> None:
-    out = parse_output(f'{FUNCTION_CALL}f{PARAMETERS}{{"x": __import__("os").getcwd()}}{EOS}')
-    assert not out.complete and out.tool_calls == []
+def test_text_of_takes_text_parts_of_either_api_only() -> None:
+    assert text_of(None) == "" and text_of("a") == "a"
+    assert text_of([{"type": "text", "text": "a"}, {"type": "input_text", "text": "b"},
+                    {"type": "output_text", "text": "c"}]) == "abc"
+    with pytest.raises(ContentError, match="'image_url' is not supported"):
+        text_of([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}])
 
 
 # ------------------------------------------------------------------ template
@@ -264,9 +293,9 @@ def test_template_without_system_or_tools_and_bad_inputs() -> None:
 
 
 def test_canonicalize_rejects_non_object_arguments() -> None:
-    with pytest.raises(tf.ArgumentsError):
+    with pytest.raises(ArgumentsError):
         canonicalize_messages([{"role": "assistant", "tool_calls": [call("1", "f", "[1]")]}])
-    with pytest.raises(tf.ArgumentsError):
+    with pytest.raises(ArgumentsError):
         canonicalize_messages([{"role": "assistant", "tool_calls": [call("1", "f", "{not json")]}])
 
 
@@ -300,7 +329,8 @@ def test_assistant_mask_covers_exactly_the_generation_spans(tiny_tokenizer) -> N
 
 
 def check_round_trip(rows: list[dict]) -> None:
-    """Every assistant turn renders (template) and parses back to the same calls/content."""
+    """Every assistant turn renders (template) and parses back to the same content or calls, argument
+    bytes included: for a turn the model learned, the server returns exactly the canonical calls."""
     checked_turns = 0
     for n, row in enumerate(rows):
         messages = canonicalize_messages(json.loads(row["messages"]))
@@ -312,11 +342,11 @@ def check_round_trip(rows: list[dict]) -> None:
             assert len(spans) == len(turns), f"row {n} ({row.get('source')})"
             for span, message in zip(spans, turns, strict=True):
                 assert span == render_assistant(message, EOS), f"row {n} ({row.get('source')})"
-                parsed = parse_output(span)
+                parsed = parse_span(span)
                 content, calls = expected_of(message)
-                assert parsed.complete and parsed.ended, f"row {n} ({row.get('source')}): {parsed.error}"
+                assert all(c.complete for c in parsed.calls), f"row {n} ({row.get('source')})"
                 assert parsed.content == content, f"row {n} ({row.get('source')})"
-                assert [(c.name, c.arguments) for c in parsed.tool_calls] == calls, f"row {n}"
+                assert [(c.name, c.arguments) for c in parsed.calls] == calls, f"row {n}"
                 checked_turns += 1
     assert checked_turns >= len(rows)
 

@@ -1,0 +1,162 @@
+"""The per-token rules of one generated sequence (a batch row), shared by every backend.
+
+Both transformers backends run the same rules through :meth:`DecodeRow.next_token` and
+:meth:`DecodeRow.ends_after_token`, which is why a request gets the same tokens whether it ran alone
+or batched (and the batched tests compare exactly that). In order:
+
+1. before choosing: a cancelled request ends ("cancelled"); a row whose consumer left ends; a row at
+   ``max_tokens`` ends ("length"); a grammar that allows only the end of the turn ends the row
+   ("stop": that token is counted, no forward pass is needed to emit it);
+2. choosing: the grammar masks the logits (nothing left allowed is an "error"), then the token is
+   sampled: greedy below temperature 1e-5, else temperature and top-p with the row's own generator
+   (seeded by the request, so a seed reproduces the answer);
+3. taking the token (:meth:`DecodeRow.take`): it is counted; a stop token ends the row ("stop") and
+   is not emitted; the grammar advances by it, and a token it rejects ends the row ("error");
+4. after the token is emitted: the last ``repetition_window`` tokens repeating one short cycle end
+   the row ("repetition"), and so does reaching ``max_tokens`` ("length").
+
+vLLM samples (and masks) inside its own engine, so its backend uses only steps 3 and 4 for the
+tokens it streams back, as a check: with ``sampler`` set, the grammar replays tokens it did not
+mask, and a stop token before the grammar is complete is an error, not a finished turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+import torch
+
+from serve.backends.base import GenerationState, SamplingParams
+from serve.constraints.base import Matcher
+
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
+
+
+def seeded_generator(params: SamplingParams) -> torch.Generator:
+    """The request's sampling RNG: seeded when the request gives a seed, else from the OS."""
+    generator = torch.Generator()
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature <= GREEDY_BELOW:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+        drop = cumulative - sorted_probs >= params.top_p
+        # Explicitly, because a top_p below float32's range (e.g. 5e-324) rounds to 0 and drops every token.
+        drop[0] = False
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def repeats_cycle(ids: list[int], window: int, max_period: int = 32) -> bool:
+    """True when the last ``window`` ids are one cycle of length <= ``max_period`` repeated."""
+    if window <= 0 or len(ids) < window:
+        return False
+    tail = ids[-window:]
+    for period in range(1, min(max_period, window // 2) + 1):
+        if tail[period:] == tail[:-period]:
+            return True
+    return False
+
+
+class DecodeRow:
+    """One sequence's decoding state and rules; ``state`` is filled in for the caller as it runs.
+
+    ``stop_token_ids`` defaults to the request's; ``sampler`` names the engine that samples when it is
+    not this process (vLLM), see the module docstring.
+    """
+
+    def __init__(self, params: SamplingParams, matcher: Matcher | None, cancel: threading.Event,
+                 state: GenerationState, *, stop_token_ids: Iterable[int] | None = None,
+                 sampler: str | None = None) -> None:
+        self.params = params
+        self.matcher = matcher
+        self.cancel = cancel
+        self.state = state
+        self.stop_ids = frozenset(params.stop_token_ids if stop_token_ids is None else stop_token_ids)
+        self.sampler = sampler
+        self.generator = seeded_generator(params) if sampler is None else None
+        self.generated: list[int] = []
+        self.abandoned = False  # the consumer closed its iterator (a stop string matched)
+
+    def end(self, reason: str, error: str | None = None) -> None:
+        self.state.finish_reason = reason
+        if error is not None:
+            self.state.error = error
+
+    def cancelled(self) -> bool:
+        if self.cancel.is_set():
+            self.end("cancelled")
+            return True
+        return False
+
+    def next_token(self, logits: torch.Tensor) -> int | None:
+        """The token this row emits next, chosen from its next-token ``logits`` (1-D; masked in place),
+        or None when the row ends without one (steps 1-3)."""
+        if self.cancelled() or self.abandoned:
+            return None
+        if len(self.generated) >= self.params.max_tokens:
+            self.end("length")
+            return None
+        if self.matcher is not None:
+            if self.matcher.is_finished():
+                self.state.completion_tokens += 1
+                self.end("stop")
+                return None
+            start = time.perf_counter()
+            self.matcher.apply(logits)
+            self.state.constraint_seconds.append(time.perf_counter() - start)
+            if not torch.isfinite(logits).any():
+                self.end("error", "the grammar left no token allowed")
+                return None
+        assert self.generator is not None, "a row sampled elsewhere takes its tokens with take()"
+        token = sample(logits, self.params, self.generator)
+        return token if self.take(token) else None
+
+    def take(self, token: int) -> bool:
+        """Count ``token`` and advance the grammar by it (step 3); False when the row ends here and the
+        token is not emitted."""
+        self.state.completion_tokens += 1
+        if token in self.stop_ids:
+            if self.sampler is not None and self.matcher is not None and not self.matcher.is_accepting():
+                self.end("error", f"{self.sampler} ended the turn before the grammar was complete")
+            else:
+                self.end("stop")
+            return False
+        self.generated.append(token)
+        if self.matcher is not None:
+            start = time.perf_counter()
+            accepted = self.matcher.consume(token)
+            seconds = time.perf_counter() - start
+            if self.sampler is None:
+                self.state.constraint_seconds[-1] += seconds  # one entry per token: its mask and its advance
+            else:
+                self.state.constraint_seconds.append(seconds)
+            if not accepted:
+                source = f" from {self.sampler}" if self.sampler is not None else ""
+                self.end("error", f"the grammar rejected token {token}{source}")
+                return False
+        return True
+
+    def ends_after_token(self) -> bool:
+        """After a token was emitted: whether it was the row's last (step 4)."""
+        if repeats_cycle(self.generated, self.params.repetition_window):
+            self.end("repetition")
+            return True
+        if len(self.generated) >= self.params.max_tokens:
+            self.end("length")
+            return True
+        return False

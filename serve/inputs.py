@@ -1,0 +1,45 @@
+"""What an endpoint asks of the core, as plain data.
+
+Each endpoint turns its own request type (chat completions, responses) into one
+:class:`GenerationInputs`; :meth:`serve.core.ServingCore.prepare` does everything after that
+(model check, conversation rules, tool checks, prompt, grammar). A new endpoint, or a streaming
+variant of one, only needs its conversion and its own way of writing the events out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ToolChoiceMode = Literal["none", "auto", "required", "named"]
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolChoiceMode
+    name: str | None = None  # the function a "named" choice forces
+
+    @classmethod
+    def of(cls, choice: Any, has_tools: bool) -> ToolChoice:
+        """From either API's ``tool_choice``: absent, a mode string, or a named function (chat:
+        ``{"type": "function", "function": {"name"}}``, responses: ``{"type": "function", "name"}``)."""
+        if choice is None:
+            return cls("auto" if has_tools else "none")
+        if isinstance(choice, str):
+            return cls(choice)  # type: ignore[arg-type]  # the protocol types admit only the modes
+        name = choice.function.name if hasattr(choice, "function") else choice.name
+        return cls("named", name)
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    model: str
+    messages: list[dict[str, Any]]  # OpenAI chat messages, checked by the core (serve.conversation)
+    tools: list[dict[str, Any]]  # OpenAI chat tools: {"type": "function", "function": {name, description, parameters}}
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool = True
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()

@@ -1,0 +1,106 @@
+"""The serving core below HTTP: both endpoints feed it the same inputs, and its event stream ends cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from serve.__main__ import build_core, build_parser
+from serve.conversation import normalize_messages
+from serve.events import assemble
+from serve.inputs import GenerationInputs, ToolChoice
+from serve.protocol import ChatCompletionRequest, ResponsesRequest
+from serve.serving_chat import chat_inputs
+from serve.serving_responses import responses_inputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def test_tool_choice_of_either_api() -> None:
+    assert ToolChoice.of(None, has_tools=True) == ToolChoice("auto")
+    assert ToolChoice.of(None, has_tools=False) == ToolChoice("none")
+    assert ToolChoice.of("required", has_tools=True) == ToolChoice("required")
+    chat = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                                 "tool_choice": {"type": "function", "function": {"name": "f"}}})
+    responses = ResponsesRequest.model_validate({"model": "m", "input": "x",
+                                                 "tool_choice": {"type": "function", "name": "f"}})
+    assert ToolChoice.of(chat.tool_choice, True) == ToolChoice.of(responses.tool_choice, True) == ToolChoice("named", "f")
+
+
+def test_both_endpoints_build_the_same_inputs() -> None:
+    """The same conversation sent to either endpoint reaches the core as the same inputs."""
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    chat = ChatCompletionRequest.model_validate({
+        "model": "m", "temperature": 0.3, "top_p": 0.9, "seed": 5, "max_completion_tokens": 7,
+        "parallel_tool_calls": False, "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": WEATHER}}],
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": call}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "user", "content": "And tomorrow?"}]})
+    responses = ResponsesRequest.model_validate({
+        "model": "m", "temperature": 0.3, "top_p": 0.9, "seed": 5, "max_output_tokens": 7,
+        "parallel_tool_calls": False, "tool_choice": {"type": "function", "name": "get_weather"},
+        "tools": [{"type": "function", "name": "get_weather", "description": "d", "parameters": WEATHER}],
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            {"type": "function_call", "call_id": "c1", **call},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"role": "user", "content": "And tomorrow?"}]})
+    from_chat, from_responses = chat_inputs(chat), responses_inputs(responses)
+    assert normalize_messages(from_chat.messages) == normalize_messages(from_responses.messages)
+    assert dataclasses.replace(from_chat, messages=[]) == dataclasses.replace(from_responses, messages=[])
+    assert from_chat.tool_choice == ToolChoice("named", "get_weather") and not from_chat.parallel_tool_calls
+
+
+class LateExecutor(ThreadPoolExecutor):
+    """Its futures complete a moment after their function returned, as they can on a busy machine."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def late() -> Any:
+            result = fn(*args, **kwargs)
+            time.sleep(0.3)
+            return result
+
+        return super().submit(late)
+
+
+def test_a_stream_read_to_its_end_does_not_cancel_the_next_choice(tiny_model_dir: Path) -> None:
+    """Choices of one request share the cancel event: only a consumer that leaves early may set it."""
+    core = build_core(build_parser().parse_args(["--model", str(tiny_model_dir)]))
+    core.executor.shutdown()
+    core.executor = LateExecutor(max_workers=1)
+    inputs = GenerationInputs(model=core.config.model_name, messages=[{"role": "user", "content": "Hello there"}],
+                              tools=[], tool_choice=ToolChoice("none"), max_tokens=8, temperature=0.0)
+
+    async def disconnected() -> bool:
+        return False
+
+    async def run() -> tuple[list[Any], list[Any], threading.Event]:
+        prep = await core.prepare(inputs)
+        cancel = threading.Event()
+        streamed = []
+        for index in range(2):
+            streamed.append(assemble([ev async for ev in core.stream(prep, index, cancel)]))
+        collected = [assemble(await core.collect(prep, index, disconnected)) for index in range(2)]
+        return streamed, collected, cancel
+
+    try:
+        streamed, collected, cancel = asyncio.run(run())
+    finally:
+        core.executor.shutdown()
+    assert not cancel.is_set()
+    assert streamed == collected
+    assert all(r.completion_tokens > 0 and r.finish_reason in ("stop", "length") for r in streamed)
