@@ -16,11 +16,11 @@ with the plain codec.
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
-from stages.filter_rules import Drop, check_structure
+from stages.filter_rules import Drop
 from stages.kinds import KINDS, SOURCE_KINDS
 from stages.parsing.conversation import Conversation
 from stages.parsing.json_codec import FAST_JSON, STDLIB_JSON, JsonCodec, NeedsStdlibJson
@@ -67,6 +67,47 @@ def read_conversation(kind: str, line: str, parsers: Parsers) -> Conversation:
     if not isinstance(row, dict):
         raise Drop("unparseable", "line is not a JSON object")
     return SOURCE_KINDS[kind].normalize(row, parsers)
+
+
+def check_structure(messages: list[dict[str, Any]]) -> None:
+    """Role order, non-empty turns and call/result pairing; raises :class:`Drop`.
+
+    Per turn the checks run in this order: the role may follow the previous one (role_order),
+    no calls are left unanswered (tool_result_mismatch), the turn has text (empty_turn).
+    """
+    open_calls = 0
+    prev = None
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if role == "tool":
+            if open_calls == 0 or (prev != "assistant" and prev != "tool"):
+                raise Drop("tool_result_mismatch", "tool message without a pending call")
+            open_calls -= 1
+            if not msg["content"].strip():
+                raise Drop("empty_turn", "empty tool result")
+        elif role == "user" or role == "assistant":
+            if role == "user" and not (prev is None or prev == "system" or prev == "assistant"):
+                raise Drop("role_order", f"user after {prev}")
+            if role == "assistant" and not (prev == "user" or prev == "tool"):
+                raise Drop("role_order", f"assistant after {prev}")
+            if open_calls:
+                raise Drop("tool_result_mismatch", "calls left unanswered before the next turn")
+            tool_calls = msg.get("tool_calls") if role == "assistant" else None
+            if tool_calls:
+                open_calls = len(tool_calls)
+            else:
+                content = msg.get("content")
+                if not (isinstance(content, str) and content.strip()):
+                    raise Drop("empty_turn", f"empty {role} turn")
+        elif role == "system":
+            if i != 0:
+                raise Drop("role_order", "system message after the start")
+        else:
+            raise Drop("role_order", f"unknown role {role!r}")
+        prev = role
+    # A row must end on something the model learns to produce: an answer or a call.
+    if prev != "assistant":
+        raise Drop("role_order", f"conversation ends on a {prev or 'nothing'} turn")
 
 
 def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, str, int]:

@@ -128,7 +128,8 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
     params.setdefault("type", "object")
     params.setdefault("properties", {})
     description = fn.get("description")
-    out = {"type": "function", "function": {"name": name, "description": description if isinstance(description, str) else "", "parameters": params}}
+    out = {"type": "function", "function": {
+        "name": name, "description": description if isinstance(description, str) else "", "parameters": params}}
     return original, out
 
 
