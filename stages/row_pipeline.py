@@ -3,9 +3,9 @@
     read (the kind's normalizer) -> check (the structure rules) -> finalize (call ids, JSON) -> key
 
 Rows are independent here: :func:`prepare_row` can run on any chunk of lines, in any process, in
-any order. What needs all rows of a source (the schema and argument checks against the offered
-tools, duplicates, the per-function cap, the split) runs on the prepared rows, in
-``stages/filter.py``.
+any order. The table rules (schemas and arguments, each distinct one checked once across rows)
+and what needs every row of a source (duplicates, the per-function cap, the split) run on the
+prepared rows, in ``stages/filter.py``.
 
 With the fast codec (:func:`~stages.parsing.parsers.cached_parsers`) a row is finalized on the
 bytes orjson writes; with the plain one on text. Both give the same row and key; a row that the

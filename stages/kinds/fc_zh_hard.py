@@ -29,8 +29,7 @@ ZH_SYSTEMS = ["你是一个智能助手，可以调用下面提供的函数来�
               "你是一个乐于助人的助手。必要时请调用函数，缺少参数时请向用户询问。"]
 
 
-def _message(content: str | None, function_call: Any = None, name: str | None = None,
-                role: str = "user") -> Row:
+def _message(content: str | None, function_call: Any = None, name: str | None = None, role: str = "user") -> Row:
     return {"content": content, "function_call": function_call, "name": name, "role": role}
 
 
