@@ -22,6 +22,8 @@ from stages.parsing.parsers import Parsers
 
 @dataclass(frozen=True)
 class SourceKind:
+    """One kind's entry: its name, whether its rows carry tools, its writer and its normalizer."""
+
     name: str
     offers_tools: bool  # rows offer tools and carry calls (else plain chat)
     write: Callable[..., dict[str, Any]]
