@@ -2,7 +2,7 @@
 
     python -m bench filter [--rows 200000] [--baseline-rows 20000] [--workers 1] [--json out.json]
 
-Rows are synthetic raw rows of every kind (stages.synthetic), mixed like the default sources. They
+Rows are synthetic raw rows of every kind (stages/synthetic/), mixed like the default sources. They
 are generated once per run (one process per kind, at most ``--gen-processes`` at a time) into a
 temporary directory, read back with the stage's own reader, and deleted at the end: nothing is
 carried over between runs.
@@ -38,8 +38,8 @@ from pathlib import Path
 
 from bench.filter_rowwise import filter_rowwise
 from stages.filter import filter_source, read_lines
-from stages.filter_rules import compiled_validator
-from stages.normalize import cached_parsers
+from stages.parsing.parsers import cached_parsers
+from stages.schema_validator import compiled_validator
 
 # Share of each kind in the benchmark input (the default params' sources: 2:2:1:2:1).
 SHARES = {"hermes_fc": 0.25, "toolace": 0.25, "fc_zh_hard": 0.125, "openhermes": 0.25, "wildchat": 0.125}
@@ -48,7 +48,7 @@ CAP = 200
 
 
 def _generate_file(task: tuple[str, int, int, str]) -> tuple[str, float]:
-    from stages.synthetic import generate_rows
+    from stages.synthetic.generator import generate_rows
 
     kind, n, seed, path = task
     t0 = time.perf_counter()

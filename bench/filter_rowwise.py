@@ -16,8 +16,9 @@ from collections import Counter
 import jsonschema
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from stages.filter_rules import content_key, prepare_row
-from stages.normalize import Drop, Parsers
+from stages.filter_rules import Drop
+from stages.parsing.parsers import Parsers
+from stages.row_pipeline import prepare_row
 
 
 def filter_rowwise(kind: str, lines: list[str], keep_dots: bool, max_chars: int,
@@ -29,13 +30,14 @@ def filter_rowwise(kind: str, lines: list[str], keep_dots: bool, max_chars: int,
     candidates: list[tuple[int, str, str, list[str]]] = []
     for line in lines:
         try:
-            messages, tools_json, calls, _ = prepare_row(kind, line, parsers)
+            row = prepare_row(kind, line, parsers)
         except Drop as drop:
             drops[drop.rule] += 1
             continue
         except Exception:  # noqa: BLE001 - same contract as the stage: a row never crashes the run
             drops["unparseable"] += 1
             continue
+        messages, tools_json, calls = row.messages, row.tools, row.calls
         tools = json.loads(tools_json)
         schemas = {}
         bad_schema = False
@@ -70,7 +72,7 @@ def filter_rowwise(kind: str, lines: list[str], keep_dots: bool, max_chars: int,
             drops["duplicate"] += 1
             continue
         seen.append((messages, tools_json))
-        candidates.append((content_key(messages, tools_json), messages, tools_json, sorted({n for n, _ in calls})))
+        candidates.append((row.key, messages, tools_json, sorted({n for n, _ in calls})))
     candidates.sort(key=lambda c: (c[0], c[1]))
     kept: list[tuple[str, str]] = []
     counts: Counter[str] = Counter()

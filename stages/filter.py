@@ -2,12 +2,15 @@
 
     python -m stages.filter [--params params.yaml]
 
-Each source is normalized to OpenAI messages/tools (stages/normalize.py), checked against the rules
-(stages/filter_rules.py), de-duplicated and capped per function, then mixed into the two training
-sets by per-source ratios. polars does the table work (joins of calls to offered tools, the
-distinct (schema, arguments) pairs to validate, dedup, caps, splits, mixing); the per-row part is
-the reading of each row, with every repeated tool list, tool and name parsed once.
-Everything is deterministic: rows are ordered by a hash of their content, never by input order.
+Each source's lines go through the row pipeline (stages/row_pipeline.py: the kind's normalizer,
+the structure rules, final JSON and content key), then through the table rules (the offered
+tools' schemas, calls to offered tools with valid arguments, length), then the rules that need
+the whole source (duplicates, the per-function cap), and are mixed into the two training sets by
+per-source ratios. Every rule is named and counted (stages/filter_rules.py). polars does the table
+work (joins of calls to offered tools, the distinct (schema, arguments) pairs to validate, dedup,
+caps, splits, mixing); the per-row part is the reading of each row, with every repeated tool list,
+tool and name parsed once. Everything is deterministic: rows are ordered by a hash of their
+content, never by input order.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -30,12 +33,15 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
-from stages.filter_rules import RULES, arguments_value, compiled_validator, prepare_row_keyed, schema_ok
-from stages.normalize import Drop, Parsers, cached_parsers
+from stages.filter_rules import RULES, Drop
+from stages.kinds import Kind
+from stages.parsing.json_codec import arguments_value
+from stages.parsing.parsers import Parsers, cached_parsers
+from stages.row_pipeline import prepare_row
+from stages.schema_validator import compiled_validator, schema_ok
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"]
 STAGES = ("stage1", "stage2")
 
 
@@ -71,7 +77,7 @@ class FilterConfig(StrictModel):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading
+# Reading: the row pipeline over runs of lines (chunks), into tables
 
 
 def read_lines(path: Path) -> list[str]:
@@ -125,7 +131,7 @@ def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, po
         for line in tqdm(lines, desc=f"normalize {desc}", unit="row", mininterval=5.0, position=position,
                          leave=position == 0):
             try:
-                m, t, calls, schemas, key = prepare_row_keyed(kind, line, parsers)
+                prepared = prepare_row(kind, line, parsers)
             except Drop as drop:
                 out.drops[drop.rule] += 1
                 continue
@@ -134,12 +140,13 @@ def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, po
                 out.drops["unparseable"] += 1
                 continue
             row = len(out.messages)
-            out.messages.append(m)
-            out.tools.append(t)
-            out.keys.append(key)
-            if t not in out.tool_lists:
-                out.tool_lists[t] = schemas
-            for name, args in calls:
+            tools = prepared.tools
+            out.messages.append(prepared.messages)
+            out.tools.append(tools)
+            out.keys.append(prepared.key)
+            if tools not in out.tool_lists:
+                out.tool_lists[tools] = prepared.schemas
+            for name, args in prepared.calls:
                 out.call_rows.append(row)
                 out.call_names.append(name)
                 out.call_args.append(args)
@@ -217,7 +224,7 @@ def normalize_source(kind: str, lines: Sequence[str], parsers: Parsers, desc: st
 
 
 # ----------------------------------------------------------------------------------------------
-# Table rules
+# Table rules a row passes or fails on its own
 
 
 def _check_schemas(table: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -245,9 +252,10 @@ def _arguments_ok(schema_ids: list[int], arguments: list[str], schemas: list[str
     return out
 
 
-def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame, max_chars: int,
-                max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
-    """The table rules, in RULES order from bad_tool_schema on. Returns kept rows and drops."""
+def check_rows(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame,
+               max_chars: int) -> tuple[pl.DataFrame, Counter[str]]:
+    """The table rules a row passes or fails on its own, in RULES order: bad_tool_schema,
+    unknown_tool, invalid_arguments, too_long. Returns the rows that pass and the drops."""
     tool_table, schemas = _check_schemas(tool_table)
     bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools_id").unique()
     calls = (calls.join(rows.select("row", "tools_id"), on="row", how="left")
@@ -270,8 +278,18 @@ def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFram
     rows = rows.with_columns(reason=reason)
     drops: Counter[str] = Counter(
         {r: n for r, n in rows.filter(pl.col("reason").is_not_null()).group_by("reason").len().iter_rows()})
-    passed = rows.filter(pl.col("reason").is_null()).drop("reason")
+    return rows.filter(pl.col("reason").is_null()).drop("reason"), drops
 
+
+# ----------------------------------------------------------------------------------------------
+# Rules that need every row of a source
+
+
+def deduplicate_and_cap(passed: pl.DataFrame, calls: pl.DataFrame,
+                        max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
+    """Exact duplicates, then the per-function cap, over all rows that passed the per-row rules.
+    Returns kept rows (messages, tools, key) sorted by key, and the drops."""
+    drops: Counter[str] = Counter()
     # Exact duplicates are identical, so which copy survives cannot change the output. Equal rows
     # have equal content keys, so only rows sharing a key are compared by their (long) texts.
     shared_key = pl.col("key").is_duplicated()
@@ -292,6 +310,15 @@ def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFram
         drops["function_cap"] += unique.height - capped.height
         unique = capped
     return unique.select("messages", "tools", "key"), drops
+
+
+def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame, max_chars: int,
+                max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
+    """The table rules, in RULES order from bad_tool_schema on. Returns kept rows and drops."""
+    passed, drops = check_rows(rows, calls, tool_table, max_chars)
+    kept, source_drops = deduplicate_and_cap(passed, calls, max_rows_per_function)
+    drops.update(source_drops)
+    return kept, drops
 
 
 def filter_source(kind: str, lines: Sequence[str], parsers: Parsers, max_chars: int,

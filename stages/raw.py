@@ -3,7 +3,7 @@
     python -m stages.raw [--params params.yaml]
 
 Each source in ``params.yaml`` (section ``raw``) has a kind (the schema its rows follow) and an
-origin: ``synthetic`` (the offline, seeded generator in ``stages.synthetic``), ``hub`` (a pinned
+origin: ``synthetic`` (the offline, seeded generator in ``stages/synthetic/``), ``hub`` (a pinned
 revision loaded with ``datasets.load_dataset``, for machines that reach the Hugging Face hub) or
 ``local`` (a ``.json`` array, ``.jsonl`` or ``.parquet`` file). Output:
 ``<output_dir>/<source>.jsonl``, one row per line, ``ensure_ascii=False``, keys in the source's
@@ -26,10 +26,10 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
+from stages.kinds import Kind
+from stages.synthetic.generator import iter_samples
 
 log = logging.getLogger("stages.raw")
-
-Kind = Literal["hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"]
 
 
 class SyntheticOrigin(StrictModel):
@@ -175,8 +175,6 @@ def build_source(name: str, source: Source, output_dir: Path) -> int:
     out = output_dir / f"{name}.jsonl"
     origin = source.origin
     if isinstance(origin, SyntheticOrigin):
-        from stages.synthetic import iter_samples
-
         defects: Counter[str] = Counter()
 
         def rows() -> Iterator[dict[str, Any]]:

@@ -60,3 +60,29 @@ def test_changing_a_filter_param_reruns_filter_and_not_raw(tmp_path):
     assert "Running stage 'filter'" in second and "Running stage 'raw'" not in second
     assert [f.stat().st_mtime_ns for f in raw_files] == raw_mtimes
     assert train.read_bytes() != before  # the shorter limit dropped rows
+
+
+PACKAGES = ("stages", "toolcall", "serve")
+
+
+@pytest.mark.parametrize("stage", ["raw", "filter"])
+def test_data_stage_deps_are_exactly_the_modules_it_imports(stage):
+    deps = [d.rstrip("/") for d in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+            if d.split("/")[0] in PACKAGES]
+    code = ("import sys, stages." + stage + "; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
+            "if getattr(m, '__file__', None)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, check=True, timeout=120).stdout.split("\n")
+    root = ROOT.resolve()
+    imported = {Path(f).resolve().relative_to(root).as_posix() for f in out
+                if f and any(Path(f).resolve().is_relative_to(root / p) for p in PACKAGES)}
+    assert (ROOT / "stages" / "__init__.py").read_text() == ""  # an empty package marker no stage lists
+    imported.discard("stages/__init__.py")
+
+    def under(path: str, dep: str) -> bool:
+        return path == dep or path.startswith(dep + "/")
+
+    # Every project module the stage imports is a dependency, and every dependency is imported
+    # (a folder: some module in it).
+    assert sorted(f for f in imported if not any(under(f, d) for d in deps)) == []
+    assert [d for d in deps if not any(under(f, d) for f in imported)] == []

@@ -16,7 +16,7 @@ from bench.filter_rowwise import filter_rowwise
 from stages.config import ConfigError, load_section
 from stages.filter import FilterConfig, filter_source, run
 from stages.filter_rules import RULES
-from stages.normalize import cached_parsers
+from stages.parsing.parsers import cached_parsers
 from test_normalize import (HERMES_CALL, HERMES_RESULT, OPENHERMES, WILDCHAT, hermes_row, toolace_row,
                             zh_row)
 
@@ -183,7 +183,7 @@ def test_two_reading_processes_give_the_same_result_as_one():
 
 
 def test_synthetic_rows_defects_dropped_and_good_rows_kept():
-    synthetic = pytest.importorskip("stages.synthetic")
+    synthetic = pytest.importorskip("stages.synthetic.generator")
     for kind in ("hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"):
         samples = synthetic.generate_samples(kind, 300, seed=5, malformed_fraction=0.2)
         lines = [json.dumps(s.row, ensure_ascii=False) for s in samples]
@@ -230,7 +230,7 @@ def test_cli_runs_the_stage_from_a_params_file(tmp_path):
 def test_fast_validator_agrees_with_jsonschema():
     import jsonschema
 
-    from stages.filter_rules import compile_simple
+    from stages.schema_validator import compile_simple
 
     schema = {"type": "object", "properties": {
         "n": {"type": "integer", "minimum": 1, "maximum": 5}, "x": {"type": "number", "exclusiveMinimum": 0},
@@ -312,7 +312,7 @@ def test_fast_schema_checks_agree_with_jsonschema_on_random_schemas():
     import jsonschema
     from jsonschema.exceptions import SchemaError
 
-    from stages.filter_rules import compile_simple, surely_meets_metaschema
+    from stages.schema_validator import compile_simple, surely_meets_metaschema
 
     rng = random.Random(11)
     accepted = checked = 0
@@ -341,7 +341,7 @@ def test_fast_schema_checks_agree_with_jsonschema_on_random_schemas():
 
 
 def test_arguments_are_read_as_json_reads_them():
-    from stages.filter_rules import arguments_value
+    from stages.parsing.json_codec import arguments_value
 
     for text in ('{"a":1,"b":[1.5,"x",null,true]}', '{"n":123456789012345678901234567890}',
                  '{"n":-9223372036854775809}', '{"x":NaN}', '{"x":1e400}', '{"s":"\\ud800"}', '{"a":1,"a":2}'):
@@ -375,18 +375,24 @@ def test_a_row_with_text_that_has_no_utf8_form_is_dropped_not_fatal():
     assert "\\ud800" not in kept.get_column("messages")[0]
 
 
-def test_keyed_preparation_gives_the_same_row_and_key_as_the_plain_one():
-    from stages.filter_rules import content_key, prepare_row, prepare_row_keyed
-    from stages.normalize import Drop
+def test_fast_and_plain_codecs_give_the_same_prepared_row_and_key():
+    from stages.filter_rules import Drop
+    from stages.parsing.json_codec import FAST_JSON, STDLIB_JSON
+    from stages.parsing.parsers import Parsers
+    from stages.row_pipeline import content_key, finalize, prepare_row, read_conversation
 
     seen = 0
     for name, lines in raw_lines().items():
         for line in lines:
             try:
-                plain = prepare_row(KINDS[name], line, cached_parsers())
+                plain = prepare_row(KINDS[name], line, Parsers())
             except Drop:
                 continue
-            assert prepare_row_keyed(KINDS[name], line, cached_parsers()) == (*plain, content_key(*plain[:2]))
+            assert prepare_row(KINDS[name], line, cached_parsers()) == plain
+            assert plain.key == content_key(plain.messages, plain.tools)
+            # The same conversation finalized on orjson's bytes and on json's text.
+            conv = read_conversation(KINDS[name], line, cached_parsers())
+            assert finalize(conv, FAST_JSON) == finalize(conv, STDLIB_JSON) == plain[:2] + (plain.key,)
             seen += 1
     assert seen > 10
 

@@ -7,9 +7,13 @@ import sys
 
 import pytest
 
-from stages.filter_rules import prepare_row
-from stages.normalize import (FAST_JSON, STDLIB_JSON, Drop, NeedsStdlibJson, Parsers, cached_parsers, fix_schema,
-                              parse_call_list, parse_loose, sanitize_name)
+from stages.filter_rules import Drop
+from stages.parsing.call_list import parse_call_list
+from stages.parsing.json_codec import FAST_JSON, STDLIB_JSON, NeedsStdlibJson
+from stages.parsing.literals import parse_loose
+from stages.parsing.parsers import Parsers, cached_parsers
+from stages.parsing.tools import fix_schema, sanitize_name
+from stages.row_pipeline import content_key, prepare_row
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures in the raw schemas (hand-written; quirks as described for each hub dataset)
@@ -105,9 +109,10 @@ WILDCHAT = {"conversation_hash": "ab12", "model": "gpt-4-0314", "timestamp": "20
 
 def run(kind: str, row, parsers: Parsers | None = None):
     line = row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)
-    messages, tools, calls, schemas = prepare_row(kind, line, parsers or Parsers())
-    assert [n for n, _ in schemas] == [t["function"]["name"] for t in json.loads(tools)]
-    return json.loads(messages), json.loads(tools), calls
+    row = prepare_row(kind, line, parsers or Parsers())
+    assert [n for n, _ in row.schemas] == [t["function"]["name"] for t in json.loads(row.tools)]
+    assert row.key == content_key(row.messages, row.tools)
+    return json.loads(row.messages), json.loads(row.tools), row.calls
 
 
 def rule_of(kind: str, row) -> str:
@@ -366,7 +371,7 @@ def test_rows_with_edge_numbers_give_the_same_bytes_from_both_codecs():
     cached = cached_parsers()
     for kind, line in rows * 2:
         assert outcome(kind, line, cached) == outcome(kind, line, Parsers())
-    assert "123456789012345678901" in prepare_row(*rows[0], cached)[2][0][1]
+    assert "123456789012345678901" in prepare_row(*rows[0], cached).calls[0][1]
     assert outcome(*rows[2], cached) == ("UnicodeEncodeError", None)  # a lone surrogate: unparseable in the stage
 
 
@@ -382,7 +387,8 @@ def test_call_ids_are_deterministic_and_content_derived():
 def test_data_modules_do_not_import_torch():
     import subprocess
 
-    code = "import sys, stages.normalize, stages.filter_rules, stages.filter; print('torch' in sys.modules)"
+    code = ("import sys, stages.kinds, stages.parsing.parsers, stages.row_pipeline, stages.schema_validator, "
+            "stages.filter_rules, stages.filter; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -412,7 +418,7 @@ def test_call_list_scanning_shortcuts_agree_with_the_plain_readings():
     import random
     import re
 
-    from stages.normalize import _quote_keywords, _scan_to_close
+    from stages.parsing.call_list import _quote_keywords, _scan_to_close
 
     keyword = re.compile(r"(^\s*|,\s*)([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)")
     rng = random.Random(3)

@@ -1,0 +1,105 @@
+"""Deterministic synthetic rows in each source kind's raw hub schema.
+
+``generate_rows(kind, n, seed)`` is the entry point for the ``raw`` stage and for benchmarks; the
+same arguments always give the same rows (one ``random.Random`` subclass per call, seeded from the
+kind and seed; no global state, no ``hash()``). 200k rows take roughly 20-30 s of CPU.
+``generate_samples`` / ``iter_samples`` also say which case each row is and which defect, if any,
+it carries, so tests and benchmarks can check the filter against the truth. The cases come from
+this package's case model; each kind's writer (``stages/kinds/``) renders them in its schema.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from stages.kinds import KINDS, SOURCE_KINDS
+from stages.synthetic.cases import CASE_TYPES, CASE_WEIGHTS, DEFECTS, make_case, make_malformed
+from stages.synthetic.chat import topical_qa
+from stages.synthetic.rng import FastRandom
+
+CHAT_DEFECTS = ("empty_turn", "wrong_role_order", "no_answer")
+
+# Share of cases that go on to a tool result and a final answer. ToolACE rows mostly end on the
+# call; hermes rows mostly carry the result; the legacy zh format sits in between.
+EXECUTE_P = {"hermes_fc": 0.7, "toolace": 0.35, "fc_zh_hard": 0.6}
+# ToolACE also has rows whose tools and calls use a row-specific non-JSON syntax
+# ("(Name=>['k'--'v'])"); a normalizer cannot read them, so they count as malformed here.
+KIND_DEFECTS = {"hermes_fc": DEFECTS, "toolace": (*DEFECTS, "foreign_call_format"), "fc_zh_hard": DEFECTS}
+
+
+@dataclass(frozen=True)
+class Sample:
+    row: dict[str, Any]
+    case_type: str  # one of CASE_TYPES, or "chat"
+    defect: str | None  # one of DEFECTS / CHAT_DEFECTS for malformed rows
+
+
+def _chat_turns(rng: random.Random, zh: bool, defect: str | None) -> tuple[list[tuple[str, str]], str]:
+    turns: list[tuple[str, str]] = []
+    topic = ""
+    for i in range(rng.choices([1, 2, 3], weights=[60, 28, 12])[0]):
+        name, (question, answer) = topical_qa(rng, zh)
+        topic = topic or name
+        turns += [("user", question), ("assistant", answer)]
+    if defect == "empty_turn":
+        idx = rng.randrange(len(turns))
+        turns[idx] = (turns[idx][0], "")
+    elif defect == "wrong_role_order":
+        turns[0], turns[1] = turns[1], turns[0]
+    elif defect == "no_answer":
+        turns.pop()
+    return turns, topic
+
+
+def _malformed_positions(rng: random.Random, n: int, fraction: float) -> set[int]:
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"malformed_fraction must be within [0, 1], got {fraction}")
+    return set(rng.sample(range(n), round(n * fraction)))
+
+
+def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> Iterator[Sample]:
+    """Rows one at a time (the stage streams them to disk behind a progress bar)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if n < 0:
+        raise ValueError(f"row count must be >= 0, got {n}")
+    rng = FastRandom(f"{kind}:{seed}")
+    bad = _malformed_positions(rng, n, malformed_fraction)
+    source = SOURCE_KINDS[kind]
+    if source.offers_tools:
+        zh = kind == "fc_zh_hard"
+        execute_p = EXECUTE_P[kind]
+        for i in range(n):
+            if i in bad:
+                case = make_malformed(rng, zh, execute_p, KIND_DEFECTS[kind])
+            else:
+                case = make_case(rng, rng.choices(CASE_TYPES, weights=CASE_WEIGHTS)[0], zh, execute_p)
+            yield Sample(source.write(rng, case), case.case_type, case.defect)
+        return
+    for i in range(n):
+        defect = rng.choice(CHAT_DEFECTS) if i in bad else None
+        # WildChat is multilingual; a share of its synthetic rows is Chinese.
+        zh = kind == "wildchat" and rng.random() < 0.15
+        turns, topic = _chat_turns(rng, zh, defect)
+        yield Sample(source.write(rng, turns, topic, zh), "chat", defect)
+
+
+def generate_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> list[Sample]:
+    return list(iter_samples(kind, n, seed, malformed_fraction))
+
+
+def generate_rows(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> list[dict[str, Any]]:
+    """``n`` raw rows of ``kind``, identical for identical arguments."""
+    return [s.row for s in generate_samples(kind, n, seed, malformed_fraction)]
+
+
+def defect_counts(samples: Iterable[Sample]) -> Counter[str]:
+    return Counter(s.defect for s in samples if s.defect)
+
+
+__all__ = ["CASE_TYPES", "DEFECTS", "KIND_DEFECTS", "CHAT_DEFECTS", "Sample",
+           "iter_samples", "generate_samples", "generate_rows", "defect_counts"]
