@@ -29,17 +29,15 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from serve.process import InProcessServer, ServerProcess, ServerStartError, free_loopback_port, serve_command
 
 log = logging.getLogger("bench.serve")
 
@@ -232,28 +230,20 @@ def bench_prefix_cache(backend: Any, fmt: Any, steps: int, rounds: int) -> dict[
 def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
     """p50 latency of POST /v1/chat/completions against bare model.generate, same token count."""
     import httpx
-    import uvicorn
 
     from serve.app import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(lambda: core), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    server = InProcessServer(create_app(lambda: core))
     body = {"model": core.config.model_name, "temperature": 0, "max_tokens": tokens,
             "messages": [{"role": "user", "content": "Count from one to one hundred in words, separated by commas."}]}
     prompt = core.tokenizer(core.fmt.render(body["messages"], []), add_special_tokens=False)["input_ids"]
     served, bare, produced = [], [], []
     try:
         with httpx.Client(timeout=600) as client:
-            client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)  # warm-up
+            client.post(f"{server.base_url}/v1/chat/completions", json=body)  # warm-up
             for _ in range(rounds):
                 start = time.perf_counter()
-                resp = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body).json()
+                resp = client.post(f"{server.base_url}/v1/chat/completions", json=body).json()
                 served.append(time.perf_counter() - start)
                 n = resp["usage"]["completion_tokens"]
                 produced.append(n)
@@ -261,8 +251,7 @@ def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
                 core.backend.bare_generate(prompt, n)
                 bare.append(time.perf_counter() - start)
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.stop()
     ratio = statistics.median(s / b for s, b in zip(served, bare))
     return {"completion_tokens": produced, "server_p50_s": round(statistics.median(served), 3),
             "bare_generate_p50_s": round(statistics.median(bare), 3), "ratio_p50": round(ratio, 3)}
@@ -293,51 +282,13 @@ def available_backends(max_batch: int) -> dict[str, list[str]]:
     return backends
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`python -m serve` in its own process group, so that clients and server never share a GIL."""
-
-    def __init__(self, model: str, flags: list[str], threads: int, startup_timeout_s: float = 900) -> None:
-        import httpx
-
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "server.log"
-        cmd = [sys.executable, "-m", "serve", "--model", model, "--served-model-name", "bench", "--port",
-               str(self.port), "--threads", str(threads), "--log-level", "WARNING", *flags]
-        log.info("starting: %s", " ".join(cmd))
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
-            try:
-                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server not healthy after {startup_timeout_s:.0f} s: {self.tail()}")
-            time.sleep(0.5)
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+def start_server(model: str, flags: list[str], threads: int, startup_timeout_s: float = 900) -> ServerProcess:
+    """`python -m serve` in its own process, so that clients and server never share a GIL."""
+    port = free_loopback_port()
+    log_path = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "server.log"
+    cmd = serve_command(port, ["--model", model, "--served-model-name", "bench", "--threads", str(threads),
+                               "--log-level", "WARNING", *flags])
+    return ServerProcess(cmd, port, log_path).start(startup_timeout_s)
 
 
 def throughput_request(i: int, tokens: int) -> dict[str, Any]:
@@ -394,20 +345,20 @@ def bench_throughput(model: str, levels: list[int], tokens: int, threads: int, m
     for label, flags in available_backends(max_batch).items():
         log.info("throughput: backend %s", label)
         try:
-            server = ServerProcess(model, flags, threads)
-        except RuntimeError as exc:
+            server = start_server(model, flags, threads)
+        except ServerStartError as exc:
             log.error("throughput: %s did not start: %s", label, exc)
             out["backends"][label] = {"flags": flags, "error": str(exc)[-2000:]}
             continue
         rows = []
         try:
-            asyncio.run(_run_level(server.base, 1, 1, 4))  # warm-up: first-request costs stay out of the numbers
+            asyncio.run(_run_level(server.base_url, 1, 1, 4))  # warm-up: first-request costs stay out of the numbers
             for level in levels:
                 requests = max(min_requests, level)
                 log.info("throughput: %s, %d clients, %d requests", label, level, requests)
-                rows.append(asyncio.run(_run_level(server.base, level, requests, tokens)))
+                rows.append(asyncio.run(_run_level(server.base_url, level, requests, tokens)))
         finally:
-            server.stop()
+            server.stop(grace_s=60)
         out["backends"][label] = {"flags": flags, "levels": rows}
     return out
 

@@ -3,7 +3,7 @@
 A recipe file is::
 
     description: what the recipe is
-    extends: another-recipe        # or null; its overrides apply first
+    extends: another-recipe        # or a list of recipes, applied in order, or null; they apply first
     set:
       train_stage2.tool_format: v1   # dotted path into params.yaml -> new value
       ...
@@ -51,7 +51,7 @@ def available(recipes_dir: Path = RECIPES_DIR) -> list[str]:
 
 
 def load_recipe(name: str, recipes_dir: Path = RECIPES_DIR, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The flattened overrides of ``name`` (``extends`` resolved, the recipe's own values last)."""
+    """The flattened overrides of ``name`` (``extends`` resolved in order, the recipe's own values last)."""
     if name in _seen:
         raise RecipeError(f"recipe cycle: {' -> '.join(_seen + (name,))}")
     path = recipe_path(name, recipes_dir)
@@ -65,10 +65,16 @@ def load_recipe(name: str, recipes_dir: Path = RECIPES_DIR, _seen: tuple[str, ..
     overrides = data.get("set") or {}
     if not isinstance(overrides, dict) or not all(isinstance(k, str) and k for k in overrides):
         raise RecipeError(f"{path}: 'set' must map dotted param keys to values")
+    parents = data.get("extends")
+    if parents is None:
+        parents = []
+    elif isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise RecipeError(f"{path}: 'extends' is a recipe name, a list of them, or null")
     merged: dict[str, Any] = {}
-    parent = data.get("extends")
-    if parent is not None:
-        merged.update(load_recipe(str(parent), recipes_dir, _seen + (name,)))
+    for parent in parents:
+        merged.update(load_recipe(parent, recipes_dir, _seen + (name,)))
     merged.update(overrides)
     return merged
 

@@ -3,12 +3,14 @@
     python -m stages.train_stage1 [--params params.yaml]
 
 With ``train_stage1.launcher: accelerate`` the same command re-executes itself under
-``accelerate launch`` (DeepSpeed, multi-GPU / multi-node; see ``stages/configs/``).
+``accelerate launch`` (DeepSpeed, multi-GPU / multi-node; see ``stages/configs/``). The training
+itself is ``stages/training/``.
 """
 
 from __future__ import annotations
 
-from stages.sft import Stage1Config, stage_main
+from stages.training.config import Stage1Config
+from stages.training.launcher import stage_main
 
 
 def main(argv: list[str] | None = None) -> None:

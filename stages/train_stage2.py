@@ -4,12 +4,14 @@
 
 Writes ``models/stage2``. ``train_stage2.tool_format`` (``v1`` | ``v2``) is passed to the chat
 template. With ``train_stage2.launcher: accelerate`` the same command re-executes itself under
-``accelerate launch`` (DeepSpeed, multi-GPU / multi-node; see ``stages/configs/``).
+``accelerate launch`` (DeepSpeed, multi-GPU / multi-node; see ``stages/configs/``). The training
+itself is ``stages/training/``.
 """
 
 from __future__ import annotations
 
-from stages.sft import Stage2Config, stage_main
+from stages.training.config import Stage2Config
+from stages.training.launcher import stage_main
 
 
 def main(argv: list[str] | None = None) -> None:

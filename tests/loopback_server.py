@@ -1,4 +1,4 @@
-"""A real uvicorn server on 127.0.0.1 in a background thread, shared by the serve tests.
+"""The project's app served on 127.0.0.1 in a background thread, shared by the serve tests.
 
 ``OCTUPUS_TEST_BACKEND=vllm`` (set by ``make test-vllm``, which runs in ``.venv-vllm``) serves every
 such test through the vLLM backend instead of transformers: the same tests, the other backend.
@@ -7,17 +7,13 @@ such test through the vLLM backend instead of transformers: the same tests, the 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from typing import Any, Callable
 
 import openai
-import uvicorn
 
 from serve.__main__ import build_core, build_parser
 from serve.app import create_app
-
+from serve.process import InProcessServer
 
 TEST_BACKEND = os.environ.get("OCTUPUS_TEST_BACKEND", "transformers")
 if TEST_BACKEND not in ("transformers", "vllm"):
@@ -36,38 +32,23 @@ def backend_argv(argv: list[str]) -> list[str]:
     return list(argv)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LoopbackServer:
     """`python -m serve` ARGV, served on a free loopback port; `core_hook` may wrap the built core."""
 
     def __init__(self, argv: list[str], core_hook: Callable[[Any], Any] | None = None) -> None:
         args = build_parser().parse_args(backend_argv(argv))
-        self.port = free_port()
 
         def factory() -> Any:
             core = build_core(args)
             return core_hook(core) if core_hook else core
 
         self.app = create_app(factory)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
         # vLLM starts an engine process and a worker process: much slower than loading a tiny model.
-        deadline = time.time() + (300 if args.backend == "vllm" else 60)
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.server = InProcessServer(self.app, startup_timeout_s=300 if args.backend == "vllm" else 60)
+        self.base = self.server.base_url
 
     def client(self, key: str = "unused") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0, timeout=120)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.server.stop()

@@ -16,8 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serve.process import free_loopback_port
 from stages import evaluate as ev
 from stages.config import ConfigError
+from stages.evaluation import EvalError
+from stages.evaluation import config as ev_config
+from stages.evaluation import metrics as ev_metrics
+from stages.evaluation import results as ev_results
+from stages.evaluation import scores as ev_scores
+from stages.evaluation import server as ev_server
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "gpt-4-turbo-2024-04-09-FC"
@@ -73,8 +80,8 @@ def fake_bfcl_run(root: Path, results: dict[str, list[dict]], scores: dict[str, 
 # ----------------------------------------------------------------------------- aggregation
 
 
-def score(correct: int, total: int) -> ev.CategoryScore:
-    return ev.CategoryScore(correct / total, correct, total)
+def score(correct: int, total: int) -> ev_scores.CategoryScore:
+    return ev_scores.CategoryScore(correct / total, correct, total)
 
 
 def test_overall_reweights_bfcl_groups_over_categories_run():
@@ -84,7 +91,7 @@ def test_overall_reweights_bfcl_groups_over_categories_run():
         "irrelevance": score(1, 1), "live_irrelevance": score(1, 2),  # irrelevance: mean(1, 0.5)
         "multi_turn_base": score(0, 5),
     }
-    out = ev.aggregate(scores)
+    out = ev_scores.aggregate(scores)
     assert out["groups"] == pytest.approx({"non_live": 0.625, "live": 0.5, "irrelevance": 0.75, "multi_turn": 0.0})
     # 10/10/10/30 of the 100 BFCL points are present (agentic's 40 are not): renormalised to 60.
     assert out["overall_weights"] == pytest.approx({"non_live": 1 / 6, "live": 1 / 6, "irrelevance": 1 / 6,
@@ -95,14 +102,14 @@ def test_overall_reweights_bfcl_groups_over_categories_run():
 def test_live_group_is_weighted_by_case_count_and_simple_languages_are_averaged_first():
     scores = {"live_simple": score(10, 10), "live_multiple": score(0, 30),
               "simple_python": score(1, 1), "simple_java": score(0, 1), "parallel": score(1, 1)}
-    groups = ev.aggregate(scores)["groups"]
+    groups = ev_scores.aggregate(scores)["groups"]
     assert groups["live"] == pytest.approx(10 / 40)
     # non_live = mean(simple = mean(python 1, java 0), parallel 1)
     assert groups["non_live"] == pytest.approx(0.75)
 
 
 def test_only_irrelevance_run_gives_that_group_as_overall():
-    out = ev.aggregate({"irrelevance": score(2, 3)})
+    out = ev_scores.aggregate({"irrelevance": score(2, 3)})
     assert out["groups"] == pytest.approx({"irrelevance": 2 / 3})
     assert out["overall"] == pytest.approx(2 / 3)
 
@@ -122,7 +129,7 @@ def test_validity_counts_unknown_names_bad_json_and_schema_violations():
         # multi-turn: turns -> steps -> calls, and a text step
         "multi_turn_base_0": [[[{"cd": '{"folder": "docs"}'}], "done"], [[{"cd": '{"folder": 3'}]]],
     }
-    v = ev.check_validity(cases, results).as_dict()
+    v = ev_results.check_validity(cases, results).as_dict()
     assert (v["tool_calls"], v["valid_calls"]) == (5, 2)
     assert (v["unknown_name"], v["bad_json"], v["schema_violation"]) == (1, 1, 1)
     assert v["validity"] == pytest.approx(0.4)
@@ -131,7 +138,7 @@ def test_validity_counts_unknown_names_bad_json_and_schema_violations():
 
 def test_validity_is_undefined_without_any_call():
     cases = [{"id": "irrelevance_0", "category": "irrelevance", "tools": [WEATHER_TOOL]}]
-    v = ev.check_validity(cases, {"irrelevance_0": "no"}).as_dict()
+    v = ev_results.check_validity(cases, {"irrelevance_0": "no"}).as_dict()
     assert v["tool_calls"] == 0 and v["validity"] is None
 
 
@@ -149,15 +156,16 @@ def test_build_metrics_and_outputs_from_bfcl_files(tmp_path: Path):
                  "cases": [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
                            {"id": "simple_python_1", "category": "simple_python", "tools": [WEATHER_TOOL]},
                            {"id": "irrelevance_0", "category": "irrelevance", "tools": [WEATHER_TOOL]}]}
-    config = ev.EvaluateConfig.model_validate(evaluate_section(categories={"simple_python": 2, "irrelevance": 1}))
-    metrics = ev.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=12.34)
+    section = evaluate_section(categories={"simple_python": 2, "irrelevance": 1})
+    config = ev_config.EvaluateConfig.model_validate(section)
+    metrics = ev_metrics.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=12.34)
     assert metrics["subset"] is True
     assert metrics["categories"] == {"simple_python": {"accuracy": 0.5, "correct": 1, "total": 2},
                                      "irrelevance": {"accuracy": 1.0, "correct": 1, "total": 1}}
     assert metrics["overall"] == pytest.approx(0.75)
     assert metrics["validity"]["validity"] == 1.0 and metrics["validity"]["tool_calls"] == 1
 
-    json_path, csv_path = ev.write_outputs(metrics, tmp_path / "metrics", "base")
+    json_path, csv_path = ev_metrics.write_outputs(metrics, tmp_path / "metrics", "base")
     assert json.loads(json_path.read_text())["categories"]["irrelevance"]["total"] == 1
     assert csv_path.read_text().splitlines() == ["category,accuracy,correct,total",
                                                  "simple_python,0.5000,1,2", "irrelevance,1.0000,1,1"]
@@ -173,9 +181,9 @@ def test_inference_errors_recorded_by_bfcl_fail_the_stage(tmp_path: Path):
     cases_doc = {"available": {"simple_python": 400},
                  "cases": [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
                            {"id": "simple_python_1", "category": "simple_python", "tools": [WEATHER_TOOL]}]}
-    config = ev.EvaluateConfig.model_validate(evaluate_section(categories={"simple_python": 2}))
-    with pytest.raises(ev.EvalError, match=r"2 of 2 BFCL cases failed") as info:
-        ev.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=1.0)
+    config = ev_config.EvaluateConfig.model_validate(evaluate_section(categories={"simple_python": 2}))
+    with pytest.raises(EvalError, match=r"2 of 2 BFCL cases failed") as info:
+        ev_metrics.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=1.0)
     assert "input_tokens" in str(info.value) and "simple_python_1: no result written" in str(info.value)
 
 
@@ -186,7 +194,7 @@ def test_inference_errors_recorded_by_bfcl_fail_the_stage(tmp_path: Path):
 def test_internet_categories_are_refused_with_a_clear_error(tmp_path: Path, category: str):
     params = write_params(tmp_path / "params.yaml", evaluate_section(categories={"simple_python": 1, category: 2}))
     with pytest.raises(ConfigError, match="need the internet"):
-        ev.load_config(params, "base")
+        ev_config.load_config(params, "base")
     # and through the command line: exit code 2, before anything starts
     assert ev.main(["--model-key", "base", "--params", str(params)]) == 2
 
@@ -203,29 +211,29 @@ def test_internet_categories_are_refused_with_a_clear_error(tmp_path: Path, cate
 def test_config_errors(tmp_path: Path, overrides: dict, message: str):
     params = write_params(tmp_path / "params.yaml", evaluate_section(**overrides))
     with pytest.raises(ConfigError, match=message):
-        ev.load_config(params, "base")
+        ev_config.load_config(params, "base")
 
 
 def test_unknown_model_key_and_all_counts(tmp_path: Path):
     params = write_params(tmp_path / "params.yaml", evaluate_section(categories={"live_simple": "all"}))
-    config, entry = ev.load_config(params, "stage2")
+    config, entry = ev_config.load_config(params, "stage2")
     assert entry.format == "octupus" and config.categories == {"live_simple": "all"}
     assert config.api_model_name == "gpt-4-turbo-2024-04-09"
     with pytest.raises(ConfigError, match="no 'nope'"):
-        ev.load_config(params, "nope")
+        ev_config.load_config(params, "nope")
 
 
 def test_server_command_batches_on_transformers_only(tmp_path: Path):
     params = write_params(tmp_path / "params.yaml", evaluate_section())
-    config, entry = ev.load_config(params, "stage2")
-    cmd = ev.server_command(entry, config.server, 1234, "m", "k")
+    config, entry = ev_config.load_config(params, "stage2")
+    cmd = ev_server.server_command(entry, config.server, 1234, "m", "k")
     assert cmd[cmd.index("--max-batch") + 1] == "2" and cmd[cmd.index("--default-max-tokens") + 1] == "64"
     vllm = config.server.model_copy(update={"backend": "vllm"})
     assert cmd[cmd.index("--prefix-cache-mb") + 1] == "256"
-    vllm_cmd = ev.server_command(entry, vllm, 1234, "m", "k")
+    vllm_cmd = ev_server.server_command(entry, vllm, 1234, "m", "k")
     assert "--max-batch" not in vllm_cmd and "--prefix-cache-mb" not in vllm_cmd  # vLLM caches prefixes itself
     single = config.server.model_copy(update={"max_batch": 1})
-    assert "--max-batch" not in ev.server_command(entry, single, 1234, "m", "k")
+    assert "--max-batch" not in ev_server.server_command(entry, single, 1234, "m", "k")
 
 
 def test_missing_bfcl_venv_is_a_clear_error(tmp_path: Path):
@@ -254,7 +262,7 @@ def test_ctrl_c_exits_130_without_metrics(tmp_path: Path, monkeypatch: pytest.Mo
 def test_server_process_group_is_stopped_when_the_run_fails(tmp_path: Path):
     # A stand-in server (stdlib http.server answers /health with 200 for any existing path).
     (tmp_path / "health").write_text("ok")
-    port = ev.free_port()
+    port = free_loopback_port()
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
     procs = []
     real_popen = subprocess.Popen
@@ -267,7 +275,7 @@ def test_server_process_group_is_stopped_when_the_run_fails(tmp_path: Path):
     subprocess.Popen = spy  # type: ignore[misc]
     try:
         with pytest.raises(RuntimeError, match="bfcl blew up"):
-            with ev.running_server(cmd, port, 30, tmp_path / "server.log") as url:
+            with ev_server.running_server(cmd, port, 30, tmp_path / "server.log") as url:
                 assert url == f"http://127.0.0.1:{port}/v1"
                 raise RuntimeError("bfcl blew up")
     finally:
@@ -290,12 +298,13 @@ def test_sigterm_stops_the_stage_and_its_server(tmp_path: Path):
     script = (
         "import sys, subprocess, time\n"
         "from stages import evaluate as ev\n"
-        f"ev.server_command = lambda entry, server, port, name, key: [sys.executable, '-m', 'http.server', str(port), "
+        "from stages.evaluation import run\n"
+        f"run.server_command = lambda entry, server, port, name, key: [sys.executable, '-m', 'http.server', str(port), "
         f"'--bind', '127.0.0.1', '--directory', {str(tmp_path)!r}]\n"
         "def slow_bfcl(*a, **k):\n"
         "    print('bfcl running', flush=True)\n"
         "    time.sleep(120)\n"
-        "ev.run_bfcl = slow_bfcl\n"
+        "run.run_bfcl = slow_bfcl\n"
         f"sys.exit(ev.main(['--model-key', 'base', '--params', {str(params)!r}]))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -315,8 +324,8 @@ def test_sigterm_stops_the_stage_and_its_server(tmp_path: Path):
 
 def test_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path):
     cmd = [sys.executable, "-c", "import sys; print('cannot load model xyz'); sys.exit(3)"]
-    with pytest.raises(ev.EvalError, match=r"exited with code 3[\s\S]*cannot load model xyz"):
-        with ev.running_server(cmd, ev.free_port(), 30, tmp_path / "server.log"):
+    with pytest.raises(EvalError, match=r"exited with code 3[\s\S]*cannot load model xyz"):
+        with ev_server.running_server(cmd, free_loopback_port(), 30, tmp_path / "server.log"):
             pass
 
 

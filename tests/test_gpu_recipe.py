@@ -1,4 +1,4 @@
-"""Dry run of the GPU recipes (recipes/gpu-8x.yaml, recipes/gpu-multinode.yaml): no GPU needed.
+"""Dry run of the GPU recipes (recipes/gpu-8x.yaml, gpu-multinode.yaml, gpu-8x-v1.yaml): no GPU needed.
 
 Each recipe is applied to params.yaml; every section is then loaded through the typed config of
 the stage that reads it, exactly as the stage does, and the commands the stages would run are built
@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
-from dvc.exceptions import InvalidArgumentError
 
 from stages.config import StrictModel, load_section, read_params
 from stages.recipe import apply_overrides, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-GPU_RECIPES = ["gpu-8x", "gpu-multinode"]
+GPU_RECIPES = ["gpu-8x", "gpu-multinode", "gpu-8x-v1"]
 HUB_DATASETS = {
     "hermes_fc": "NousResearch/hermes-function-calling-v1",
     "toolace": "Team-ACE/ToolACE",
@@ -38,17 +37,21 @@ ORIGINAL = {
     "train_stage1": {"learning_rate": 2e-5, "min_learning_rate": 1e-6, "warmup_steps": 50, "num_train_epochs": 2,
                      "max_length": 4096},
     "train_stage2": {"learning_rate": 2e-5, "min_learning_rate": 1e-6, "warmup_steps": 50, "num_train_epochs": 1,
-                     "max_length": 8192, "max_grad_norm": 3.0},
+                     "max_length": 8192, "max_grad_norm": 3.0, "per_device_batch_size": 2},
 }
+# V1's stage 2 in the original: 2 epochs, batch 4, clip 10, length 4096 (the rest as V2).
+ORIGINAL_V1 = {**ORIGINAL, "train_stage2": {**ORIGINAL["train_stage2"], "num_train_epochs": 2, "max_length": 4096,
+                                             "max_grad_norm": 10.0, "per_device_batch_size": 4}}
+EXPECTED = {"gpu-8x": ORIGINAL, "gpu-multinode": ORIGINAL, "gpu-8x-v1": ORIGINAL_V1}
 
 
 def section_configs() -> dict[str, type[StrictModel]]:
     from stages.base_model import BaseModelConfig
     from stages.edit_tokenizer import EditTokenizerConfig
-    from stages.evaluate import EvaluateConfig
+    from stages.evaluation.config import EvaluateConfig
     from stages.filter import FilterConfig
     from stages.raw import RawConfig
-    from stages.sft import Stage1Config, Stage2Config
+    from stages.training.config import Stage1Config, Stage2Config
 
     return {"raw": RawConfig, "filter": FilterConfig, "base_model": BaseModelConfig,
             "edit_tokenizer": EditTokenizerConfig, "train_stage1": Stage1Config, "train_stage2": Stage2Config,
@@ -90,33 +93,34 @@ def test_recipe_validates_and_sets_the_gpu_path(name: str, tmp_path: Path) -> No
     assert cfg["base_model"].source == "hub" and cfg["base_model"].hub.model_id == "Qwen/Qwen2.5-7B"
     assert len(cfg["base_model"].hub.revision) == 40  # a pinned commit, not a branch
 
-    for stage, expected in ORIGINAL.items():
+    for stage, expected in EXPECTED[name].items():
         stage_cfg = cfg[stage]
-        assert stage_cfg.profile == "gpu" and stage_cfg.launcher == "accelerate"
-        profile = stage_cfg.active
+        assert stage_cfg.launcher == "accelerate"
         for key, value in expected.items():
-            assert getattr(profile, key) == pytest.approx(value), (stage, key)
-        assert profile.lr_scheduler == "cosine_with_min_lr"
-        assert profile.bf16 and profile.dtype == "bfloat16"
-        assert profile.trainable_top_layers is None and profile.max_train_rows is None and profile.max_steps is None
-        ds = json.loads(Path(profile.deepspeed).read_text())
+            assert getattr(stage_cfg, key) == pytest.approx(value), (stage, key)
+        assert stage_cfg.lr_scheduler == "cosine_with_min_lr"
+        assert stage_cfg.bf16 and stage_cfg.dtype == "bfloat16"
+        assert stage_cfg.trainable_top_layers is None and stage_cfg.max_train_rows is None
+        assert stage_cfg.max_steps is None
+        ds = json.loads(Path(stage_cfg.deepspeed).read_text())
         assert ds["zero_optimization"]["stage"] == 2
         assert ds["bf16"]["enabled"] in (True, "auto")
 
     evaluate = cfg["evaluate"]
     assert evaluate.server.backend == "vllm"
-    from stages.evaluate import INTERNET_CATEGORIES, SCORING_CATEGORIES
+    from stages.evaluation.categories import INTERNET_CATEGORIES, SCORING_CATEGORIES
 
     offline = [c for c in SCORING_CATEGORIES if c not in INTERNET_CATEGORIES]
     assert evaluate.categories == {c: "all" for c in offline}
 
 
-@pytest.mark.parametrize(("name", "machines"), [("gpu-8x", 1), ("gpu-multinode", 2)])
+@pytest.mark.parametrize(("name", "machines"), [("gpu-8x", 1), ("gpu-multinode", 2), ("gpu-8x-v1", 1)])
 def test_accelerate_launch_commands(name: str, machines: int, tmp_path: Path) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.commands.launch import launch_command_parser
 
-    from stages.sft import Stage1Config, Stage2Config, accelerate_command
+    from stages.training.config import Stage1Config, Stage2Config
+    from stages.training.launcher import accelerate_command
 
     _, path = merged_params(name, tmp_path)
     for stage, model in (("train_stage1", Stage1Config), ("train_stage2", Stage2Config)):
@@ -131,7 +135,7 @@ def test_accelerate_launch_commands(name: str, machines: int, tmp_path: Path) ->
         launch_config = load_config_from_file(args.config_file)  # accelerate's own config loader
         assert launch_config.distributed_type == "DEEPSPEED" and not launch_config.use_cpu
         ds_path = Path(launch_config.deepspeed_config["deepspeed_config_file"])
-        assert ds_path.is_file() and ds_path.resolve() == Path(config.active.deepspeed).resolve()
+        assert ds_path.is_file() and ds_path.resolve() == Path(config.deepspeed).resolve()
         assert json.loads(ds_path.read_text())["zero_optimization"]["stage"] == 2
         if machines > 1:
             assert launch_config.rdzv_backend == "static"
@@ -145,7 +149,8 @@ def test_accelerate_launch_commands(name: str, machines: int, tmp_path: Path) ->
 @pytest.mark.parametrize("name", GPU_RECIPES)
 def test_evaluation_server_command_is_vllm(name: str, tmp_path: Path) -> None:
     from serve.__main__ import build_parser
-    from stages.evaluate import load_config, server_command
+    from stages.evaluation.config import load_config
+    from stages.evaluation.server import server_command
 
     _, path = merged_params(name, tmp_path)
     config, entry = load_config(path, "stage2")
@@ -155,6 +160,27 @@ def test_evaluation_server_command_is_vllm(name: str, tmp_path: Path) -> None:
     assert args.backend == "vllm" and args.format == "octupus" and args.model == "models/stage2"
     assert args.tensor_parallel_size == 1 and args.max_context == 32768 and args.threads is None
     assert args.default_max_tokens == config.server.max_output_tokens
+
+
+@pytest.mark.parametrize("stage", ["train_stage1", "train_stage2"])
+def test_gpu_8x_states_every_hyperparameter(stage: str) -> None:
+    """No CPU default of params.yaml reaches a GPU run: the recipe sets each training value itself."""
+    from stages.training.config import TrainHyperparameters
+
+    overrides = load_recipe("gpu-8x", RECIPES)
+    missing = [k for k in TrainHyperparameters.model_fields if f"{stage}.{k}" not in overrides]
+    assert not missing, missing
+
+
+def test_gpu_8x_v1_is_v1_data_on_the_gpu_8x_machine() -> None:
+    params = read_params(REPO / "params.yaml")
+    v1 = apply_overrides(params, load_recipe("v1", RECIPES))
+    gpu = apply_overrides(params, load_recipe("gpu-8x", RECIPES))
+    gpu_v1 = apply_overrides(params, load_recipe("gpu-8x-v1", RECIPES))
+    assert gpu_v1["filter"] == {**gpu["filter"], "mix": v1["filter"]["mix"]}
+    assert gpu_v1["train_stage2"]["tool_format"] == "v1"
+    assert {k: v for k, v in gpu_v1.items() if k not in ("filter", "train_stage2")} == {
+        k: v for k, v in gpu.items() if k not in ("filter", "train_stage2")}
 
 
 def test_multinode_extends_8x_and_changes_only_the_topology() -> None:
@@ -167,17 +193,17 @@ def test_multinode_extends_8x_and_changes_only_the_topology() -> None:
 @pytest.mark.parametrize("stage", ["train_stage1", "train_stage2"])
 def test_trainer_resolves_deepspeed_zero2_with_the_original_hyperparameters(stage: str, tmp_path: Path) -> None:
     """trl's SFTConfig fills DeepSpeed's `auto` values from the recipe (imports deepspeed: ~30 s)."""
-    from stages.sft import Stage1Config, Stage2Config, build_sft_config
+    from stages.training.config import Stage1Config, Stage2Config
+    from stages.training.trainer import build_sft_config
 
     _, path = merged_params("gpu-8x", tmp_path)
     config = load_section(stage, Stage1Config if stage == "train_stage1" else Stage2Config, path)
     args = build_sft_config(config, eval_enabled=True)
     ds = args.hf_deepspeed_config.config
-    profile = config.active
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
-    assert ds["train_micro_batch_size_per_gpu"] == profile.per_device_batch_size
-    assert ds["gradient_accumulation_steps"] == profile.gradient_accumulation_steps
-    assert ds["gradient_clipping"] == pytest.approx(profile.max_grad_norm)
+    assert ds["train_micro_batch_size_per_gpu"] == config.per_device_batch_size
+    assert ds["gradient_accumulation_steps"] == config.gradient_accumulation_steps
+    assert ds["gradient_clipping"] == pytest.approx(config.max_grad_norm)
     assert args.learning_rate == pytest.approx(2e-5) and args.warmup_steps == 50
     assert args.lr_scheduler_kwargs["min_lr_rate"] == pytest.approx(1e-6 / 2e-5)
 

@@ -11,7 +11,7 @@ import yaml
 from stages import recipe
 from stages.config import read_params
 from stages.filter import FilterConfig
-from stages.sft import Stage2Config
+from stages.training.config import Stage2Config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -37,10 +37,7 @@ def test_v1_and_v2_differ_where_the_original_recipes_differ() -> None:
     assert (v1["train_stage2"]["tool_format"], v2["train_stage2"]["tool_format"]) == ("v1", "v2")
     assert v1["filter"]["mix"]["stage2"]["toolace"] == 0.0 and v2["filter"]["mix"]["stage2"]["toolace"] == 2.0
     assert v1["filter"]["mix"]["stage2"]["hermes_fc"] == 2.0 and v2["filter"]["mix"]["stage2"]["hermes_fc"] == 4.0
-    g1, g2 = v1["train_stage2"]["profiles"]["gpu"], v2["train_stage2"]["profiles"]["gpu"]
-    assert (g1["num_train_epochs"], g1["per_device_batch_size"], g1["max_grad_norm"], g1["max_length"]) == (2, 4, 10.0, 4096)
-    assert (g2["num_train_epochs"], g2["per_device_batch_size"], g2["max_grad_norm"], g2["max_length"]) == (1, 2, 3.0, 8192)
-    c1, c2 = v1["train_stage2"]["profiles"]["cpu"], v2["train_stage2"]["profiles"]["cpu"]
+    c1, c2 = v1["train_stage2"], v2["train_stage2"]
     # Same packed-token budget on the CPU, so the comparison is about the recipe and not the compute.
     tokens = [c["max_steps"] * c["max_length"] * c["per_device_batch_size"] * c["gradient_accumulation_steps"]
               for c in (c1, c2)]
@@ -82,12 +79,24 @@ def test_extends_resolves_parent_first(tmp_path: Path) -> None:
     assert recipe.load_recipe("child", tmp_path) == {"x.a": 1, "x.b": 3}
 
 
+def test_extends_a_list_applies_the_parents_in_order(tmp_path: Path) -> None:
+    _write(tmp_path, "data", {"description": "d", "extends": None, "set": {"x.a": 1, "x.b": 1}})
+    _write(tmp_path, "machine", {"description": "m", "extends": None, "set": {"x.b": 2, "x.c": 2}})
+    _write(tmp_path, "both", {"description": "b", "extends": ["data", "machine"], "set": {"x.c": 3}})
+    _write(tmp_path, "swapped", {"description": "s", "extends": ["machine", "data"], "set": {}})
+    assert recipe.load_recipe("both", tmp_path) == {"x.a": 1, "x.b": 2, "x.c": 3}
+    assert recipe.load_recipe("swapped", tmp_path) == {"x.a": 1, "x.b": 1, "x.c": 2}
+
+
 @pytest.mark.parametrize("bodies, message", [
     ({"a": {"description": "a", "extends": "b"}, "b": {"description": "b", "extends": "a"}}, "cycle"),
     ({"a": {"description": "a", "extends": "missing"}}, "no recipe 'missing'"),
     ({"a": {"description": "a", "sett": {"x": 1}}}, "keys description, extends, set"),
     ({"a": {"extends": None, "set": {}}}, "'description'"),
     ({"a": {"description": "a", "set": [1]}}, "'set' must map"),
+    ({"a": {"description": "a", "extends": {"b": 1}}}, "'extends' is a recipe name"),
+    ({"a": {"description": "a", "extends": ["b"]}, "b": {"description": "b", "extends": ["c", "a"]},
+      "c": {"description": "c"}}, "cycle"),
 ])
 def test_bad_recipes_fail_loudly(tmp_path: Path, bodies: dict, message: str) -> None:
     for name, body in bodies.items():
@@ -97,9 +106,8 @@ def test_bad_recipes_fail_loudly(tmp_path: Path, bodies: dict, message: str) -> 
 
 
 def test_unknown_param_key_is_refused() -> None:
-    with pytest.raises(recipe.RecipeError, match="params has no 'train_stage2.profiles.cpu.max_lenght'"):
-        recipe.apply_overrides({"train_stage2": {"profiles": {"cpu": {"max_length": 1}}}},
-                               {"train_stage2.profiles.cpu.max_lenght": 2})
+    with pytest.raises(recipe.RecipeError, match="params has no 'train_stage2.max_lenght'"):
+        recipe.apply_overrides({"train_stage2": {"max_length": 1}}, {"train_stage2.max_lenght": 2})
 
 
 def test_cli_write_and_error_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ import httpx
 import jsonschema
 import pytest
 
-from loopback_server import free_port
+from serve.process import ServerProcess, free_loopback_port, running_server, serve_command
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny"
@@ -91,48 +89,15 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS in /proc: cannot measure the server's memory")
 
 
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen[bytes]
-    base: str
-    log_path: Path
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    port = free_port()
+    port = free_loopback_port()
     log_path = tmp_path_factory.mktemp("load") / "server.log"
     # One torch thread: a tiny model gains nothing from more, and the suite may share the cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", str(tiny_model_dir), "--served-model-name",
-                                 MODEL, "--port", str(port), *SERVER_FLAGS], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    srv = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{srv.log_tail()}")
-            try:
-                if httpx.get(srv.base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after 120 s:\n{srv.log_tail()}")
-            time.sleep(0.2)
+    cmd = serve_command(port, ["--model", str(tiny_model_dir), "--served-model-name", MODEL, *SERVER_FLAGS])
+    with running_server(cmd, port, log_path, timeout_s=120, env=env, cwd=REPO) as srv:
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -376,7 +341,7 @@ def wait_idle(base: str, timeout_s: float = 60) -> None:
 
 
 def test_concurrent_mixed_load_with_disconnects(server: ServerProcess) -> None:
-    base = server.base
+    base = server.base_url
     started = time.monotonic()
 
     def run(round_seed: int) -> tuple[list[Outcome], float]:
@@ -384,13 +349,13 @@ def test_concurrent_mixed_load_with_disconnects(server: ServerProcess) -> None:
         outcomes = asyncio.run(run_clients(base, round_seed))
         failures = [f"{o.kind}: {o.problem}" for o in outcomes if not o.ok]
         assert not failures, f"{len(failures)} of {len(outcomes)} clients failed:\n" + "\n".join(failures) + \
-            f"\n--- server log ---\n{server.log_tail()}"
+            f"\n--- server log ---\n{server.log_tail(40)}"
         leaving = sum(o.disconnected for o in outcomes)
         after = wait_for_cancellations(base, before + leaving)
         wait_idle(base)
         # Exactly: no disconnect missed, and no finished or still-connected generation counted.
         assert metric(metrics_text(base), "octupus_cancelled_generations_total") - before == leaving, \
-            f"{after - before} cancellations for {leaving} disconnects\n{server.log_tail()}"
+            f"{after - before} cancellations for {leaving} disconnects\n{server.log_tail(40)}"
         return outcomes, after - before
 
     # Warm-up: the same mix, so allocator arenas, caches and compiled grammars reach their steady size.

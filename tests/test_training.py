@@ -1,4 +1,4 @@
-"""Stages train_stage1 / train_stage2 (stages/sft.py) on a tiny random model, CPU only.
+"""Stages train_stage1 / train_stage2 (stages/training/) on a tiny random model, CPU only.
 
 The model directory comes from the ``tiny_model_dir`` fixture (tests/conftest.py): a saved tiny
 model whose tokenizer carries the project's special tokens and chat template, exactly what
@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stages import sft
 from stages.config import ConfigError, load_section
+from stages.training import checkpoints, data, launcher, trainer
+from stages.training.config import Stage1Config, Stage2Config
 from toolcall.chat_template import render_assistant
 from toolcall.messages import canonicalize_messages
 from toolcall.metadata import METADATA_FILE
@@ -102,8 +103,8 @@ def write_data(data_dir: Path, rows: int, bad_lines: list[str] | None = None) ->
     return data_dir
 
 
-def cpu_profile(**overrides: Any) -> dict[str, Any]:
-    profile = {
+def cpu_hyperparameters(**overrides: Any) -> dict[str, Any]:
+    values = {
         "learning_rate": 3.0e-3,
         "min_learning_rate": 1.0e-4,
         "lr_scheduler": "cosine_with_min_lr",
@@ -129,11 +130,11 @@ def cpu_profile(**overrides: Any) -> dict[str, Any]:
         "save_total_limit": 2,
         "seed": 7,
     }
-    profile.update(overrides)
-    return profile
+    values.update(overrides)
+    return values
 
 
-def stage_section(tmp_path: Path, model_dir: Path, data_dir: Path, **profile_overrides: Any) -> dict[str, Any]:
+def stage_section(tmp_path: Path, model_dir: Path, data_dir: Path, **overrides: Any) -> dict[str, Any]:
     return {
         "model": str(model_dir),
         "data_dir": str(data_dir),
@@ -141,8 +142,7 @@ def stage_section(tmp_path: Path, model_dir: Path, data_dir: Path, **profile_ove
         "checkpoint_dir": str(tmp_path / "checkpoints" / "stage2"),
         "dvclive_dir": str(tmp_path / "dvclive" / "stage2"),
         "tool_format": "v2",
-        "profile": "cpu",
-        "profiles": {"cpu": cpu_profile(**profile_overrides), "gpu": cpu_profile(deepspeed=None)},
+        **cpu_hyperparameters(**overrides),
         "launcher": "python",
         "accelerate": {
             "config_file": str(REPO / "stages/configs/accelerate_zero2.yaml"),
@@ -165,7 +165,7 @@ def labelled_runs(input_ids: list[int], labels: list[int]) -> list[list[int]]:
     runs: list[list[int]] = []
     previous = False
     for token, label in zip(input_ids, labels, strict=True):
-        current = label != sft.IGNORE_INDEX
+        current = label != data.IGNORE_INDEX
         if current:
             assert label == token, "a label must be the token itself (the model shifts internally)"
             if not previous:
@@ -186,7 +186,7 @@ def test_loss_mask_covers_exactly_the_generation_spans(tiny_model_dir: Path) -> 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = tool_conversation("Paris")
     tools = [WEATHER_TOOL, TIME_TOOL]
-    input_ids, labels, truncated = sft.tokenize_conversation(tokenizer, messages, tools, "v2", 4096)
+    input_ids, labels, truncated = data.tokenize_conversation(tokenizer, messages, tools, "v2", 4096)
     assert not truncated
 
     # The spans the model must learn, read off the rendered text: after each <|ASSISTANT|>, from
@@ -209,7 +209,7 @@ def test_loss_mask_covers_exactly_the_generation_spans(tiny_model_dir: Path) -> 
     assert runs == expected
     # Nothing else is trained on: prompt, tools, tool results and role tokens stay at -100.
     unlabelled = tokenizer.decode(
-        [t for t, label in zip(input_ids, labels, strict=True) if label == sft.IGNORE_INDEX],
+        [t for t, label in zip(input_ids, labels, strict=True) if label == data.IGNORE_INDEX],
         skip_special_tokens=False,
     )
     for prompt_part in ("You are a helpful assistant.", "Weather and time in Paris?", '{"temp": 21}', "<|USER|>"):
@@ -222,13 +222,13 @@ def test_truncation_keeps_the_start_and_drops_rows_left_without_targets(tiny_mod
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = tool_conversation("Oslo")
-    full_ids, _, _ = sft.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", 100_000)
+    full_ids, _, _ = data.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", 100_000)
     first_target = next(i for i, t in enumerate(full_ids) if t == tokenizer.convert_tokens_to_ids("<|FUNCTION_CALL|>"))
-    ids, labels, truncated = sft.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target + 3)
+    ids, labels, truncated = data.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target + 3)
     assert truncated and ids == full_ids[: first_target + 3]
-    assert sum(label != sft.IGNORE_INDEX for label in labels) == 3
-    with pytest.raises(sft.RowError, match="no_trainable_tokens_within_max_length"):
-        sft.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target)
+    assert sum(label != data.IGNORE_INDEX for label in labels) == 3
+    with pytest.raises(data.RowError, match="no_trainable_tokens_within_max_length"):
+        data.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target)
 
 
 def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -249,7 +249,7 @@ def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) 
         ),
     ]
     data_dir = write_data(tmp_path / "data", rows=6, bad_lines=bad)
-    split = sft.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0)
+    split = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0)
     assert len(split.input_ids) == 6
     assert dict(split.dropped) == {
         "invalid_json": 1,
@@ -267,8 +267,8 @@ def test_tool_format_reaches_the_template(tiny_model_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages, tools = tool_conversation("Lima"), [WEATHER_TOOL, TIME_TOOL]
-    v1, _, _ = sft.tokenize_conversation(tokenizer, messages, tools, "v1", 4096)
-    v2, _, _ = sft.tokenize_conversation(tokenizer, messages, tools, "v2", 4096)
+    v1, _, _ = data.tokenize_conversation(tokenizer, messages, tools, "v1", 4096)
+    v2, _, _ = data.tokenize_conversation(tokenizer, messages, tools, "v2", 4096)
     assert v1 != v2
 
 
@@ -338,7 +338,7 @@ def _complete_checkpoints(checkpoint_dir: Path) -> list[int]:
 
 def _stage_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop(sft.LAUNCHED_ENV, None)
+    env.pop(launcher.LAUNCHED_ENV, None)
     # One thread: a model this small gains nothing from two, and on a busy machine two OpenMP
     # threads per process make each step several times slower.
     env.update({"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -375,9 +375,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(
 
     # Second run: the same command (in this process to save start-up time). Saving less often is
     # bookkeeping, not a different run: the checkpoint stays resumable.
-    section["profiles"]["cpu"]["save_steps"] = 100
+    section["save_steps"] = 100
     write_params(params, section)
-    with caplog.at_level(logging.INFO, logger="stages.sft"):
+    with caplog.at_level(logging.INFO, logger="stages.training"):
         train_stage2.main(["--params", str(params)])
     resumed_from = int(re.search(r"resuming from \S*checkpoint-(\d+)", caplog.text).group(1))
     assert resumed_from >= killed_at[-1]
@@ -395,25 +395,25 @@ def test_killed_run_resumes_from_its_last_checkpoint(
 def test_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, tiny_model_dir: Path) -> None:
     data_dir = write_data(tmp_path / "data", rows=4)
     section = stage_section(tmp_path, tiny_model_dir, data_dir)
-    config = sft.Stage2Config.model_validate(section)
+    config = Stage2Config.model_validate(section)
     checkpoint_dir = Path(config.checkpoint_dir)
 
-    assert sft.prepare_checkpoint_dir(config, "v2") is None
+    assert checkpoints.prepare_checkpoint_dir(config, "v2") is None
     for step in (2, 4):
         (checkpoint_dir / f"checkpoint-{step}").mkdir()
         (checkpoint_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (checkpoint_dir / "checkpoint-6").mkdir()  # killed while saving: no trainer_state.json
-    assert sft.prepare_checkpoint_dir(config, "v2") == checkpoint_dir / "checkpoint-4"
+    assert checkpoints.prepare_checkpoint_dir(config, "v2") == checkpoint_dir / "checkpoint-4"
     assert not (checkpoint_dir / "checkpoint-6").exists()
 
-    changed = sft.Stage2Config.model_validate({**section, "profiles": {"cpu": cpu_profile(learning_rate=1e-3)}})
-    assert sft.prepare_checkpoint_dir(changed, "v2") is None
+    changed = Stage2Config.model_validate({**section, "learning_rate": 1e-3})
+    assert checkpoints.prepare_checkpoint_dir(changed, "v2") is None
     assert not list(checkpoint_dir.glob("checkpoint-*"))
 
     (checkpoint_dir / "checkpoint-2").mkdir()
     (checkpoint_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (data_dir / "train.jsonl").write_text((data_dir / "train.jsonl").read_text() * 2)
-    assert sft.prepare_checkpoint_dir(changed, "v2") is None  # new data: start over
+    assert checkpoints.prepare_checkpoint_dir(changed, "v2") is None  # new data: start over
 
 
 # ------------------------------------------------------------------------------------------
@@ -464,8 +464,8 @@ def test_zero2_step_on_cpu_single_process(tmp_path: Path, tiny_model_dir: Path) 
 
 def test_accelerate_command_for_multi_gpu_and_multi_node(tmp_path: Path, tiny_model_dir: Path) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    single = sft.Stage1Config.model_validate(params["train_stage1"])
-    argv = sft.accelerate_command(single, "stages.train_stage1", "params.yaml")
+    single = Stage1Config.model_validate(params["train_stage1"])
+    argv = launcher.accelerate_command(single, "stages.train_stage1", "params.yaml")
     assert argv == [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", "stages/configs/accelerate_zero2.yaml",
@@ -485,8 +485,8 @@ def test_accelerate_command_for_multi_gpu_and_multi_node(tmp_path: Path, tiny_mo
             "main_process_port": 29555,
         },
     }
-    multi = sft.Stage2Config.model_validate(multi_section)
-    argv = sft.accelerate_command(multi, "stages.train_stage2", "custom.yaml")
+    multi = Stage2Config.model_validate(multi_section)
+    argv = launcher.accelerate_command(multi, "stages.train_stage2", "custom.yaml")
     assert argv[3:] == [
         "--config_file", "stages/configs/accelerate_multinode_zero3.yaml",
         "--num_machines", "4", "--num_processes", "32", "--machine_rank", "2",
@@ -514,14 +514,14 @@ def test_accelerate_launcher_reexecutes_the_stage(tmp_path: Path, tiny_model_dir
         seen.update(argv=argv, env=env)
         return subprocess.CompletedProcess(argv, 0)
 
-    monkeypatch.delenv(sft.LAUNCHED_ENV, raising=False)
-    monkeypatch.setattr(sft.subprocess, "run", fake_run)
+    monkeypatch.delenv(launcher.LAUNCHED_ENV, raising=False)
+    monkeypatch.setattr(launcher.subprocess, "run", fake_run)
     from stages import train_stage2
 
     train_stage2.main(["--params", str(params)])
     assert seen["argv"][-4:] == ["--module", "stages.train_stage2", "--params", str(params)]
-    assert seen["env"][sft.LAUNCHED_ENV] == "1"
-    assert (Path(section["checkpoint_dir"]) / sft.FINGERPRINT_FILE).is_file()
+    assert seen["env"][launcher.LAUNCHED_ENV] == "1"
+    assert (Path(section["checkpoint_dir"]) / checkpoints.FINGERPRINT_FILE).is_file()
     assert not Path(section["output_dir"]).exists()
 
 
@@ -548,28 +548,37 @@ def test_accelerate_launch_trains_with_zero2_on_cpu(tmp_path: Path, tiny_model_d
 # ------------------------------------------------------------------------------------------
 
 
-def test_repository_params_are_valid() -> None:
-    stage1 = load_section("train_stage1", sft.Stage1Config, REPO / "params.yaml")
-    stage2 = load_section("train_stage2", sft.Stage2Config, REPO / "params.yaml")
-    for config, length in ((stage1, 4096), (stage2, 8192)):
-        gpu = config.profiles["gpu"]
-        assert (gpu.learning_rate, gpu.min_learning_rate, gpu.warmup_steps) == (2e-5, 1e-6, 50)
-        assert gpu.lr_scheduler == "cosine_with_min_lr" and gpu.bf16 and gpu.max_length == length
-        assert gpu.deepspeed == "stages/configs/zero2.json"
-    assert stage1.profiles["gpu"].num_train_epochs == 2 and stage2.profiles["gpu"].num_train_epochs == 1
-    assert stage2.profiles["gpu"].max_grad_norm == 3.0
+def test_stage_modules_import_no_heavy_library() -> None:
+    """`--help` and config errors stay instant: torch, transformers and trl load only to train."""
+    code = ("import sys, stages.train_stage1, stages.train_stage2, stages.evaluate\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', 'datasets',"
+            " 'fastapi', 'uvicorn'})\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_stage_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_repository_params_are_the_cpu_default() -> None:
+    stage1 = load_section("train_stage1", Stage1Config, REPO / "params.yaml")
+    stage2 = load_section("train_stage2", Stage2Config, REPO / "params.yaml")
+    for config in (stage1, stage2):
+        # GPU values live in recipes/gpu-8x.yaml (tests/test_gpu_recipe.py), not here.
+        assert config.launcher == "python" and config.deepspeed is None and not config.bf16
+        assert config.dtype == "float32" and config.max_steps is not None
     assert stage2.tool_format in ("v1", "v2")
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s: s.update(profile="tpu"), "profile 'tpu' is not one of"),
+        # The old per-hardware keys are refused: GPU values come from a recipe.
+        (lambda s: s.update(profile="gpu"), "Extra inputs are not permitted"),
         (lambda s: s.update(tool_format="v3"), "tool_format"),
-        (lambda s: s["profiles"]["cpu"].update(learning_rate=1e-6, min_learning_rate=1e-5), "must be below"),
-        (lambda s: s["profiles"]["cpu"].update(lr_rate=1e-3), "Extra inputs are not permitted"),
-        (lambda s: s["profiles"]["cpu"].pop("max_length"), "max_length"),
-        (lambda s: s["profiles"]["cpu"].update(deepspeed="nowhere/zero2.json"), "deepspeed config not found"),
+        (lambda s: s.update(learning_rate=1e-6, min_learning_rate=1e-5), "must be below"),
+        (lambda s: s.update(lr_rate=1e-3), "Extra inputs are not permitted"),
+        (lambda s: s.pop("max_length"), "max_length"),
+        (lambda s: s.update(deepspeed="nowhere/zero2.json"), "deepspeed config not found"),
         (lambda s: s["accelerate"].update(num_machines=2, num_processes=2), "main_process_ip"),
         (lambda s: s["accelerate"].update(machine_rank=1), "out of range"),
         (lambda s: s.update(launcher="accelerate", accelerate={**s["accelerate"], "config_file": "x.yaml"}),
@@ -582,7 +591,7 @@ def test_config_errors_are_reported(tmp_path: Path, tiny_model_dir: Path, change
     change(section)
     params = write_params(tmp_path / "params.yaml", section)
     with pytest.raises(ConfigError, match=message):
-        load_section("train_stage2", sft.Stage2Config, params)
+        load_section("train_stage2", Stage2Config, params)
 
 
 def test_cli_exits_with_a_clear_error(tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

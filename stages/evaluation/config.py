@@ -1,0 +1,88 @@
+"""The ``evaluate`` params section: models to evaluate, BFCL categories, bfcl and server settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from stages.config import ConfigError, StrictModel, load_section
+from stages.evaluation.categories import INTERNET_CATEGORIES, SCORING_CATEGORIES
+
+FC_SUFFIX = "-FC"
+
+
+class ModelEntry(StrictModel):
+    path: str
+    format: Literal["auto", "octupus", "hermes"]
+
+
+class ServerSettings(StrictModel):
+    backend: Literal["transformers", "vllm"]
+    engine: Literal["llguidance", "lm-format-enforcer"]
+    # BFCL sends no max_tokens: this is the server's default output cap for every request.
+    max_output_tokens: int
+    # null: the model's own context (SmolLM2: 8,192; some multi-turn cases need > 4,096).
+    max_context: int | None
+    threads: int | None
+    # transformers backend: requests decoded together (continuous batching; 1 = one at a time).
+    max_batch: int = Field(ge=1)
+    # transformers backend: MiB of prompt KV kept for reuse (multi-turn steps resend the whole
+    # conversation); 0 = off.
+    prefix_cache_mb: float = Field(ge=0)
+    startup_timeout_s: float
+    extra_args: list[str]
+
+
+class EvaluateConfig(StrictModel):
+    models: dict[str, ModelEntry]
+    # category -> number of leading cases, or "all"
+    categories: dict[str, int | Literal["all"]]
+    bfcl_model: str
+    bfcl_venv: str
+    work_dir: str
+    metrics_dir: str
+    # cases bfcl sends at once (its --num-threads); more than the server's batch only queues.
+    concurrency: int = Field(ge=1)
+    server: ServerSettings
+
+    @field_validator("categories")
+    @classmethod
+    def _check_categories(cls, value: dict[str, int | str]) -> dict[str, int | str]:
+        if not value:
+            raise ValueError("at least one category is needed")
+        refused = [c for c in value if c in INTERNET_CATEGORIES]
+        if refused:
+            raise ValueError(
+                f"categories {refused} need the internet (web_search calls SerpAPI, memory_* needs a "
+                "downloaded embedding model and its prerequisite runs) and would silently score 0 here; "
+                "remove them")
+        unknown = [c for c in value if c not in SCORING_CATEGORIES]
+        if unknown:
+            raise ValueError(f"unknown BFCL categories {unknown}; known: {list(SCORING_CATEGORIES)}")
+        bad = [c for c, n in value.items() if n != "all" and (isinstance(n, bool) or n < 1)]
+        if bad:
+            raise ValueError(f"case counts must be >= 1 or 'all': {bad}")
+        return value
+
+    @field_validator("bfcl_model")
+    @classmethod
+    def _check_bfcl_model(cls, value: str) -> str:
+        # bfcl maps '_' in result folder names back to '/', and only FC names take the tools path.
+        if "_" in value or not value.endswith(FC_SUFFIX):
+            raise ValueError(f"bfcl_model '{value}' must end with '{FC_SUFFIX}' and contain no '_'")
+        return value
+
+    @property
+    def api_model_name(self) -> str:
+        """What bfcl sends as ``model``: its registry name without ``-FC``."""
+        return self.bfcl_model[: -len(FC_SUFFIX)]
+
+
+def load_config(path: str | os.PathLike[str], model_key: str) -> tuple[EvaluateConfig, ModelEntry]:
+    config = load_section("evaluate", EvaluateConfig, path)
+    if model_key not in config.models:
+        raise ConfigError(f"{path}: evaluate.models has no '{model_key}' (known: {sorted(config.models)})")
+    return config, config.models[model_key]
+

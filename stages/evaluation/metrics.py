@@ -1,0 +1,62 @@
+"""The evaluation's outputs: ``<metrics_dir>/<key>.json`` (DVC metrics) and ``<key>_categories.csv``.
+
+The JSON holds accuracy / correct / total per category, BFCL's group scores and overall score over
+the categories run (``subset: true`` unless every scoring category ran in full), and ``validity``
+(:mod:`stages.evaluation.results`). The CSV has one row per category, for a DVC bar chart.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from stages.evaluation import EvalError
+from stages.evaluation.categories import SCORING_CATEGORIES
+from stages.evaluation.config import EvaluateConfig, ModelEntry
+from stages.evaluation.results import check_validity, find_errors, read_results
+from stages.evaluation.scores import aggregate, read_scores
+
+
+def build_metrics(model_key: str, entry: ModelEntry, config: EvaluateConfig, bfcl_root: Path,
+                  cases_doc: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Metrics from bfcl's work dir (results, scores) and the runner's case list; fails on errors."""
+    categories = list(config.categories)
+    cases = cases_doc["cases"]
+    model_dir = config.bfcl_model.replace("/", "_")
+    results = read_results(bfcl_root / "result" / model_dir, categories)
+    problems = find_errors([c["id"] for c in cases], results)
+    if problems:
+        raise EvalError(f"{len(problems)} of {len(cases)} BFCL cases failed during generation "
+                        f"(bfcl still exits 0); first ones:\n  " + "\n  ".join(problems[:5]))
+    scores = read_scores(bfcl_root / "score" / model_dir, categories)
+    available = cases_doc["available"]
+    subset = set(categories) != set(SCORING_CATEGORIES) or any(
+        scores[c].total < int(available[c]) for c in categories)
+    return {
+        "model": model_key,
+        "model_path": entry.path,
+        "format": entry.format,
+        "bfcl_model": config.bfcl_model,
+        "subset": subset,
+        "cases": len(cases),
+        "categories": {c: s.as_dict() for c, s in scores.items()},
+        **aggregate(scores),
+        "validity": check_validity(cases, results).as_dict(),
+        "seconds": round(seconds, 1),
+    }
+
+
+def write_outputs(metrics: dict[str, Any], metrics_dir: Path, model_key: str) -> tuple[Path, Path]:
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    json_path = metrics_dir / f"{model_key}.json"
+    csv_path = metrics_dir / f"{model_key}_categories.csv"
+    json_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["category", "accuracy", "correct", "total"])
+        for category, s in metrics["categories"].items():
+            writer.writerow([category, f"{s['accuracy']:.4f}", s["correct"], s["total"]])
+    return json_path, csv_path
+

@@ -1,0 +1,127 @@
+"""bfcl's result files: what the model answered per case, inference errors, and call validity.
+
+A result file (``result/<model>/<group>/BFCL_v4_<category>_result.json``) is JSON lines, one per
+case: ``{"id", "result", ...}``. Single-turn FC results are lists of ``{name: arguments_json}``;
+multi-turn results nest them as turns -> steps -> calls; text answers are strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stages.evaluation import EvalError
+from stages.evaluation.scores import VERSION_PREFIX
+
+ERROR_PREFIX = "Error during inference"
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise EvalError(f"{path}:{n}: not JSON ({exc})") from exc
+    return rows
+
+
+def read_results(result_root: Path, categories: Sequence[str]) -> dict[str, Any]:
+    """Every case's raw ``result`` by id, from ``BFCL_v4_<category>_result.json`` files."""
+    results: dict[str, Any] = {}
+    for category in categories:
+        for path in sorted(result_root.rglob(f"{VERSION_PREFIX}_{category}_result.json")):
+            for row in load_jsonl(path):
+                results[row["id"]] = row.get("result")
+    return results
+
+
+def find_errors(expected_ids: Sequence[str], results: dict[str, Any]) -> list[str]:
+    """Cases that did not produce a model answer: missing, or bfcl's recorded inference error.
+
+    ``bfcl generate`` exits 0 even when every request failed (it writes the exception text as the
+    case's result), so this is the only place such a run is caught.
+    """
+    problems = []
+    for case_id in expected_ids:
+        if case_id not in results:
+            problems.append(f"{case_id}: no result written")
+        elif isinstance(results[case_id], str) and results[case_id].startswith(ERROR_PREFIX):
+            problems.append(f"{case_id}: {results[case_id][:300]}")
+    return problems
+
+
+def iter_calls(result: Any) -> Iterator[tuple[str, Any]]:
+    """(name, raw arguments) of every tool call in a result, at any nesting depth.
+
+    Single-turn FC results are lists of ``{name: arguments_json}``; multi-turn results nest them
+    as turns -> steps -> calls. Text answers are strings and hold no call.
+    """
+    if isinstance(result, list):
+        for item in result:
+            yield from iter_calls(item)
+    elif isinstance(result, dict):
+        for name, arguments in result.items():
+            yield name, arguments
+
+
+@dataclass
+class Validity:
+    calls: int = 0
+    valid: int = 0
+    unknown_name: int = 0
+    bad_json: int = 0
+    schema_violation: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            # No call at all makes the share undefined; 1.0 would claim something never tested.
+            "validity": self.valid / self.calls if self.calls else None,
+            "tool_calls": self.calls, "valid_calls": self.valid, "unknown_name": self.unknown_name,
+            "bad_json": self.bad_json, "schema_violation": self.schema_violation,
+            "invalid_examples": self.examples,
+        }
+
+
+def check_validity(cases: Sequence[dict[str, Any]], results: dict[str, Any], max_examples: int = 5) -> Validity:
+    """Check every returned call against the tools its case offered (the tools bfcl sent)."""
+    from jsonschema import SchemaError
+    from jsonschema.validators import validator_for
+
+    out = Validity()
+
+    def bad(kind: str, message: str) -> None:
+        setattr(out, kind, getattr(out, kind) + 1)
+        if len(out.examples) < max_examples:
+            out.examples.append(message)
+
+    for case in cases:
+        schemas = {t["name"]: t.get("parameters") or {"type": "object"} for t in case["tools"]}
+        for name, raw in iter_calls(results.get(case["id"])):
+            out.calls += 1
+            where = f"{case['id']} {name}"
+            if name not in schemas:
+                bad("unknown_name", f"{where}: name not offered")
+                continue
+            try:
+                arguments = json.loads(raw) if isinstance(raw, str) else raw
+            except json.JSONDecodeError as exc:
+                bad("bad_json", f"{where}: arguments are not JSON ({exc.msg})")
+                continue
+            schema = schemas[name]
+            try:
+                validator = validator_for(schema)(schema)
+                error = next(iter(validator.iter_errors(arguments)), None)
+            except SchemaError as exc:
+                raise EvalError(f"{where}: the offered schema itself is invalid: {exc.message}") from exc
+            if error is not None:
+                bad("schema_violation", f"{where}: {error.message[:200]}")
+                continue
+            out.valid += 1
+    return out

@@ -1,0 +1,120 @@
+"""The ``train_stage1`` / ``train_stage2`` params sections as typed, strict config objects.
+
+A section holds its paths, the hyperparameters and the launcher, all at one level. ``params.yaml``
+gives the 2-core CPU values; a recipe (``recipes/gpu-8x.yaml``) sets the GPU ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from stages.config import StrictModel
+from toolcall.chat_template import DEFAULT_TOOL_FORMAT
+
+# Fields that change how often a run logs, saves or evaluates, not what it trains: editing them
+# keeps the checkpoints resumable.
+BOOKKEEPING_FIELDS = ("logging_steps", "save_steps", "save_total_limit", "eval_steps", "max_eval_rows")
+
+
+class TrainHyperparameters(StrictModel):
+    """What a run trains with (CPU budget in params.yaml, the original's values in the GPU recipes)."""
+
+    learning_rate: PositiveFloat
+    min_learning_rate: NonNegativeFloat = Field(description="floor of cosine_with_min_lr")
+    lr_scheduler: Literal["cosine_with_min_lr", "cosine", "linear", "constant_with_warmup"]
+    warmup_steps: NonNegativeInt
+    num_train_epochs: PositiveFloat
+    max_steps: PositiveInt | None = Field(description="stop after this many optimizer steps; null: epochs decide")
+    max_length: PositiveInt = Field(description="packed sequence length; longer conversations are truncated")
+    per_device_batch_size: PositiveInt = Field(description="packed sequences per device and micro-step")
+    gradient_accumulation_steps: PositiveInt
+    max_grad_norm: PositiveFloat
+    weight_decay: NonNegativeFloat
+    bf16: bool = Field(description="bf16 mixed precision (CPU autocast on CPU)")
+    dtype: Literal["float32", "bfloat16"] = Field(description="dtype the weights are loaded and saved in")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"]
+    gradient_checkpointing: bool
+    deepspeed: str | None = Field(description="DeepSpeed JSON config (e.g. stages/configs/zero2.json); null: none")
+    trainable_top_layers: PositiveInt | None = Field(
+        description="train only the top N decoder layers + embeddings + final norm; null: all weights"
+    )
+    max_train_rows: PositiveInt | None = Field(description="random subset of the training rows; null: all")
+    max_eval_rows: NonNegativeInt | None = Field(description="validation rows for the final eval; 0: no eval")
+    eval_steps: PositiveInt | None = Field(description="also evaluate every N steps; null: only at the end")
+    logging_steps: PositiveInt
+    save_steps: PositiveInt
+    save_total_limit: PositiveInt
+    seed: int
+
+    @model_validator(mode="after")
+    def _check_hyperparameters(self) -> TrainHyperparameters:
+        if self.min_learning_rate >= self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate ({self.min_learning_rate}) must be below learning_rate ({self.learning_rate})"
+            )
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise ValueError(f"deepspeed config not found: {self.deepspeed}")
+        return self
+
+    def hyperparameters(self) -> dict[str, object]:
+        """The hyperparameter fields alone, as JSON values (what a checkpoint was trained with)."""
+        return self.model_dump(mode="json", include=set(TrainHyperparameters.model_fields))
+
+
+class AccelerateSettings(StrictModel):
+    """Arguments of ``accelerate launch`` used when ``launcher: accelerate``.
+
+    ``config_file`` carries the static part (DeepSpeed plugin, mixed precision); the topology is
+    given here so one config file serves every cluster size.
+    """
+
+    config_file: str
+    num_machines: PositiveInt
+    num_processes: PositiveInt = Field(description="total processes over all machines (GPUs)")
+    machine_rank: NonNegativeInt
+    main_process_ip: str | None
+    main_process_port: PositiveInt | None
+
+    @model_validator(mode="after")
+    def _check(self) -> AccelerateSettings:
+        if self.num_processes < self.num_machines:
+            raise ValueError("num_processes counts processes over all machines: it cannot be below num_machines")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} is out of range for {self.num_machines} machine(s)")
+        if self.num_machines > 1 and (self.main_process_ip is None or self.main_process_port is None):
+            raise ValueError("multi-node runs need main_process_ip and main_process_port")
+        return self
+
+
+class SFTStageConfig(TrainHyperparameters):
+    """One training stage: inputs, outputs, hyperparameters and launcher."""
+
+    model: str = Field(description="input model directory (HF layout)")
+    data_dir: str = Field(description="directory holding train.jsonl and validation.jsonl")
+    output_dir: str
+    checkpoint_dir: str
+    dvclive_dir: str
+    launcher: Literal["python", "accelerate"]
+    accelerate: AccelerateSettings
+
+    @model_validator(mode="after")
+    def _check_launcher(self) -> SFTStageConfig:
+        if self.launcher == "accelerate" and not Path(self.accelerate.config_file).is_file():
+            raise ValueError(f"accelerate config not found: {self.accelerate.config_file}")
+        return self
+
+
+class Stage1Config(SFTStageConfig):
+    pass
+
+
+class Stage2Config(SFTStageConfig):
+    tool_format: Literal["v1", "v2"] = Field(description="recipe passed to the chat template as `tool_format`")
+
+
+def tool_format_of(config: SFTStageConfig) -> str:
+    """The ``tool_format`` the chat template renders this stage's rows with."""
+    return getattr(config, "tool_format", DEFAULT_TOOL_FORMAT)

@@ -1,0 +1,73 @@
+"""Training curves and the run summary, written with dvclive (``dvclive/<stage>/``, DVC plots/metrics)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TRAIN_CURVES = frozenset({"loss", "learning_rate", "grad_norm", "mean_token_accuracy"})
+EVAL_CURVES = frozenset({"eval_loss", "eval_mean_token_accuracy"})
+
+
+def _trim_dvclive_history(dvclive_dir: Path, last_step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from, so the curves do not fold back."""
+    for tsv in (dvclive_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            continue
+        header, rows = lines[0], lines[1:]
+        columns = header.split("\t")
+        if "step" not in columns:
+            continue
+        index = columns.index("step")
+        kept = [r for r in rows if int(float(r.split("\t")[index])) <= last_step]
+        tsv.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+
+
+def make_dvclive_callback(dvclive_dir: str, resume_step: int | None) -> Any:
+    """A TrainerCallback that writes train/eval curves to ``dvclive_dir`` on the main process."""
+    from transformers import TrainerCallback
+
+    class DVCLiveMetrics(TrainerCallback):
+        """Own callback rather than transformers' DVCLiveCallback: that one writes a dvc.yaml of
+        its own and may start DVC experiments, and the pipeline's dvc.yaml is the only one."""
+
+        def __init__(self) -> None:
+            self.live: Any = None
+
+        def _open(self) -> Any:
+            if self.live is None:
+                from dvclive import Live
+
+                resume = resume_step is not None and Path(dvclive_dir).is_dir()
+                if resume:
+                    _trim_dvclive_history(Path(dvclive_dir), resume_step)
+                self.live = Live(dir=dvclive_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
+            return self.live
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            live = self._open()
+            live.step = state.global_step
+            for key, value in logs.items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    continue
+                if key in EVAL_CURVES:
+                    live.log_metric(f"eval/{key[len('eval_'):]}", value)
+                elif key in TRAIN_CURVES:
+                    live.log_metric(f"train/{key}", value)
+            live.make_summary()
+
+        def close(self, extra_summary: dict[str, dict[str, Any]]) -> None:
+            if self.live is None:
+                return
+            for group, values in extra_summary.items():
+                self.live.summary.setdefault(group, {}).update(values)
+            self.live.make_summary()
+            self.live.end()
+
+    return DVCLiveMetrics()
+
+

@@ -1,0 +1,183 @@
+"""Training rows: ``data/filtered`` lines rendered by the tokenizer's chat template, with labels.
+
+The labels are the tokens inside the template's ``{% generation %}`` spans (what the model must
+learn) and :data:`IGNORE_INDEX` elsewhere. Rows that cannot be trained on are dropped and counted
+by reason, never fatal. What reaches the trainer is :meth:`TokenizedSplit.columns`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from stages.config import ConfigError
+from toolcall.arguments import ArgumentsError
+from toolcall.messages import canonicalize_messages
+from stages.training.config import SFTStageConfig
+
+if TYPE_CHECKING:  # heavy imports stay inside functions
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+class TokenizedRow(NamedTuple):
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+@dataclass
+class TokenizedSplit:
+    input_ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+    rows_read: int = 0
+
+    def add(self, row: TokenizedRow) -> None:
+        self.truncated += row.truncated
+        self.input_ids.append(row.input_ids)
+        self.labels.append(row.labels)
+
+    def columns(self) -> dict[str, list[list[int]]]:
+        """The dataset columns the trainer reads (one list per row)."""
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(sum(1 for t in row if t != IGNORE_INDEX) for row in self.labels)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(row) for row in self.input_ids)
+
+
+class RowError(ValueError):
+    """A data row that cannot be trained on; the reason becomes a drop counter."""
+
+
+def decode_row(line: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parse one ``data/filtered`` line into (messages, tools) as plain Python lists."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RowError("invalid_json") from exc
+    if not isinstance(row, dict) or "messages" not in row:
+        raise RowError("missing_messages")
+    try:
+        messages = json.loads(row["messages"]) if isinstance(row["messages"], str) else row["messages"]
+        tools_raw = row.get("tools") or "[]"
+        tools = json.loads(tools_raw) if isinstance(tools_raw, str) else tools_raw
+    except json.JSONDecodeError as exc:
+        raise RowError("invalid_nested_json") from exc
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise RowError("messages_not_a_list")
+    if not isinstance(tools, list):
+        raise RowError("tools_not_a_list")
+    if not any(m.get("role") == "assistant" for m in messages):
+        raise RowError("no_assistant_turn")
+    return messages, tools
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    tool_format: str,
+    max_length: int,
+) -> TokenizedRow:
+    """Render with the tokenizer's template; labels are the ``{% generation %}`` tokens, -100 elsewhere.
+
+    Raises :class:`RowError` when nothing trainable is left.
+    """
+    try:
+        # Train on the exact argument bytes the server's parser returns (compact JSON).
+        messages = canonicalize_messages(messages)
+    except ArgumentsError as exc:
+        raise RowError("invalid_arguments") from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # tool_calls of the wrong shape
+        raise RowError("invalid_tool_calls") from exc
+    try:
+        encoded = tokenizer.apply_chat_template(
+            messages,
+            tools=tools or None,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            tool_format=tool_format,
+        )
+    except Exception as exc:  # the template raises on malformed turns; one bad row must not stop training
+        raise RowError(f"template_error:{type(exc).__name__}") from exc
+    input_ids = list(encoded["input_ids"])
+    mask = list(encoded["assistant_masks"])
+    truncated = len(input_ids) > max_length
+    input_ids, mask = input_ids[:max_length], mask[:max_length]
+    labels = [tok if m else IGNORE_INDEX for tok, m in zip(input_ids, mask, strict=True)]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise RowError("no_trainable_tokens_within_max_length" if truncated else "no_generation_span")
+    return TokenizedRow(input_ids, labels, truncated)
+
+
+def read_split(
+    path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tool_format: str,
+    max_length: int,
+    max_rows: int | None,
+    seed: int,
+) -> TokenizedSplit:
+    """Tokenize one split; a random subset of ``max_rows`` rows (fixed by ``seed``) when given."""
+    from tqdm.auto import tqdm
+
+    with path.open(encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip()]
+    split = TokenizedSplit(rows_read=len(lines))
+    if max_rows is not None and max_rows < len(lines):
+        lines = random.Random(seed).sample(lines, max_rows)
+    for line in tqdm(lines, desc=f"tokenizing {path}", unit="row", mininterval=2.0):
+        try:
+            messages, tools = decode_row(line)
+            row = tokenize_conversation(tokenizer, messages, tools, tool_format, max_length)
+        except RowError as exc:
+            split.dropped[str(exc)] += 1
+            continue
+        split.add(row)
+    log.info(
+        "%s: %d rows read, %d used (%d truncated to %d tokens), dropped %s; %d tokens, %d trained",
+        path,
+        split.rows_read,
+        len(split.input_ids),
+        split.truncated,
+        max_length,
+        dict(split.dropped) or "none",
+        split.tokens,
+        split.trained_tokens,
+    )
+    return split
+
+
+def read_stage_splits(
+    config: SFTStageConfig, tokenizer: PreTrainedTokenizerBase, tool_format: str
+) -> tuple[TokenizedSplit, TokenizedSplit | None]:
+    """The stage's training split and its validation split (None when off, missing or empty)."""
+    data_dir = Path(config.data_dir)
+    train_path, eval_path = data_dir / "train.jsonl", data_dir / "validation.jsonl"
+    if not train_path.is_file():
+        raise ConfigError(f"training data not found: {train_path}")
+    train_split = read_split(train_path, tokenizer, tool_format, config.max_length, config.max_train_rows, config.seed)
+    if not train_split.input_ids:
+        raise ConfigError(f"{train_path}: no usable rows (dropped: {dict(train_split.dropped)})")
+    eval_split = None
+    if config.max_eval_rows != 0 and eval_path.is_file():
+        eval_split = read_split(eval_path, tokenizer, tool_format, config.max_length, config.max_eval_rows, config.seed)
+        if not eval_split.input_ids:
+            eval_split = None
+    return train_split, eval_split
