@@ -174,7 +174,8 @@ class ResponseBuilder:
         if output_tokens is not None:
             usage = {"input_tokens": self.prompt_tokens, "output_tokens": output_tokens,
                      "total_tokens": self.prompt_tokens + output_tokens,
-                     "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+                     "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                     "output_tokens_details": {"reasoning_tokens": 0}}
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "model": req.model,
             "status": status,

@@ -32,6 +32,18 @@ def backend_argv(argv: list[str]) -> list[str]:
     return list(argv)
 
 
+def save_hermes_model(tokenizer: Any, out: Any) -> Any:
+    """A tiny random llama with a ChatML tokenizer (SmolLM2's), served in the hermes format; saved to ``out``."""
+    from stages.hf_assets import build_tiny_model
+
+    # vLLM's CPU attention needs heads at least 32 wide.
+    heads = dict(hidden_size=64, num_heads=2, num_kv_heads=1) if TEST_BACKEND == "vllm" else dict(hidden_size=32)
+    model = build_tiny_model(tokenizer, arch="llama", intermediate_size=64, **heads)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 class LoopbackServer:
     """`python -m serve` ARGV, served on a free loopback port; `core_hook` may wrap the built core."""
 

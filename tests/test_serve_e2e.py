@@ -23,7 +23,7 @@ import openai
 import pytest
 import torch
 
-from loopback_server import TEST_BACKEND
+from loopback_server import TEST_BACKEND, save_hermes_model
 from loopback_server import LoopbackServer as Server
 
 MODEL = "tiny"
@@ -410,15 +410,7 @@ def test_invalid_call_is_a_server_error_never_a_result(model_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hermes_model_dir(smollm2_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stages.hf_assets import build_tiny_model
-
-    # vLLM's CPU attention needs heads at least 32 wide.
-    heads = dict(hidden_size=64, num_heads=2, num_kv_heads=1) if TEST_BACKEND == "vllm" else dict(hidden_size=32)
-    model = build_tiny_model(smollm2_tokenizer, arch="llama", intermediate_size=64, **heads)
-    out = tmp_path_factory.mktemp("hermes_tiny")
-    model.save_pretrained(out)
-    smollm2_tokenizer.save_pretrained(out)
-    return out
+    return save_hermes_model(smollm2_tokenizer, tmp_path_factory.mktemp("hermes_tiny"))
 
 
 def test_hermes_format_on_chatml_model(hermes_model_dir: Path) -> None:
