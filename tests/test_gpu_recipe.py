@@ -15,7 +15,6 @@ import json
 import re
 import shlex
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +240,7 @@ def documented_gpu_install() -> tuple[set[str], list[str]]:
     the project's extras expanded from pyproject.toml, and its other commands."""
     from packaging.requirements import Requirement
 
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     dry = subprocess.run(["make", "-n", "-B", "setup-gpu"], cwd=REPO, capture_output=True, text=True, check=True)
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     installed: set[str] = set()
