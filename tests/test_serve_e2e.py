@@ -21,9 +21,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-import torch
 
-from loopback_server import TEST_BACKEND, save_hermes_model
+from loopback_server import TEST_BACKEND, save_hermes_model, scripted_output
 from loopback_server import LoopbackServer as Server
 
 MODEL = "tiny"
@@ -363,35 +362,9 @@ def test_api_key(model_dir: Path) -> None:
 
 def test_invalid_call_is_a_server_error_never_a_result(model_dir: Path) -> None:
     """A faulty engine must be caught by validation: 500 naming the engine, counted, no call returned."""
-    from serve.constraints.base import Matcher, ToolGrammar
+    from serve.constraints.base import ToolGrammar
 
-    class Scripted(Matcher):
-        """Forces a fixed output token by token: a call whose arguments break the schema."""
-
-        def __init__(self, script: list[int], eos: int) -> None:
-            self.script, self.eos, self.pos = script, eos, 0
-
-        def apply(self, logits: torch.Tensor) -> None:
-            keep = self.script[self.pos] if self.pos < len(self.script) else self.eos
-            value = logits[keep].clone()
-            logits.fill_(float("-inf"))
-            logits[keep] = value
-
-        def consume(self, token_id: int) -> bool:
-            self.pos += 1
-            return True
-
-        def is_finished(self) -> bool:
-            return self.pos >= len(self.script)
-
-        def is_accepting(self) -> bool:
-            return self.is_finished()
-
-    def hook(core: Any) -> Any:
-        text = '<|FUNCTION_CALL|>get<|PARAMETERS|>{"city": 5}'
-        script = core.tokenizer(text, add_special_tokens=False)["input_ids"]
-        core.engine.matcher = lambda compiled: Scripted(script, core.tokenizer.eos_token_id)
-        return core
+    hook = scripted_output('<|FUNCTION_CALL|>get<|PARAMETERS|>{"city": 5}')
 
     def wrong_grammar_hook(core: Any) -> Any:
         # vLLM samples inside its own engine, so a local matcher cannot steer it: the fault is put

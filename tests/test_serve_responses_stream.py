@@ -180,3 +180,37 @@ def test_unversioned_routes_need_the_key_too(tiny_model_dir: Path) -> None:
         assert httpx.get(srv.base + "/health").status_code == 200
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(("script", "detail"), [
+    ('<|FUNCTION_CALL|>get<|PARAMETERS|>{"city": 5}', "city"),  # fails the schema
+    ('<|FUNCTION_CALL|>get<|PARAMETERS|>{"city": "x"} more', "after the complete arguments"),  # text after a call
+])
+def test_a_faulty_engine_fails_the_response(tiny_model_dir: Path, script: str, detail: str) -> None:
+    """An engine that lets a bad call through: the plain answer is a 500 naming the engine, the stream
+    ends in `response.failed` and never marks the call complete. Text after a call's closed arguments
+    is caught while streaming, before the client could take the call as complete."""
+    from loopback_server import scripted_output
+
+    srv = Server(["--model", str(tiny_model_dir), "--served-model-name", MODEL, *LIMITS],
+                 core_hook=scripted_output(script))
+    try:
+        body = {"model": MODEL, "input": "hi", "tools": TOOLS, "tool_choice": "required"}
+        plain = httpx.post(srv.base + "/v1/responses", json=body, timeout=60)
+        assert plain.status_code == 500 and "llguidance" in plain.json()["error"]["message"]
+        events = stream_events(srv.base, body)
+        failed = events[-1]
+        assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+        assert "llguidance" in failed["response"]["error"]["message"] and detail in failed["response"]["error"]["message"]
+        assert failed["response"]["error"]["code"] == "server_error"
+        assert all(item["status"] == "incomplete" for item in failed["response"]["output"])
+        assert not any(e["type"] == "response.function_call_arguments.done" for e in events)
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                "tools": [{"type": "function", "function": {"name": "get", "parameters": WEATHER}}],
+                "tool_choice": "required"}
+        with httpx.stream("POST", srv.base + "/v1/chat/completions", json=chat, timeout=60) as r:
+            chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+        assert all(ch.get("finish_reason") != "tool_calls" for c in chunks for ch in c.get("choices", []))
+        assert detail in chunks[-1]["error"]["message"]
+    finally:
+        srv.stop()
