@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # On CPU machines torch is pinned to the 2.13.0 CPU build (a bare `torch` pulls a multi-GB CUDA
-# build). GPU users: `make setup CONSTRAINTS=` and install the `gpu` extra.
+# build). GPU machines install with `make setup-gpu` instead (below).
 CONSTRAINTS ?= constraints/cpu.txt
 # deepspeed is part of the default install so its ZeRO-2 path is tested on CPU; DS_BUILD_OPS=0
 # builds it from source in seconds without compiling any CUDA/CPU kernels.
@@ -37,15 +37,23 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS) scripts/install_assets.sh
 	VENV=$(VENV) bash scripts/install_assets.sh
 	touch $(STAMP)
 
-# GPU machines: vLLM first, then the project (which lifts llguidance to the version the grammar
-# engine needs; pip warns about vLLM's older pin, vLLM runs fine with it — see pyproject.toml).
+# GPU machines: the one install of everything the GPU recipes (recipes/gpu-*.yaml) run; the recipe
+# test (tests/test_gpu_recipe.py) checks the recipes against what this target installs.
+# vLLM first (it brings torch 2.13 with CUDA), then the project with the dev and gpu (DeepSpeed)
+# extras, which lifts llguidance to the version the grammar engine needs (pip warns about vLLM's
+# older pin; vLLM runs fine with it — see pyproject.toml), then FlashAttention-2 built against that
+# torch (the recipes train with attn_implementation flash_attention_2), then bfcl-eval's virtualenv.
+GPU_PACKAGES := vllm==0.32.0
+GPU_ATTENTION := flash-attn==2.8.3.post2
 setup-gpu:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
-	$(PIP) install -q vllm==0.32.0
+	$(PIP) install -q $(GPU_PACKAGES)
 	$(PIP) install -q -e ".[dev,gpu]"
+	$(PIP) install -q --no-build-isolation $(GPU_ATTENTION)
 	VENV=$(VENV) bash scripts/install_assets.sh
 	touch $(STAMP)
+	$(MAKE) bfcl-venv
 
 # bfcl-eval pins conflict with the project's (numpy, vLLM): it gets its own virtualenv.
 BFCL_STAMP := .venv-bfcl/.octupus-bfcl-installed

@@ -10,8 +10,8 @@
 #   - VLLM_CPU_OMP_THREADS_BIND must stay unset (the tests and serve leave it alone); binding to
 #     cores that another process owns deadlocks the worker on a shared 2-core machine.
 #
-# GPU users do not need this script: `pip install -e .[gpu]` installs the CUDA `vllm` wheel into the
-# main environment.
+# GPU users do not need this script: `make setup-gpu` installs the CUDA `vllm` wheel into the main
+# environment.
 #
 # Usage: scripts/vllm_venv.sh            (VLLM_VENV=.venv-vllm PYTHON=python3 by default)
 set -euo pipefail

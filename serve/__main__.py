@@ -4,8 +4,8 @@
         [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
         [--served-model-name NAME]
 
---backend vllm runs vLLM's V1 engine (GPU: `pip install vllm==0.32.0` then `pip install -e .`; CPU:
-scripts/vllm_venv.sh builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
+--backend vllm runs vLLM's V1 engine (GPU: `make setup-gpu` installs it; CPU: scripts/vllm_venv.sh
+builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
 --kv-cache-memory-bytes and --enforce-eager; see serve/backends/vllm_backend.py.
 """
 

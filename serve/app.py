@@ -22,8 +22,18 @@ from serve.serving_responses import ResponsesServing
 log = logging.getLogger(__name__)
 
 
+# The API answers at /v1/... and, for clients whose base URL has no /v1 (the original project's
+# `OPENAI_BASE_URL=http://localhost:8000`), at the same paths without it.
+API_PREFIXES = ("/v1", "")
+API_PATHS = ("/models", "/chat/completions", "/responses")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith("/v1/") or path in API_PATHS
+
+
 class ApiKeyCheck:
-    """ASGI middleware: 401 on /v1/* unless the request carries the server's key (when one is set)."""
+    """ASGI middleware: 401 on the API's paths unless the request carries the server's key (when one is set)."""
 
     def __init__(self, app: Any, state: Any) -> None:
         self.app = app
@@ -32,7 +42,7 @@ class ApiKeyCheck:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         core: ServingCore | None = getattr(self.state, "core", None)
         key = core.config.api_key if core is not None else None
-        if scope["type"] == "http" and key and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and key and is_api_path(scope["path"]):
             given = Headers(scope=scope).get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), key.encode()):
@@ -78,20 +88,24 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         core: ServingCore = request.app.state.core
         names = (core.config.model_name, *core.config.aliases)
         cards = ModelList(data=[ModelCard(id=n, created=request.app.state.created) for n in names])
         return JSONResponse(cards.model_dump())
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         return await request.app.state.chat.create(body, request)
 
-    @app.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request) -> Any:
         return await request.app.state.responses.create(body, request)
+
+    for prefix in API_PREFIXES:
+        # The unversioned twins are the same handlers, left out of the OpenAPI document.
+        documented = prefix == "/v1"
+        app.get(prefix + "/models", include_in_schema=documented)(models)
+        app.post(prefix + "/chat/completions", include_in_schema=documented)(chat_completions)
+        app.post(prefix + "/responses", include_in_schema=documented)(responses)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

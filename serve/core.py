@@ -264,6 +264,10 @@ class ServingCore:
                     sent_calls.append(SentCall(id=f"call_{uuid.uuid4().hex[:24]}"))
                     yield CallStart(index=i, id=sent_calls[i].id, name=call.name)
                 sent = sent_calls[i]
+                if sent.validated and len(call.arguments) > sent.arguments_sent:
+                    # Complete arguments never grow: text after them is the engine's fault.
+                    self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
+                    raise InvalidToolCall(self.engine.name, f"text after the complete arguments of '{call.name}'")
                 if len(call.arguments) > sent.arguments_sent:
                     yield ArgsDelta(index=i, text=call.arguments[sent.arguments_sent:])
                     sent.arguments_sent = len(call.arguments)
@@ -303,6 +307,10 @@ class ServingCore:
             parsed = self._parse(prep, self._decode(ids, True), finished)
             yield from diff(parsed, True)
             complete = sum(1 for sent in sent_calls if sent.validated)
+            if finished and not all(call.complete for call in parsed.calls):
+                # The grammar ends a turn only after a call's arguments: ending inside one is its fault.
+                self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
+                raise InvalidToolCall(self.engine.name, "the turn ended inside a tool call")
             if finished and complete:
                 reason = "tool_calls"
             elif finished:

@@ -51,6 +51,9 @@ class CallResult:
     id: str
     name: str
     arguments: str = ""
+    # False for a call cut by max_tokens or the repetition guard inside its arguments: they are the
+    # cut text, never a JSON object. A complete call's arguments closed and were validated.
+    complete: bool = True
 
 
 @dataclass
@@ -75,9 +78,12 @@ def assemble(events: list[Event]) -> ChoiceResult:
         elif isinstance(ev, Failed):
             raise ev.error
         elif isinstance(ev, Finished):
-            # A call still open when generation stopped is incomplete: never returned as a call.
-            complete = [call for i, call in sorted(calls.items()) if i < ev.complete_calls]
+            # What the stream has sent is what the answer holds: a call still open when generation
+            # stopped is returned too, marked incomplete (its arguments are the cut text).
+            started = [call for _, call in sorted(calls.items())]
+            for i, call in enumerate(started):
+                call.complete = i < ev.complete_calls
             text = "".join(content)
-            return ChoiceResult(content=text if (text or not complete) else None, calls=complete,
+            return ChoiceResult(content=text if (text or not started) else None, calls=started,
                                 finish_reason=ev.reason, completion_tokens=ev.completion_tokens)
     raise ServerError("generation ended without a result")

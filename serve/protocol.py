@@ -140,17 +140,27 @@ class ChatCompletionResponse(_Out):
 # ---------------------------------------------------------------- responses API: request
 
 
-class ResponsesFunctionTool(_Request):
-    type: Literal["function"] = "function"
-    name: str
+class ResponsesTool(_Request):
+    # Any type parses, so that a built-in tool (web_search, file_search...) gets a 400 naming it
+    # (serving_responses) rather than a validation error about a missing name.
+    type: str = "function"
+    name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ResponsesNamedChoice(_Request):
-    type: Literal["function"] = "function"
-    name: str
+class ResponsesToolChoice(_Request):
+    type: str  # "function" with a name; other types (built-in tools, allowed_tools) are refused by name
+    name: str | None = None
+
+
+class ResponsesTextFormat(_Request):
+    type: str
+
+
+class ResponsesText(_Request):
+    format: ResponsesTextFormat | None = None
 
 
 class ResponsesRequest(_Request):
@@ -159,15 +169,23 @@ class ResponsesRequest(_Request):
     # must name the offending item.
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    tools: list[ResponsesFunctionTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | ResponsesNamedChoice | None = None
+    tools: list[ResponsesTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ResponsesToolChoice | None = None
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_output_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)  # torch's generator range
     stream: bool = False
-    store: bool | None = None
+    store: bool | None = None  # accepted either way; nothing is stored (the response says store: false)
+    text: ResponsesText | None = None
+    include: list[str] | None = None
+    # Typed only to be refused with a clear 400 (serving_responses.refuse_unsupported); `reasoning`,
+    # `metadata`, `truncation`... are ignored like any other unknown field.
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None
 
 
 class ModelCard(_Out):

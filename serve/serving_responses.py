@@ -1,24 +1,35 @@
-"""POST /v1/responses (function tools only), the endpoint BFCL's ``gpt-*`` model names use.
+"""POST /v1/responses (function tools only), the endpoint BFCL's ``gpt-*`` model names and agent SDKs use.
 
 The request becomes the same :class:`serve.inputs.GenerationInputs` the chat endpoint builds: input
 items become chat messages by role, ``function_call`` items become the assistant's tool calls,
 ``function_call_output`` items become tool messages. Generation, grammar and validation are the core's.
+
+The answer is one response object, or (``stream: true``) OpenAI's event sequence: ``response.created``,
+``response.in_progress``, per output item ``response.output_item.added`` ... ``.done`` (a message
+with its content part and ``response.output_text.delta`` / ``.done``; a function call with
+``response.function_call_arguments.delta`` / ``.done``), and one terminal event carrying the whole
+response: ``response.completed``, ``response.incomplete`` or ``response.failed``. Both are written by
+:class:`ResponseBuilder` from the same events, so the terminal event's response is the plain answer.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from serve.core import ServingCore
-from serve.errors import APIError, BadRequest, error_response
-from serve.events import assemble
+from serve.core import Prepared, ServingCore
+from serve.errors import APIError, BadRequest, ServerError, error_response
+from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished
 from serve.inputs import GenerationInputs, ToolChoice
 from serve.protocol import ResponsesRequest, new_id, now
+from serve.sse import GenerationStream
 from toolcall.messages import ContentError, text_of
 
 ENDPOINT = "responses"
@@ -74,16 +85,188 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     return messages
 
 
+# Includable values that ask for nothing this server produces (it has no reasoning items).
+HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
+
+
+def refuse_unsupported(req: ResponsesRequest) -> None:
+    """A 400 naming each Responses feature this server does not have, rather than ignoring it."""
+    if req.previous_response_id is not None:
+        raise BadRequest("previous_response_id: this server stores no responses; send the whole conversation "
+                         "as input items", param="previous_response_id", code="previous_response_not_found")
+    if req.conversation is not None:
+        raise BadRequest("conversation: this server stores no conversations; send the whole conversation as "
+                         "input items", param="conversation")
+    if req.background:
+        raise BadRequest("background responses are not supported", param="background")
+    if req.prompt is not None:
+        raise BadRequest("prompt: stored prompt templates are not supported; send instructions and input",
+                         param="prompt")
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type != "text":
+        raise BadRequest(f"text.format of type '{fmt.type}' is not supported; only 'text' (tool arguments are "
+                         "always constrained to their schemas)", param="text.format")
+    for value in req.include or []:
+        if value not in HARMLESS_INCLUDES:
+            raise BadRequest(f"include: '{value}' is not supported", param="include")
+
+
+def function_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's tools in chat form; a 400 for built-in tools (web search, file search...)."""
+    tools = []
+    for i, tool in enumerate(req.tools or []):
+        if tool.type != "function":
+            raise BadRequest(f"tools[{i}]: tool type '{tool.type}' is not supported; this server runs function "
+                             "tools only", param="tools")
+        if tool.name is None:
+            raise BadRequest(f"tools[{i}]: a function tool needs a 'name'", param="tools")
+        tools.append({"type": "function",
+                      "function": tool.model_dump(exclude_none=True, include={"name", "description", "parameters"})})
+    return tools
+
+
+def tool_choice(req: ResponsesRequest, has_tools: bool) -> ToolChoice:
+    choice = req.tool_choice
+    if choice is not None and not isinstance(choice, str):
+        if choice.type != "function":
+            raise BadRequest(f"tool_choice of type '{choice.type}' is not supported; use 'none', 'auto', "
+                             "'required' or {'type': 'function', 'name': ...}", param="tool_choice")
+        if choice.name is None:
+            raise BadRequest("tool_choice of type 'function' needs a 'name'", param="tool_choice")
+    return ToolChoice.of(choice, has_tools)
+
+
 def responses_inputs(req: ResponsesRequest) -> GenerationInputs:
-    if req.stream:
-        raise BadRequest("streaming is not supported on /v1/responses; use /v1/chat/completions", param="stream")
-    tools = [{"type": "function", "function": t.model_dump(exclude_none=True, exclude={"type", "strict"})}
-             for t in req.tools or []]
+    refuse_unsupported(req)
+    tools = function_tools(req)
     return GenerationInputs(
         model=req.model, messages=input_to_messages(req), tools=tools,
-        tool_choice=ToolChoice.of(req.tool_choice, bool(tools)),
+        tool_choice=tool_choice(req, bool(tools)),
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
+
+
+class ResponseBuilder:
+    """One response built from a choice's events: the output items as they open, grow and close,
+    the SSE events that say so, and the response object in any state.
+
+    A message is ``incomplete`` when the response is; a function call is ``completed`` once its
+    arguments closed and validated, ``incomplete`` when generation stopped inside them.
+    ``response.function_call_arguments.done`` is sent for complete calls only.
+    """
+
+    def __init__(self, req: ResponsesRequest, prompt_tokens: int) -> None:
+        self.req = req
+        self.prompt_tokens = prompt_tokens
+        self.id = new_id("resp_")
+        self.created_at = now()
+        self.items: list[dict[str, Any]] = []  # every output item so far; the last may be open
+        self.open = False
+        self.sequence = 0
+        self.final: dict[str, Any] | None = None  # the response of the terminal event, once sent
+
+    # ------------------------------------------------------------ the response object
+
+    def response(self, status: str, output_tokens: int | None = None, error: APIError | None = None) -> dict[str, Any]:
+        req = self.req
+        named = req.tool_choice.model_dump(exclude_none=True) if hasattr(req.tool_choice, "model_dump") else None
+        usage = None
+        if output_tokens is not None:
+            usage = {"input_tokens": self.prompt_tokens, "output_tokens": output_tokens,
+                     "total_tokens": self.prompt_tokens + output_tokens,
+                     "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                     "output_tokens_details": {"reasoning_tokens": 0}}
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at, "model": req.model,
+            "status": status,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "error": {"code": "server_error", "message": error.message} if error is not None else None,
+            "instructions": req.instructions, "output": copy.deepcopy(self.items),
+            "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+            "tool_choice": named or req.tool_choice or "auto",
+            "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
+            "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_output_tokens,
+            "text": {"format": {"type": "text"}}, "store": False, "usage": usage,
+        }
+
+    # ------------------------------------------------------------ events
+
+    def event(self, type_: str, **fields: Any) -> dict[str, Any]:
+        ev = {"type": type_, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return ev
+
+    def start(self) -> Iterator[dict[str, Any]]:
+        yield self.event("response.created", response=self.response("in_progress"))
+        yield self.event("response.in_progress", response=self.response("in_progress"))
+
+    def _add(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self.items.append(item)
+        self.open = True
+        yield self.event("response.output_item.added", output_index=len(self.items) - 1, item=copy.deepcopy(item))
+
+    def _close(self, status: str) -> Iterator[dict[str, Any]]:
+        """Close the open item with ``status`` (completed / incomplete)."""
+        if not self.open:
+            return
+        self.open = False
+        index, item = len(self.items) - 1, self.items[-1]
+        item["status"] = status
+        if item["type"] == "message":
+            part = item["content"][0]
+            common = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            yield self.event("response.output_text.done", **common, text=part["text"], logprobs=[])
+            yield self.event("response.content_part.done", **common, part=dict(part))
+        elif status == "completed":
+            yield self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                             arguments=item["arguments"])
+        yield self.event("response.output_item.done", output_index=index, item=copy.deepcopy(item))
+
+    def take(self, ev: Event) -> Iterator[dict[str, Any]]:
+        """The SSE events for one generation event (the terminal one included)."""
+        if isinstance(ev, ContentDelta):
+            if not self.items:
+                item = {"type": "message", "id": new_id("msg_"), "status": "in_progress", "role": "assistant",
+                        "content": []}
+                yield from self._add(item)
+                part = {"type": "output_text", "text": "", "annotations": []}
+                yield self.event("response.content_part.added", item_id=item["id"], output_index=0, content_index=0,
+                                 part=dict(part))
+                item["content"].append(part)
+            item = self.items[-1]
+            item["content"][0]["text"] += ev.text
+            yield self.event("response.output_text.delta", item_id=item["id"], output_index=len(self.items) - 1,
+                             content_index=0, delta=ev.text, logprobs=[])
+        elif isinstance(ev, CallStart):
+            yield from self._close("completed")  # a call starts only after the previous one closed and validated
+            yield from self._add({"type": "function_call", "id": new_id("fc_"), "call_id": ev.id, "name": ev.name,
+                                  "arguments": "", "status": "in_progress"})
+        elif isinstance(ev, ArgsDelta):
+            item = self.items[-1]
+            item["arguments"] += ev.text
+            yield self.event("response.function_call_arguments.delta", item_id=item["id"],
+                             output_index=len(self.items) - 1, delta=ev.text)
+        elif isinstance(ev, Finished):
+            status = "incomplete" if ev.reason == "length" else "completed"
+            if self.open:
+                if self.items[-1]["type"] == "message":
+                    yield from self._close(status)
+                else:
+                    calls = sum(item["type"] == "function_call" for item in self.items)
+                    yield from self._close("completed" if calls <= ev.complete_calls else "incomplete")
+            self.final = self.response(status, ev.completion_tokens)
+            yield self.event(f"response.{status}", response=self.final)
+        elif isinstance(ev, Failed):
+            # Whatever was open is not complete; the client gets the error, never a half call as done.
+            if self.open:
+                self.open = False
+                self.items[-1]["status"] = "incomplete"
+            self.final = self.response("failed", ev.completion_tokens, ev.error)
+            yield self.event("response.failed", response=self.final)
+
+
+def sse(event: dict[str, Any]) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
 class ResponsesServing:
@@ -96,35 +279,39 @@ class ResponsesServing:
             prep = await self.core.prepare(responses_inputs(req))
         except APIError as exc:
             return self.core.refuse(ENDPOINT, started, exc)
-        try:
-            result = assemble(await self.core.collect(prep, 0, raw.is_disconnected))
-        except APIError as exc:
+        if req.stream:
+            cancel = threading.Event()
+            return GenerationStream(self._stream(req, prep, started, cancel), cancel)
+        events = await self.core.collect(prep, 0, raw.is_disconnected)
+        failed = next((ev for ev in events if isinstance(ev, Failed)), None)
+        if failed is not None:
+            self.core.observe_request(ENDPOINT, failed.error.status, started, len(prep.prompt_ids))
+            return error_response(failed.error)
+        # The same builder as the stream, its events dropped: the plain answer is the stream's last response.
+        builder = ResponseBuilder(req, len(prep.prompt_ids))
+        for ev in events:
+            for _ in builder.take(ev):
+                pass
+        if builder.final is None:
+            exc = ServerError("generation ended without a result")
             self.core.observe_request(ENDPOINT, exc.status, started, len(prep.prompt_ids))
             return error_response(exc)
-        output: list[dict[str, Any]] = []
-        if result.content:
-            output.append({"type": "message", "id": new_id("msg_"), "status": "completed", "role": "assistant",
-                           "content": [{"type": "output_text", "text": result.content, "annotations": []}]})
-        for call in result.calls:
-            output.append({"type": "function_call", "id": new_id("fc_"), "call_id": call.id, "name": call.name,
-                           "arguments": call.arguments, "status": "completed"})
-        incomplete = result.finish_reason == "length"
-        tool_choice: Any = req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump") else \
-            (req.tool_choice or "auto")
-        body = {
-            "id": new_id("resp_"), "object": "response", "created_at": now(), "model": req.model,
-            "status": "incomplete" if incomplete else "completed",
-            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "error": None, "instructions": req.instructions, "output": output,
-            "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
-            "tool_choice": tool_choice,
-            "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-            "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_output_tokens,
-            "store": False,
-            "usage": {"input_tokens": len(prep.prompt_ids), "output_tokens": result.completion_tokens,
-                      "total_tokens": len(prep.prompt_ids) + result.completion_tokens,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
-        }
         self.core.observe_request(ENDPOINT, 200, started, len(prep.prompt_ids))
-        return JSONResponse(body)
+        return JSONResponse(builder.final)
+
+    async def _stream(self, req: ResponsesRequest, prep: Prepared, started: float,
+                      cancel: threading.Event) -> AsyncIterator[str]:
+        builder = ResponseBuilder(req, len(prep.prompt_ids))
+        status = 200
+        try:
+            for event in builder.start():
+                yield sse(event)
+            async for ev in self.core.stream(prep, 0, cancel):
+                if isinstance(ev, Failed):
+                    status = ev.error.status
+                for event in builder.take(ev):
+                    yield sse(event)
+        finally:
+            # Reached on normal end and when the client disconnects (GenerationStream closes the generator).
+            cancel.set()
+            self.core.observe_request(ENDPOINT, status, started, len(prep.prompt_ids))

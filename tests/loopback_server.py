@@ -32,6 +32,53 @@ def backend_argv(argv: list[str]) -> list[str]:
     return list(argv)
 
 
+def save_hermes_model(tokenizer: Any, out: Any) -> Any:
+    """A tiny random llama with a ChatML tokenizer (SmolLM2's), served in the hermes format; saved to ``out``."""
+    from stages.hf_assets import build_tiny_model
+
+    # vLLM's CPU attention needs heads at least 32 wide.
+    heads = dict(hidden_size=64, num_heads=2, num_kv_heads=1) if TEST_BACKEND == "vllm" else dict(hidden_size=32)
+    model = build_tiny_model(tokenizer, arch="llama", intermediate_size=64, **heads)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def scripted_output(text: str) -> Callable[[Any], Any]:
+    """A core hook whose engine forces ``text`` token by token, then the end of turn: a faulty
+    constraint engine, for the tests of what the core does when one lets a bad call through."""
+    import torch
+
+    from serve.constraints.base import Matcher
+
+    class Scripted(Matcher):
+        def __init__(self, script: list[int], eos: int) -> None:
+            self.script, self.eos, self.pos = script, eos, 0
+
+        def apply(self, logits: torch.Tensor) -> None:
+            keep = self.script[self.pos] if self.pos < len(self.script) else self.eos
+            value = logits[keep].clone()
+            logits.fill_(float("-inf"))
+            logits[keep] = value
+
+        def consume(self, token_id: int) -> bool:
+            self.pos += 1
+            return True
+
+        def is_finished(self) -> bool:
+            return self.pos >= len(self.script)
+
+        def is_accepting(self) -> bool:
+            return self.is_finished()
+
+    def hook(core: Any) -> Any:
+        script = core.tokenizer(text, add_special_tokens=False)["input_ids"]
+        core.engine.matcher = lambda compiled: Scripted(script, core.tokenizer.eos_token_id)
+        return core
+
+    return hook
+
+
 class LoopbackServer:
     """`python -m serve` ARGV, served on a free loopback port; `core_hook` may wrap the built core."""
 

@@ -12,6 +12,9 @@ offline BFCL category.
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +222,71 @@ def test_dvc_set_args_give_the_same_params_as_write(tmp_path: Path) -> None:
     args = dvc_set_args(load_recipe("gpu-8x", RECIPES))
     dvc_apply(str(target), args[1::2])
     assert read_params(target) == merged
+
+
+# ----------------------------------------------------------------------------- the one GPU install
+
+# What a recipe setting needs installed, by distribution name.
+BACKEND_DISTRIBUTION = {"vllm": "vllm", "transformers": "transformers"}
+ATTENTION_DISTRIBUTION = {"flash_attention_2": "flash-attn", "sdpa": None, "eager": None}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def documented_gpu_install() -> tuple[set[str], list[str]]:
+    """What `make setup-gpu` installs (dry run, `make -n`): the distributions its pip commands name,
+    the project's extras expanded from pyproject.toml, and its other commands."""
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    dry = subprocess.run(["make", "-n", "-B", "setup-gpu"], cwd=REPO, capture_output=True, text=True, check=True)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    installed: set[str] = set()
+    others = []
+    for line in dry.stdout.splitlines():
+        words = shlex.split(line) if not line.startswith("make") else []
+        if "pip" in " ".join(words[:1]) and words[1:2] == ["install"]:
+            args = iter(words[2:])
+            for arg in args:
+                if arg in ("-c", "--constraint"):
+                    next(args)
+                elif arg == "-e":
+                    extras = re.fullmatch(r"\.\[(.*)\]", next(args))
+                    assert extras, line
+                    for req in project["dependencies"] + [r for e in extras.group(1).split(",")
+                                                          for r in project["optional-dependencies"][e]]:
+                        installed.add(canonical(Requirement(req).name))
+                elif not arg.startswith("-"):
+                    installed.add(canonical(Requirement(arg).name))
+        elif words:
+            others.append(line)
+    return installed, others
+
+
+@pytest.mark.parametrize("name", GPU_RECIPES)
+def test_the_documented_gpu_install_provides_what_the_recipe_runs(name: str, tmp_path: Path) -> None:
+    _, path = merged_params(name, tmp_path)
+    cfg = load_all(path)
+    installed, others = documented_gpu_install()
+    assert BACKEND_DISTRIBUTION[cfg["evaluate"].server.backend] in installed  # vLLM for the evaluation
+    for stage in ("train_stage1", "train_stage2"):
+        attention = ATTENTION_DISTRIBUTION[cfg[stage].attn_implementation]
+        assert attention is None or attention in installed, (stage, attention)
+        if cfg[stage].deepspeed:
+            assert "deepspeed" in installed
+        if cfg[stage].launcher == "accelerate":
+            assert "accelerate" in installed
+    assert "bash scripts/bfcl_venv.sh" in others  # bfcl-eval's own virtualenv, which the evaluation runs
+
+
+def test_readme_and_makefile_document_one_gpu_install() -> None:
+    """`make setup-gpu` is the GPU install everywhere it is described; no second way is left."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    gpu_section = readme[readme.index("## GPU recipe"):]
+    assert "make setup-gpu" in gpu_section.split("```bash", 1)[1].split("```", 1)[0]
+    for text in (readme, makefile):
+        assert "EXTRAS=dev,gpu" not in text and "setup CONSTRAINTS=" not in text
+        assert not re.search(r"pip install (-\S+ )*(vllm|flash-attn)", text)

@@ -104,3 +104,14 @@ def test_a_stream_read_to_its_end_does_not_cancel_the_next_choice(tiny_model_dir
     assert not cancel.is_set()
     assert streamed == collected
     assert all(r.completion_tokens > 0 and r.finish_reason in ("stop", "length") for r in streamed)
+
+
+def test_assemble_returns_a_cut_call_marked_incomplete() -> None:
+    from serve.events import ArgsDelta, CallStart, Finished
+
+    events = [CallStart(0, "call_a", "f"), ArgsDelta(0, '{"city": "Oslo"}'), CallStart(1, "call_b", "f"),
+              ArgsDelta(1, '{"ci'), Finished(reason="length", completion_tokens=20, complete_calls=1)]
+    result = assemble(events)
+    assert [(c.id, c.arguments, c.complete) for c in result.calls] == [
+        ("call_a", '{"city": "Oslo"}', True), ("call_b", '{"ci', False)]
+    assert result.content is None and result.finish_reason == "length"

@@ -21,9 +21,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-import torch
 
-from loopback_server import TEST_BACKEND
+from loopback_server import TEST_BACKEND, save_hermes_model, scripted_output
 from loopback_server import LoopbackServer as Server
 
 MODEL = "tiny"
@@ -85,15 +84,27 @@ def client(server: Server) -> openai.OpenAI:
     return server.client()
 
 
+def is_cut(arguments: str) -> bool:
+    """Arguments cut by max_tokens: the object never closed, so they are not JSON."""
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return True
+    return False
+
+
 def check_calls(choice: Any, allowed: set[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Every returned call is complete, named from the request, and valid; returns (name, args)."""
+    """Every returned call is named from the request and complete and valid, except a last call
+    cut by max_tokens (finish_reason length, arguments not JSON); returns the complete (name, args)."""
     calls = choice.message.tool_calls or []
     if choice.finish_reason == "tool_calls":
         assert calls, "finish_reason tool_calls without calls"
     out = []
-    for call in calls:
+    for i, call in enumerate(calls):
         assert call.id.startswith("call_") and call.type == "function"
         assert call.function.name in allowed
+        if choice.finish_reason == "length" and i == len(calls) - 1 and is_cut(call.function.arguments):
+            break
         args = json.loads(call.function.arguments)
         jsonschema.validate(args, SCHEMAS[call.function.name])
         out.append((call.function.name, args))
@@ -174,9 +185,9 @@ def test_streaming_equals_non_streaming(client: openai.OpenAI) -> None:
         assert finish == full.finish_reason
         expected = [(c.function.name, c.function.arguments) for c in full.message.tool_calls or []]
         got = [(n, a) for _, n, a in (calls[i] for i in sorted(calls))]
-        if finish != "length":
-            assert got == expected
-            assert (content or None) == full.message.content
+        # Also when cut by max_tokens: the stream and the plain answer hold the same calls.
+        assert got == expected
+        assert (content or None) == full.message.content
         seen_call |= bool(expected)
         assert all(n in SCHEMAS for n in names_sent)  # names arrive whole
     assert seen_call
@@ -196,13 +207,15 @@ def test_sse_framing_and_usage(server: Server) -> None:
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
-def test_max_tokens_cut_is_length_and_never_a_call(client: openai.OpenAI) -> None:
+def test_max_tokens_cut_is_length_and_never_a_complete_call(client: openai.OpenAI) -> None:
     for seed in SEEDS:
         resp = client.chat.completions.create(model=MODEL, messages=USER, tools=PREFIX_TOOLS, tool_choice="required",
                                               seed=seed, max_completion_tokens=4)
         choice = resp.choices[0]
         assert choice.finish_reason == "length"
-        assert choice.message.tool_calls is None
+        # A call whose name was generated is returned with its cut arguments, which are not JSON.
+        assert all(is_cut(c.function.arguments) for c in choice.message.tool_calls or [])
+        assert check_calls(choice, set(SCHEMAS)) == []
         assert resp.usage.completion_tokens == 4
 
 
@@ -286,6 +299,10 @@ def test_responses_endpoint(client: openai.OpenAI) -> None:
         for item in resp.output:
             assert item.type == "function_call"
             assert item.call_id.startswith("call_") and item.name in SCHEMAS
+            if item.status == "incomplete":  # cut by the output cap inside its arguments
+                assert resp.status == "incomplete" and item is resp.output[-1] and is_cut(item.arguments)
+                continue
+            assert item.status == "completed"
             jsonschema.validate(json.loads(item.arguments), SCHEMAS[item.name])
             completed += 1
         assert resp.status in ("completed", "incomplete")
@@ -345,35 +362,9 @@ def test_api_key(model_dir: Path) -> None:
 
 def test_invalid_call_is_a_server_error_never_a_result(model_dir: Path) -> None:
     """A faulty engine must be caught by validation: 500 naming the engine, counted, no call returned."""
-    from serve.constraints.base import Matcher, ToolGrammar
+    from serve.constraints.base import ToolGrammar
 
-    class Scripted(Matcher):
-        """Forces a fixed output token by token: a call whose arguments break the schema."""
-
-        def __init__(self, script: list[int], eos: int) -> None:
-            self.script, self.eos, self.pos = script, eos, 0
-
-        def apply(self, logits: torch.Tensor) -> None:
-            keep = self.script[self.pos] if self.pos < len(self.script) else self.eos
-            value = logits[keep].clone()
-            logits.fill_(float("-inf"))
-            logits[keep] = value
-
-        def consume(self, token_id: int) -> bool:
-            self.pos += 1
-            return True
-
-        def is_finished(self) -> bool:
-            return self.pos >= len(self.script)
-
-        def is_accepting(self) -> bool:
-            return self.is_finished()
-
-    def hook(core: Any) -> Any:
-        text = '<|FUNCTION_CALL|>get<|PARAMETERS|>{"city": 5}'
-        script = core.tokenizer(text, add_special_tokens=False)["input_ids"]
-        core.engine.matcher = lambda compiled: Scripted(script, core.tokenizer.eos_token_id)
-        return core
+    hook = scripted_output('<|FUNCTION_CALL|>get<|PARAMETERS|>{"city": 5}')
 
     def wrong_grammar_hook(core: Any) -> Any:
         # vLLM samples inside its own engine, so a local matcher cannot steer it: the fault is put
@@ -410,15 +401,7 @@ def test_invalid_call_is_a_server_error_never_a_result(model_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hermes_model_dir(smollm2_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stages.hf_assets import build_tiny_model
-
-    # vLLM's CPU attention needs heads at least 32 wide.
-    heads = dict(hidden_size=64, num_heads=2, num_kv_heads=1) if TEST_BACKEND == "vllm" else dict(hidden_size=32)
-    model = build_tiny_model(smollm2_tokenizer, arch="llama", intermediate_size=64, **heads)
-    out = tmp_path_factory.mktemp("hermes_tiny")
-    model.save_pretrained(out)
-    smollm2_tokenizer.save_pretrained(out)
-    return out
+    return save_hermes_model(smollm2_tokenizer, tmp_path_factory.mktemp("hermes_tiny"))
 
 
 def test_hermes_format_on_chatml_model(hermes_model_dir: Path) -> None:

@@ -89,8 +89,14 @@ def test_incremental_parse_never_retracts(shape: Any) -> None:
                 sent_args[i] = call.arguments
     final = parse_turn(shape, text, finished=True)
     assert [(c.name, c.arguments, c.complete) for c in final.calls] == [(n, a, True) for n, a in calls]
-    cut = parse_turn(shape, text[:-3], finished=False)
-    assert not cut.calls[-1].complete
+    # A call is complete once its arguments close, whether or not its end-of-call marker follows
+    # (a max_tokens cut inside the marker); a cut inside the arguments leaves it incomplete.
+    args_start = text.rindex(calls[-1][1])
+    args_end = args_start + len(calls[-1][1])
+    for end in range(args_start, len(text) + 1):
+        last = parse_turn(shape, text[:end], finished=False).calls[-1]
+        assert (last.arguments, last.complete) == ((calls[-1][1], True) if end >= args_end else
+                                                   (last.arguments, False)), end
 
 
 def test_text_is_held_while_it_could_still_become_a_call() -> None:

@@ -126,7 +126,14 @@ def test_catastrophic_pattern_is_bounded(http: httpx.Client) -> None:
     assert time.perf_counter() - started < TIME_BOUND
     assert r.status_code in (200, 400), r.text[:500]
     if r.status_code == 200:
-        for call in r.json()["choices"][0]["message"].get("tool_calls") or []:
+        choice = r.json()["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        if calls and choice["finish_reason"] == "length":
+            try:
+                json.loads(calls[-1]["function"]["arguments"])
+            except ValueError:
+                calls = calls[:-1]  # cut by max_tokens inside its arguments: returned, not complete
+        for call in calls:
             assert set(json.loads(call["function"]["arguments"])["a"]) <= {"a"}
 
 

@@ -1,7 +1,8 @@
 """Load: many concurrent clients against `python -m serve` in its own process, on loopback.
 
 One run mixes non-streaming and streaming chat completions with and without tools (tool_choice
-auto / required / named), the Responses endpoint, and streaming clients that go away mid-stream.
+auto / required / named), the Responses endpoint (plain and streamed), and streaming clients of
+both endpoints that go away mid-stream.
 It checks what an operator relies on under load:
 
 - no request fails: every client that stays gets a 200 and a well-formed body, and every tool
@@ -141,6 +142,15 @@ def check_call(name: str, arguments: str, offered: set[str]) -> None:
     jsonschema.validate(json.loads(arguments), SCHEMAS[name])
 
 
+def is_cut(arguments: str) -> bool:
+    """Arguments cut by max_tokens: the object never closed, so they are not JSON."""
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return True
+    return False
+
+
 def check_chat_body(body: dict[str, Any], offered: set[str]) -> int:
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert body["model"] == MODEL
@@ -151,8 +161,10 @@ def check_chat_body(body: dict[str, Any], offered: set[str]) -> int:
     calls = message.get("tool_calls") or []
     if choice["finish_reason"] == "tool_calls":
         assert calls and message["content"] is None
-    for call in calls:
+    for i, call in enumerate(calls):
         assert call["id"].startswith("call_") and call["type"] == "function"
+        if choice["finish_reason"] == "length" and i == len(calls) - 1 and is_cut(call["function"]["arguments"]):
+            break  # cut by max_tokens inside its arguments
         check_call(call["function"]["name"], call["function"]["arguments"], offered)
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0
@@ -210,9 +222,9 @@ async def chat_stream(client: httpx.AsyncClient, kind: str, seed: int, tools: li
         usage = chunks[-1]["usage"]
         assert chunks[-1]["choices"] == [] and usage["completion_tokens"] <= max_tokens + 1
         offered = {t["function"]["name"] for t in tools or []}
-        # Only a choice that ended (not cut by max_tokens) has only complete calls.
-        if finish != "length":
-            for name, arguments in calls.values():
+        # Every call is complete and valid, except a last one cut by max_tokens inside its arguments.
+        for i, (name, arguments) in sorted(calls.items()):
+            if not (finish == "length" and i == len(calls) - 1 and is_cut(arguments)):
                 check_call(name, arguments, offered)
         if finish == "tool_calls":
             assert calls
@@ -236,12 +248,40 @@ async def responses(client: httpx.AsyncClient, seed: int, with_tools: bool) -> O
         resp = r.json()
         assert resp["object"] == "response" and resp["status"] in ("completed", "incomplete")
         assert resp["usage"]["input_tokens"] > 0
-        for item in resp["output"]:
-            assert item["type"] in ("message", "function_call")
-            if item["type"] == "function_call":
-                check_call(item["name"], item["arguments"], {t["name"] for t in RESPONSES_TOOLS} if with_tools
-                           else set())
-                out.calls += 1
+        check_response(resp, with_tools)
+        out.calls = sum(item["type"] == "function_call" for item in resp["output"])
+        out.ok = True
+    except Exception as exc:
+        out.problem = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def check_response(resp: dict[str, Any], with_tools: bool) -> None:
+    assert resp["object"] == "response" and resp["status"] in ("completed", "incomplete")
+    assert resp["usage"]["input_tokens"] > 0
+    for item in resp["output"]:
+        assert item["type"] in ("message", "function_call")
+        if item["type"] == "function_call":
+            if item["status"] == "incomplete":  # cut by the output cap inside its arguments
+                assert resp["status"] == "incomplete" and item is resp["output"][-1]
+                continue
+            assert item["status"] == "completed"
+            check_call(item["name"], item["arguments"], {t["name"] for t in RESPONSES_TOOLS} if with_tools else set())
+
+
+async def responses_stream(client: httpx.AsyncClient, seed: int) -> Outcome:
+    """A streamed Responses call with tools; its terminal event carries the whole response."""
+    out = Outcome("responses+stream")
+    body = {"model": MODEL, "input": "weather in Oslo?", "temperature": 1.0, "seed": seed, "stream": True,
+            "max_output_tokens": CALL_TOKENS, "tools": RESPONSES_TOOLS, "tool_choice": "required"}
+    try:
+        async with client.stream("POST", "/v1/responses", json=body) as r:
+            assert r.status_code == 200, f"{r.status_code}: {(await r.aread())[:300]!r}"
+            events = [json.loads(ln[6:]) async for ln in r.aiter_lines() if ln.startswith("data: ")]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        assert events[-1]["type"] in ("response.completed", "response.incomplete"), events[-1]["type"]
+        check_response(events[-1]["response"], True)
+        out.calls = sum(item["type"] == "function_call" for item in events[-1]["response"]["output"])
         out.ok = True
     except Exception as exc:
         out.problem = f"{type(exc).__name__}: {exc}"
@@ -265,6 +305,27 @@ async def disconnecting(client: httpx.AsyncClient, seed: int) -> Outcome:
                     if events == 2:
                         break
             assert events == 2, f"stream ended after {events} events"
+        out.ok = True
+    except Exception as exc:
+        out.problem = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+async def disconnecting_responses(client: httpx.AsyncClient, seed: int) -> Outcome:
+    """Stream a Responses call to `fill` and leave after its first generated event."""
+    out = Outcome("disconnect+responses", disconnected=True)
+    body = {"model": MODEL, "input": "fill", "seed": seed, "stream": True, "max_output_tokens": DISCONNECT_MAX_TOKENS,
+            "tools": [{"type": "function", "name": "fill", "parameters": LONG}],
+            "tool_choice": {"type": "function", "name": "fill"}}
+    try:
+        async with client.stream("POST", "/v1/responses", json=body) as r:
+            assert r.status_code == 200, r.status_code
+            async for line in r.aiter_lines():
+                # created and in_progress come before generation; an output item comes from it.
+                if line.startswith("data: ") and "response.output_item.added" in line:
+                    break
+            else:
+                raise AssertionError("stream ended before its first output item")
         out.ok = True
     except Exception as exc:
         out.problem = f"{type(exc).__name__}: {exc}"
@@ -304,9 +365,11 @@ def mix(round_seed: int) -> list[Any]:
     add(3, lambda c, s: chat_stream(c, "stream+auto", s, TOOLS, "auto", CALL_TOKENS))
     add(3, lambda c, s: chat_stream(c, "stream+required", s, TOOLS, "required", CALL_TOKENS))
     add(2, lambda c, s: chat_stream(c, "stream+named", s, TOOLS, named, CALL_TOKENS))
-    add(4, lambda c, s: responses(c, s, True))
+    add(2, lambda c, s: responses(c, s, True))
     add(4, lambda c, s: responses(c, s, False))
-    add(8, lambda c, s: disconnecting(c, s))
+    add(2, lambda c, s: responses_stream(c, s))
+    add(6, lambda c, s: disconnecting(c, s))
+    add(2, lambda c, s: disconnecting_responses(c, s))
     add(2, lambda c, s: impatient(c, s))
     return jobs
 
@@ -371,7 +434,8 @@ def test_concurrent_mixed_load_with_disconnects(server: ServerProcess) -> None:
     outcomes = first + outcomes
     kinds = {o.kind for o in outcomes}
     assert {"chat", "chat+auto", "chat+required", "chat+named", "stream", "stream+auto", "stream+required",
-            "stream+named", "responses", "responses+tools", "disconnect", "impatient"} <= kinds
+            "stream+named", "responses", "responses+tools", "responses+stream", "disconnect",
+            "disconnect+responses", "impatient"} <= kinds
     # The tool_choice required/named clients must have produced calls (else the call checks checked nothing).
     assert sum(o.calls for o in warm + outcomes if o.kind.endswith(("required", "named"))) > 0
 

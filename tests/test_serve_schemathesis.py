@@ -1,11 +1,14 @@
 """Property-based requests from the server's own OpenAPI schema (schemathesis), valid and invalid.
 
 Whatever schemathesis sends, the server must not fail with a 5xx, and every error must be in
-OpenAI's shape. It runs against the app on loopback with a tiny model, a few examples each.
+OpenAI's shape. It runs against the app on loopback with a tiny model, a few examples each; the
+Responses endpoint a second time with every body streamed, whose events must each be one of the
+openai SDK's event types, in OpenAI's order, ending in a response that did not fail.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,8 @@ from typing import Any
 import pytest
 import schemathesis
 import torch
+
+from responses_sse import check_sequence, sdk_event_types
 
 from serve.app import create_app
 from loopback_server import LoopbackServer
@@ -36,8 +41,7 @@ def base_url(tiny_model_dir: Path) -> Iterator[str]:
     torch.set_num_threads(before)
 
 
-@schema.parametrize()
-def test_no_server_error_and_openai_error_shape(case: Any, base_url: str) -> None:
+def keep_small(case: Any) -> None:
     if isinstance(case.body, dict):
         if isinstance(case.body.get("model"), str):
             # A random model name stops every request at the 404; this reaches templating and generation.
@@ -46,12 +50,50 @@ def test_no_server_error_and_openai_error_shape(case: Any, base_url: str) -> Non
         for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             if isinstance(case.body.get(key), int) and case.body[key] > 4:
                 case.body[key] = 4
+
+
+def check_error_shape(response: Any) -> None:
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str)
+
+
+@schema.parametrize()
+def test_no_server_error_and_openai_error_shape(case: Any, base_url: str) -> None:
+    keep_small(case)
     started = time.perf_counter()
     response = case.call(base_url=base_url, timeout=30)
     assert time.perf_counter() - started < 30
     assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
     if response.status_code >= 400:
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}, error
-        assert isinstance(error["message"], str) and error["message"]
-        assert isinstance(error["type"], str)
+        check_error_shape(response)
+
+
+EVENT_TYPES = sdk_event_types()
+
+
+@schema.include(path="/v1/responses", method="POST").parametrize()
+def test_streamed_responses_body(case: Any, base_url: str) -> None:
+    keep_small(case)
+    if isinstance(case.body, dict):
+        case.body["stream"] = True
+    started = time.perf_counter()
+    response = case.call(base_url=base_url, timeout=30)
+    assert time.perf_counter() - started < 30
+    assert response.status_code < 500, (case.body, response.text[:500])
+    if response.status_code >= 400:
+        check_error_shape(response)
+        return
+    assert response.headers["content-type"][0].startswith("text/event-stream")  # schemathesis: header lists
+    events = []
+    for block in response.text.split("\n\n"):
+        if not block:
+            continue
+        name, data = block.split("\n")
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        EVENT_TYPES[event["type"]].model_validate(event)
+        events.append(event)
+    check_sequence(events)
+    assert events[-1]["type"] != "response.failed", events[-1]

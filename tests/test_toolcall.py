@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from toolcall import source_files
-from toolcall.arguments import ArgumentsError, canonical_arguments, load_object
+from toolcall.arguments import ArgumentsError, canonical_arguments, json_object_end, load_object
 from toolcall.chat_template import CHAT_TEMPLATE, render_assistant, render_chat
 from toolcall.messages import ContentError, assistant_calls, canonicalize_messages, text_of
 from toolcall.parser import ParsedOutput, parse_text_turn, parse_turn
@@ -195,6 +195,28 @@ def test_parse_cut_calls_are_incomplete() -> None:
         cut_name = parse_turn(OCTUPUS_SHAPE, f"{FUNCTION_CALL}get{PARAMETERS}{{}}{FUNCTION_CALL}get_wea", finished)
         assert [(c.name, c.arguments) for c in cut_name.complete_calls] == [("get", "{}")]
         assert cut_name.calls[-1].name is None and not cut_name.calls[-1].complete
+
+
+def test_a_call_is_complete_when_its_arguments_close() -> None:
+    """A max_tokens cut right after the arguments' closing brace leaves a complete call: the next
+    call's marker or the end of the turn adds nothing to it."""
+    out = parse_turn(OCTUPUS_SHAPE, f'{FUNCTION_CALL}get{PARAMETERS}{{"a": {{"b": "}}"}}, "c": [1]}}', finished=False)
+    assert [(c.name, c.arguments, c.complete) for c in out.calls] == [("get", '{"a": {"b": "}"}, "c": [1]}', True)]
+    # A marker spelled inside a string value is text, not the next call.
+    quoted = f'{{"q": "{FUNCTION_CALL}x{PARAMETERS}{{"}}'
+    out = parse_turn(OCTUPUS_SHAPE, f"{FUNCTION_CALL}get{PARAMETERS}{quoted}", finished=False)
+    assert [(c.arguments, c.complete) for c in out.calls] == [(quoted, True)]
+    # Whatever no grammar allows after closed arguments stays in them, for validation to refuse.
+    junk = parse_turn(OCTUPUS_SHAPE, f'{FUNCTION_CALL}get{PARAMETERS}{{"x": 1}} tail', finished=True)
+    assert [(c.arguments, c.complete) for c in junk.calls] == [('{"x": 1} tail', True)]
+
+
+@pytest.mark.parametrize(("text", "end"), [
+    ('{"a": 1}', 8), (' {"a": "}"} x', 11), (r'{"a": "\\"}', 11), (r'{"a": "\""}', 11), ('{"a": [{}]}', 11),
+    ('{"a": 1', None), ('{"a": "}', None), (r'{"a": "\"}', None), ("[1]", None), ("", None),
+])
+def test_json_object_end(text: str, end: int | None) -> None:
+    assert json_object_end(text) == end
 
 
 @pytest.mark.parametrize(

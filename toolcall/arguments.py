@@ -11,6 +11,45 @@ from collections.abc import Mapping
 from typing import Any
 
 
+JSON_WHITESPACE = " \t\n\r"
+
+
+def json_object_end(text: str, start: int = 0) -> int | None:
+    """Where the JSON object that begins at ``text[start:]`` (after optional whitespace) closes: the
+    index just past its closing brace; None while it has not closed, or when no object begins there.
+
+    Only the nesting of brackets outside strings is followed, not the grammar of the values: it
+    tells where an object written under a JSON grammar ends (a proper prefix of an object never
+    closes), not whether it is valid (``load_object`` and the schema judge that).
+    """
+    pos = start
+    while pos < len(text) and text[pos] in JSON_WHITESPACE:
+        pos += 1
+    if pos >= len(text) or text[pos] != "{":
+        return None
+    depth = 0
+    in_string = False
+    escaped = False
+    for i in range(pos, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
 class ArgumentsError(ValueError):
     """Tool-call arguments that are not one strict JSON object."""
 

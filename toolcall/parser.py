@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from toolcall.arguments import JSON_WHITESPACE, json_object_end
 from toolcall.shapes import ToolCallShape
 
 
@@ -58,7 +59,6 @@ def parse_turn(shape: ToolCallShape, text: str, finished: bool) -> ParsedOutput:
         return ParsedOutput(content=text)
 
     calls: list[ParsedCall] = []
-    next_call = shape.call_close + shape.call_separator + open_
     pos = 0
     while text.startswith(open_, pos):
         name_start = pos + len(open_)
@@ -68,29 +68,22 @@ def parse_turn(shape: ToolCallShape, text: str, finished: bool) -> ParsedOutput:
             break
         name = text[name_start:name_end]
         args_start = name_end + len(shape.name_close)
-        if shape.call_close:
-            close = text.find(shape.call_close, args_start)
-            if close >= 0:
-                calls.append(ParsedCall(name=name, arguments=text[args_start:close], complete=True))
-                pos = close + len(shape.call_close)
-                if text.startswith(shape.call_separator + open_, pos):
-                    pos += len(shape.call_separator)
-                    continue
+        end = json_object_end(text, args_start)
+        following = _after_closed_arguments(shape, text, end, finished) if end is not None else None
+        if following is not None:
+            # The arguments object closed, followed by the call's end, the next call, or the end of
+            # the text so far: a complete call, whether or not its end-of-call marker was generated.
+            calls.append(ParsedCall(name=name, arguments=text[args_start:end], complete=True))
+            if following < 0:
                 break
-            rest = text[args_start:]
-            rest = rest[: len(rest) - held_prefix(rest, shape.call_close)]
-            calls.append(ParsedCall(name=name, arguments=rest, complete=False))
-            break
-        nxt = text.find(next_call, args_start)
-        if nxt >= 0:
-            calls.append(ParsedCall(name=name, arguments=text[args_start:nxt], complete=True))
-            pos = nxt + len(shape.call_close) + len(shape.call_separator)
+            pos = following
             continue
-        rest = text[args_start:]
-        if not finished:
-            rest = rest[: len(rest) - held_prefix(rest, next_call)]
-        calls.append(ParsedCall(name=name, arguments=rest, complete=finished))
-        break
+        # Not closed (still being generated, or cut), or followed by something no grammar allows:
+        # the arguments run to the next marker, and validation judges them.
+        call, pos = _delimited_call(shape, text, name, args_start, finished)
+        calls.append(call)
+        if pos < 0:
+            break
     return ParsedOutput(content=None, calls=calls)
 
 
@@ -103,3 +96,46 @@ def parse_text_turn(shape: ToolCallShape, text: str, finished: bool) -> ParsedOu
     elif opener and opener.startswith(text) and not finished:
         text = ""
     return ParsedOutput(content=text)
+
+
+def _after_closed_arguments(shape: ToolCallShape, text: str, end: int, finished: bool) -> int | None:
+    """After arguments closing at ``end``: where the next call starts, -1 when no next call follows
+    (the text ends, possibly inside the end-of-call marker or the separator), or None when what
+    follows is neither (an engine fault, left to validation)."""
+    pos = end
+    while pos < len(text) and text[pos] in JSON_WHITESPACE:
+        pos += 1
+    rest = text[pos:]
+    tail = shape.call_close + shape.call_separator + shape.call_open
+    if not rest or (not finished and tail.startswith(rest)):
+        return -1
+    if rest.startswith(tail):
+        return pos + len(shape.call_close) + len(shape.call_separator)
+    if shape.call_close and rest == shape.call_close:
+        return -1
+    return None
+
+
+def _delimited_call(shape: ToolCallShape, text: str, name: str, args_start: int,
+                    finished: bool) -> tuple[ParsedCall, int]:
+    """A call whose arguments are not one closed object followed by a marker: they run to the
+    end-of-call marker or the next call. Returns the call and where the next call starts (-1: none)."""
+    open_ = shape.call_open
+    if shape.call_close:
+        close = text.find(shape.call_close, args_start)
+        if close >= 0:
+            nxt = close + len(shape.call_close)
+            more = text.startswith(shape.call_separator + open_, nxt)
+            return (ParsedCall(name=name, arguments=text[args_start:close], complete=True),
+                    nxt + len(shape.call_separator) if more else -1)
+        rest = text[args_start:]
+        rest = rest[: len(rest) - held_prefix(rest, shape.call_close)]
+        return ParsedCall(name=name, arguments=rest, complete=False), -1
+    next_call = shape.call_separator + open_
+    nxt = text.find(next_call, args_start)
+    if nxt >= 0:
+        return ParsedCall(name=name, arguments=text[args_start:nxt], complete=True), nxt + len(shape.call_separator)
+    rest = text[args_start:]
+    if not finished:
+        rest = rest[: len(rest) - held_prefix(rest, next_call)]
+    return ParsedCall(name=name, arguments=rest, complete=finished), -1

@@ -56,7 +56,7 @@ _MIN_TOP_P = 1e-6  # a top_p below float32's range would drop every token inside
 # Two steps on GPU: vllm 0.32 declares llguidance<1.8, the project needs >=1.9 (the whitespace cap of
 # the grammar's JSON rules), so one resolver run over both refuses; vLLM runs fine with 1.9.
 VLLM_MISSING = ("--backend vllm needs vLLM, which is not installed in this environment. On a GPU machine: "
-                "pip install vllm==0.32.0 && pip install -e .; on CPU: bash scripts/vllm_venv.sh, then run "
+                "make setup-gpu; on CPU: bash scripts/vllm_venv.sh, then run "
                 ".venv-vllm/bin/python -m serve --backend vllm ...")
 
 
