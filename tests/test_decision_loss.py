@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stages.decision_loss import decision_weights, make_trainer_class, score_labelled_only_on_cpu  # noqa: E402
-from stages.toolcall_format import CONTENT, FUNCTION_CALL  # noqa: E402
+from stages.training.loss import decision_weights, make_trainer_class, score_labelled_only_on_cpu  # noqa: E402
+from toolcall.tokens import CONTENT, FUNCTION_CALL  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

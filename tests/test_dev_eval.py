@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from stages.dev_eval import CATEGORIES, TEXT_CATEGORIES, DevCase, build_devset, score_case, summarize
-from stages.synthetic import FC_KINDS, generate_samples
+from stages.evaluation.dev import CATEGORIES, TEXT_CATEGORIES, DevCase, build_devset, score_case, summarize
+from stages.kinds import SOURCE_KINDS
+from stages.synthetic.generator import generate_samples
 from stages.synthetic.cases import CASE_TYPES, make_case
 from stages.synthetic.function_bank import BANK, HELDOUT, HELDOUT_DOMAINS, TRAIN
 from stages.synthetic.rng import FastRandom
@@ -33,7 +34,7 @@ def _held_out_spellings() -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("kind", FC_KINDS)
+@pytest.mark.parametrize("kind", [k for k, s in SOURCE_KINDS.items() if s.offers_tools])
 def test_training_rows_never_mention_a_held_out_function(kind: str) -> None:
     spellings = _held_out_spellings()
     for sample in generate_samples(kind, 400, seed=3, malformed_fraction=0.1):
@@ -43,7 +44,8 @@ def test_training_rows_never_mention_a_held_out_function(kind: str) -> None:
 
 
 def test_the_spelling_check_finds_held_out_functions_when_they_are_there() -> None:
-    from stages.synthetic.writers import write_hermes, write_toolace
+    from stages.kinds.hermes_fc import write as write_hermes
+    from stages.kinds.toolace import write as write_toolace
 
     rng = FastRandom("control")
     spellings = _held_out_spellings()

@@ -123,6 +123,8 @@ def cpu_hyperparameters(**overrides: Any) -> dict[str, Any]:
         "deepspeed": None,
         "trainable_top_layers": None,
         "max_train_rows": None,
+        "drop_system_prompt": 0.0,
+        "decision_weight": 1.0,
         "max_eval_rows": 4,
         "eval_steps": None,
         "logging_steps": 1,

@@ -125,3 +125,56 @@ def check_validity(cases: Sequence[dict[str, Any]], results: dict[str, Any], max
                 continue
             out.valid += 1
     return out
+
+
+# ----------------------------------------------------------------------------- how answers ended
+
+
+@dataclass
+class Outcomes:
+    """How the answers of one category ended, from the runner's ``responses.jsonl``.
+
+    ``incomplete_calls``: cases with an answer cut inside a call (the server's output cap or its
+    repetition guard stopped it with a call open); bfcl reads such an answer as "no call".
+    ``text_answers``: cases whose every answer was text only (a real abstention in irrelevance).
+    ``passes_from_incomplete_calls``: cases bfcl scored correct although an answer was cut inside a
+    call (an artefact, not an abstention).
+    """
+
+    incomplete_calls: int = 0
+    text_answers: int = 0
+    passes_from_incomplete_calls: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"incomplete_calls": self.incomplete_calls, "text_answers": self.text_answers,
+                "passes_from_incomplete_calls": self.passes_from_incomplete_calls}
+
+
+def ended_inside_a_call(line: dict[str, Any]) -> bool:
+    """An answer the server cut (status incomplete) while a call was open: a call item marked
+    incomplete, or nothing at all returned (a call dropped as incomplete leaves no text either)."""
+    if line.get("status") != "incomplete":
+        return False
+    return int(line.get("incomplete_calls") or 0) > 0 or (not line.get("calls") and not line.get("text_chars"))
+
+
+def read_outcomes(path: Path, cases: Sequence[dict[str, Any]], failed: dict[str, frozenset[str]]
+                  ) -> dict[str, Outcomes]:
+    """Per category (of ``cases``: ``{"id", "category"}``) how its answers ended; ``failed`` holds
+    each category's failed case ids. A missing log (an older runner) gives empty outcomes."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    if path.is_file():
+        for line in load_jsonl(path):
+            by_case.setdefault(str(line.get("id")), []).append(line)
+    out: dict[str, Outcomes] = {}
+    for case in cases:
+        category, case_id = case["category"], str(case["id"])
+        o = out.setdefault(category, Outcomes())
+        answers = by_case.get(case_id, [])
+        if any(ended_inside_a_call(a) for a in answers):
+            o.incomplete_calls += 1
+            if case_id not in failed.get(category, frozenset()):
+                o.passes_from_incomplete_calls += 1
+        elif answers and all(not a.get("calls") and a.get("text_chars") for a in answers):
+            o.text_answers += 1
+    return out

@@ -27,7 +27,10 @@ description's example or default, and answers cut before a call completed. For t
 the decision margins are read from one teacher-forced forward pass over the right answer:
 ``call - text`` logits at the first token and ``another call - end`` after each call.
 
-    python -m stages.dev_eval --model models/stage2 --format octupus --out metrics/dev/stage2.json
+The evaluate stage runs it beside BFCL on the same server (``evaluate.dev`` in params.yaml,
+``metrics/dev/<model>.json``); alone, on any model folder::
+
+    python -m stages.evaluation.dev --model models/stage2 --format octupus --out /tmp/dev.json
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("stages.dev_eval")
+log = logging.getLogger(__name__)
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "general", "missing_info",
               "after_result", "chain_next", "multi_turn")
@@ -291,13 +294,15 @@ def decision_margins(model_dir: str, cases: list[DevCase]) -> dict[str, dict[str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.toolcall_format import CONTENT, FUNCTION_CALL, canonicalize_messages, render_assistant
-    from serve.formats import saved_tool_format
+    from toolcall.chat_template import render_assistant
+    from toolcall.messages import canonicalize_messages
+    from toolcall.metadata import saved_tool_format
+    from toolcall.tokens import CONTENT, FUNCTION_CALL
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
-    tool_format = saved_tool_format(tokenizer)
+    tool_format = saved_tool_format(model_dir)
     call_id, text_id = tokenizer.convert_tokens_to_ids([FUNCTION_CALL, CONTENT])
     eos_id = tokenizer.eos_token_id
     out: dict[str, dict[str, list[float]]] = {}
@@ -329,53 +334,63 @@ def decision_margins(model_dir: str, cases: list[DevCase]) -> dict[str, dict[str
 # ----------------------------------------------------------------------------- running it
 
 
-def run(model_dir: str, fmt: str, per_category: int, seed: int, max_tokens: int, concurrency: int,
-        server_args: list[str], work_dir: Path) -> dict[str, Any]:
-    from stages.evaluate import free_port, running_server
-
-    cases = build_devset(per_category, seed)
+def generate_and_score(cases: list[DevCase], base_url: str, api_key: str, model: str, max_tokens: int,
+                       concurrency: int, work_dir: Path) -> list[dict[str, Any]]:
+    """Ask the running server every case; keep cases and answers in ``work_dir``; return the scores."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "cases.jsonl").write_text("".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in cases),
-                                          encoding="utf-8")
-    start = time.monotonic()
-    margins = None
-    if fmt == "octupus":
-        margins = decision_margins(model_dir, cases)
-        log.info("margins computed in %.1f s", time.monotonic() - start)
-    port = free_port()
-    api_key = secrets.token_hex(8)
-    cmd = [sys.executable, "-m", "serve", "--model", model_dir, "--format", fmt, "--port", str(port),
-           "--served-model-name", "dev", "--api-key", api_key, *server_args]
-    with running_server(cmd, port, 600, work_dir / "server.log") as base_url:
-        answers = generate(cases, base_url, api_key, "dev", max_tokens, concurrency)
+    (work_dir / "cases.jsonl").write_text(
+        "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in cases), encoding="utf-8")
+    answers = generate(cases, base_url, api_key, model, max_tokens, concurrency)
     scored = [score_case(c, a) for c, a in zip(cases, answers, strict=True)]
     with (work_dir / "answers.jsonl").open("w", encoding="utf-8") as fh:
         for c, a, s in zip(cases, answers, scored, strict=True):
             fh.write(json.dumps({"id": c.id, "answer": a, "score": s}, ensure_ascii=False) + "\n")
-    result = summarize(scored, margins)
-    result["seconds"] = round(time.monotonic() - start, 1)
-    return result
+    return scored
+
+
+def margin_subset(cases: list[DevCase], per_category: int) -> list[DevCase]:
+    """The first ``per_category`` cases of each category (the margins need a forward pass each)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for case in cases:
+        if seen[case.category] < per_category:
+            seen[case.category] += 1
+            out.append(case)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the development evaluation alone on a model folder (what the evaluate stage also does)."""
+    from serve.process import free_loopback_port, running_server, serve_command
     from stages.config import setup_logging
 
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--format", default="octupus", choices=["octupus", "hermes"])
     parser.add_argument("--per-category", type=int, default=12)
+    parser.add_argument("--margin-cases", type=int, default=4, help="cases per category for the margins")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--work-dir", default=None)
-    parser.add_argument("server_args", nargs="*", help="more `python -m serve` flags (after --)")
+    parser.add_argument("server_flags", nargs="*", help="more `python -m serve` flags (after --)")
     args = parser.parse_args(argv)
     setup_logging()
-    work = Path(args.work_dir or Path(args.out).with_suffix(""))
-    server_args = args.server_args or ["--max-batch", "8", "--default-max-tokens", str(args.max_tokens)]
-    result = run(args.model, args.format, args.per_category, args.seed, args.max_tokens, args.concurrency,
-                 server_args, work)
+    work = Path(args.out).with_suffix("")
+    cases = build_devset(args.per_category, args.seed)
+    start = time.monotonic()
+    port = free_loopback_port()
+    api_key = secrets.token_hex(8)
+    flags = ["--model", args.model, "--format", args.format, "--served-model-name", "dev", "--api-key", api_key,
+             "--default-max-tokens", str(args.max_tokens), *(args.server_flags or ["--max-batch", "8"])]
+    with running_server(serve_command(port, flags), port, work / "server.log", 600) as server:
+        scored = generate_and_score(cases, server.base_url + "/v1", api_key, "dev", args.max_tokens,
+                                    args.concurrency, work)
+    margins = None
+    if args.format == "octupus" and args.margin_cases:
+        margins = decision_margins(args.model, margin_subset(cases, args.margin_cases))
+    result = summarize(scored, margins)
+    result["seconds"] = round(time.monotonic() - start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log.info("dev eval: %s", json.dumps(result["summary"]))
