@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "general", "missing_info",
               "after_result", "chain_next", "multi_turn")
 TEXT_CATEGORIES = frozenset({"irrelevance", "general", "missing_info", "after_result"})
+TEXT_STOPS = [". ", ".\n"]
 
 
 # ----------------------------------------------------------------------------- the cases
@@ -260,8 +261,10 @@ def _ask(client: Any, model: str, case: DevCase, max_tokens: int) -> dict[str, A
     import openai
 
     try:
+        # Only whether an answer is text is scored, never its wording, and no call can follow text
+        # (the grammar): a text answer may end at its first sentence. Stop strings never cut a call.
         resp = client.chat.completions.create(model=model, messages=case.messages, tools=case.tools,
-                                              temperature=0.0, max_tokens=max_tokens, seed=0)
+                                              temperature=0.0, max_tokens=max_tokens, seed=0, stop=TEXT_STOPS)
     except openai.APIError as exc:  # a refused request is the model's failure, kept as such
         return {"content": None, "calls": [], "finish": "error", "error": str(exc)[:300]}
     choice = resp.choices[0]
