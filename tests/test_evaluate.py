@@ -472,3 +472,14 @@ def test_pth_hook_registers_the_original_model_name_when_bfcl_loads_its_registry
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["gpt-4-turbo-2024-04-09", "OpenAIResponsesHandler", "True", "True", "True",
                                   str(work), "unused"]
+
+
+def test_calls_returned_cut_are_counted_as_incomplete_not_invalid():
+    cases = [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
+             {"id": "simple_python_1", "category": "simple_python", "tools": [WEATHER_TOOL]}]
+    results = {"simple_python_0": [{"get_weather": '{"city": "Oslo"}'}, {"get_weather": '{"city": "Li'}],
+               "simple_python_1": [{"get_weather": '{"city": "Ro'}]}
+    # The server marked one call of case 0 incomplete; case 1's unparseable call was not marked.
+    v = ev_results.check_validity(cases, results, cut_calls={"simple_python_0": 1}).as_dict()
+    assert (v["incomplete_calls"], v["tool_calls"], v["valid_calls"], v["bad_json"]) == (1, 2, 1, 1)
+    assert v["validity"] == pytest.approx(0.5)

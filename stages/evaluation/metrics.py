@@ -17,7 +17,8 @@ from typing import Any
 from stages.evaluation import EvalError
 from stages.evaluation.categories import SCORING_CATEGORIES
 from stages.evaluation.config import EvaluateConfig, ModelEntry
-from stages.evaluation.results import Outcomes, check_validity, find_errors, read_outcomes, read_results
+from stages.evaluation.results import (Outcomes, check_validity, cut_calls_per_case, find_errors, read_outcomes,
+                                      read_results)
 from stages.evaluation.scores import aggregate, read_scores
 
 RESPONSES_LOG = "responses.jsonl"  # written by stages/bfcl_runner.py (record_response_outcomes)
@@ -48,7 +49,7 @@ def build_metrics(model_key: str, entry: ModelEntry, config: EvaluateConfig, bfc
         "cases": len(cases),
         "categories": {c: {**s.as_dict(), **outcomes.get(c, Outcomes()).as_dict()} for c, s in scores.items()},
         **aggregate(scores),
-        "validity": check_validity(cases, results).as_dict(),
+        "validity": check_validity(cases, results, cut_calls=cut_calls_per_case(bfcl_root / RESPONSES_LOG)).as_dict(),
         "seconds": round(seconds, 1),
     }
 

@@ -37,7 +37,7 @@ CASE_TYPES = ("single", "parallel", "multiple", "parallel_multiple", "irrelevanc
               "multi_turn", "chain")
 # Default mix of case types (relative weights). The balance of call and text decisions is a
 # measured choice: see docs/results.md.
-CASE_WEIGHTS = (16, 14, 14, 10, 14, 8, 8, 10, 6)
+CASE_WEIGHTS = (10, 10, 10, 6, 12, 6, 6, 34, 6)
 
 # Defects the filter must catch. ``bad_call_syntax`` is rendered by the writer (each kind breaks
 # its own syntax); the others change the conversation itself.
@@ -418,29 +418,56 @@ def _chain(rng: random.Random, bank: BankView, zh: bool) -> Case | None:
     return Case("chain", _pick_tools(rng, bank, [f1, f2], rng.randint(0, 2)), turns, zh)
 
 
-def _session(rng: random.Random, bank: BankView, fn: Function, zh: bool) -> Case:
-    """Several requests in one conversation under one set of tools; each ends in an answer."""
-    second = rng.choice([f for f in bank.by_domain[fn.domain.key] if f is not fn])
-    tools = _pick_tools(rng, bank, [fn, second], rng.randint(0, 2))
+# What each round of a session asks (relative weights): the decisions a conversation under one
+# set of tools is made of. Several rounds share one tools block, so a training row carries several
+# decisions for the tokens of one prompt, and the same tools are seen both fitting and not.
+SESSION_ROUNDS = {"call": 34, "parallel": 14, "parallel_multiple": 8, "near_miss": 22, "general": 22}
+
+
+def _near_miss_for(rng: random.Random, bank: BankView, tools: list[Function]) -> Function:
+    """A function whose entity none of ``tools`` serves, preferably of the same domain."""
+    offered = {t.entity.key for t in tools}
+    same = [f for f in bank.by_domain[tools[0].domain.key] if f.entity.key not in offered]
+    pool = same if same and rng.random() < 0.6 else [f for f in bank.functions if f.entity.key not in offered]
+    return rng.choice(pool)
+
+
+def _session(rng: random.Random, bank: BankView, fn: Function, zh: bool, execute_p: float) -> Case:
+    """Two to four requests in one conversation under one set of tools, each a decision: a call
+    (answered once its result is back), parallel calls, a near miss or a general question (text)."""
+    same = [f for f in bank.by_domain[fn.domain.key] if f is not fn]
+    tools = _pick_tools(rng, bank, [fn, *rng.sample(same, min(len(same), rng.randint(0, 2)))], rng.randint(0, 1))
+    rounds = rng.randint(2, 4)
+    kinds = list(SESSION_ROUNDS)
+    weights = list(SESSION_ROUNDS.values())
     turns: list[Turn] = []
-    for i, f in enumerate((fn, second)):
-        if i == 1 and rng.random() < 0.35:
-            # Sessions drift between tool uses: a general question, or something no tool can do.
-            if rng.random() < 0.5:
-                question, answer = qa(rng, zh)
-                turns += [Turn("user", question), Turn("assistant", text=answer)]
-            else:
-                offered = {t.entity.key for t in tools}
-                wanted = rng.choice([f for f in bank.functions if f.entity.key not in offered])
-                turns += [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh)),
-                          Turn("assistant", text=_refusal(rng, wanted, tools, zh))]
-        if i == 1 and not zh and rng.random() < 0.3:
+    for i in range(rounds):
+        kind = rng.choices(kinds, weights=weights)[0]
+        if zh and kind in ("parallel", "parallel_multiple"):
+            kind = "call"
+        if kind == "general":
+            question, answer = qa(rng, zh)
+            turns += [Turn("user", question), Turn("assistant", text=answer)]
+            continue
+        if kind == "near_miss":
+            wanted = _near_miss_for(rng, bank, tools)
+            turns += [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh)),
+                      Turn("assistant", text=_refusal(rng, wanted, tools, zh))]
+            continue
+        f = rng.choice(tools)
+        if kind == "parallel":
             calls, text = _parallel(rng, bank, f, zh)
+        elif kind == "parallel_multiple" and len(tools) > 1:
+            fns = rng.sample(tools, 2)
+            calls = [_call(rng, g, zh) for g in fns]
+            text = _joined_requests(rng, [clause(rng, g, c.args) for g, c in zip(fns, calls)])
         else:
             call = _call(rng, f, zh)
             calls, text = [call], request_text(rng, f, call.args, zh)
         turns += [Turn("user", text), Turn("assistant", calls=calls)]
-        turns += list(_execute(rng, calls, zh))
+        # A call must be answered before the conversation goes on; the last may end the row.
+        if i < rounds - 1 or rng.random() < execute_p:
+            turns += list(_execute(rng, calls, zh))
     return Case("multi_turn", tools, turns, zh)
 
 
@@ -482,9 +509,9 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float, ba
         return _missing_info(rng, bank, zh, execute_p)
     elif case_type == "chain":
         case = _chain(rng, bank, zh)
-        return case if case is not None else _session(rng, bank, fn, zh)
+        return case if case is not None else _session(rng, bank, fn, zh, execute_p)
     else:  # multi_turn
-        return _session(rng, bank, fn, zh)
+        return _session(rng, bank, fn, zh, execute_p)
     if rng.random() < execute_p:
         turns += list(_execute(rng, turns[-1].calls, zh))
     return Case(case_type, tools, turns, zh)
@@ -511,7 +538,10 @@ def make_malformed(rng: random.Random, zh: bool, execute_p: float, defects: tupl
     defect = rng.choice(defects)
     needs_result = defect in ("missing_tool_result", "result_mismatch")
     case_type = rng.choice(["single", "multiple", "parallel_multiple", "multi_turn"])
-    case = make_case(rng, case_type, zh, 1.0 if needs_result else execute_p, bank)
+    while True:  # a session may answer everything in text: the defect needs a call (and its result)
+        case = make_case(rng, case_type, zh, 1.0 if needs_result else execute_p, bank)
+        if any(t.calls for t in case.turns) and (not needs_result or any(t.role == "tool" for t in case.turns)):
+            break
     case.defect = defect
     call_turns = [t for t in case.turns if t.calls]
     call = rng.choice(call_turns[0].calls)
