@@ -166,6 +166,51 @@ def select_cases(spec: dict[str, int | str]) -> tuple[dict[str, list[str]], dict
     return ids, {"available": available, "cases": cases}
 
 
+RESPONSES_LOG = "responses.jsonl"
+
+
+def record_response_outcomes(log_path: Path) -> None:
+    """Log how every Responses API answer ended, per case, to ``log_path`` (JSON lines).
+
+    bfcl keeps only the calls or the text of an answer. Whether the server cut it (``status:
+    incomplete``: the output cap or the repetition guard) and whether it was cut inside a call is
+    lost, and an answer cut inside a call then reads as "no call", which irrelevance scores as a
+    pass. Each line: ``{"id", "status", "reason", "calls", "incomplete_calls", "text_chars"}``.
+    """
+    import threading
+
+    from bfcl_eval.model_handler.api_inference.openai_response import OpenAIResponsesHandler
+
+    if getattr(OpenAIResponsesHandler, "_octupus_recording", False):
+        return
+    lock = threading.Lock()
+    pre_query = OpenAIResponsesHandler._pre_query_processing_FC
+    query = OpenAIResponsesHandler._query_FC
+
+    def _pre_query_processing_FC(self: Any, inference_data: dict, test_entry: dict) -> dict:
+        inference_data = pre_query(self, inference_data, test_entry)
+        inference_data["octupus_case_id"] = test_entry["id"]
+        return inference_data
+
+    def _query_FC(self: Any, inference_data: dict) -> Any:
+        api_response, latency = query(self, inference_data)
+        items = list(getattr(api_response, "output", None) or [])
+        calls = [i for i in items if getattr(i, "type", None) == "function_call"]
+        details = getattr(api_response, "incomplete_details", None)
+        line = {"id": inference_data.get("octupus_case_id"), "status": getattr(api_response, "status", None),
+                "reason": getattr(details, "reason", None) if details is not None else None,
+                "calls": len(calls),
+                "incomplete_calls": sum(1 for c in calls if getattr(c, "status", "completed") != "completed"),
+                "text_chars": len(getattr(api_response, "output_text", "") or "")}
+        with lock, log_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        return api_response, latency
+
+    OpenAIResponsesHandler._pre_query_processing_FC = _pre_query_processing_FC
+    OpenAIResponsesHandler._query_FC = _query_FC
+    OpenAIResponsesHandler._octupus_recording = True
+
+
 def run(model: str, spec_path: Path, cases_out: Path, num_threads: int) -> int:
     root = _project_root()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -178,6 +223,8 @@ def run(model: str, spec_path: Path, cases_out: Path, num_threads: int) -> int:
     (root / "test_case_ids_to_generate.json").write_text(json.dumps(ids, indent=1), encoding="utf-8")
     cases_out.write_text(json.dumps(cases, ensure_ascii=False), encoding="utf-8")
     print(f"bfcl_runner: {len(cases['cases'])} cases in {len(ids)} categories", flush=True)
+    (root / RESPONSES_LOG).unlink(missing_ok=True)
+    record_response_outcomes(root / RESPONSES_LOG)
 
     from bfcl_eval._llm_response_generation import main as generation_main
     from bfcl_eval.eval_checker.eval_runner import main as evaluation_main

@@ -12,7 +12,10 @@ Ctrl-C and SIGTERM) and writes:
   overall score over the categories run (``subset: true`` unless every scoring category ran in
   full), and ``validity``: the share of returned tool calls whose name was offered and whose
   arguments parse and validate against the offered schema;
-- ``<metrics_dir>/<key>_categories.csv``: one row per category, for a DVC bar chart.
+- ``<metrics_dir>/<key>_categories.csv``: one row per category, for a DVC bar chart;
+- ``<dev.metrics_dir>/<key>.json``: the development evaluation (held-out synthetic functions in
+  BFCL-like categories, :mod:`stages.evaluation.dev`), asked of the same server before BFCL —
+  the numbers training decisions are made on, so that BFCL stays unseen.
 
 bfcl's raw result and score files stay under ``<work_dir>/<key>/``. The work is done in
 ``stages/evaluation/``.
@@ -21,6 +24,7 @@ bfcl's raw result and score files stay under ``<work_dir>/<key>/``. The work is 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -30,7 +34,7 @@ from typing import Any
 from stages.config import ConfigError, log_config, setup_logging, stage_argparser
 from stages.evaluation import EvalError
 from stages.evaluation.config import load_config
-from stages.evaluation.metrics import write_outputs
+from stages.evaluation.metrics import write_dev_metrics, write_outputs
 from stages.evaluation.run import evaluate
 
 log = logging.getLogger("stages.evaluate")
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log_config("evaluate", config)
     try:
-        metrics = evaluate(config, args.model_key, entry)
+        metrics, dev_metrics = evaluate(config, args.model_key, entry)
     except EvalError as exc:
         log.error("%s", exc)
         return 1
@@ -67,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("interrupted; the server was stopped and no metrics were written")
         return 130
     json_path, csv_path = write_outputs(metrics, Path(config.metrics_dir), args.model_key)
+    if dev_metrics is not None:
+        dev_path = write_dev_metrics(dev_metrics, Path(config.dev.metrics_dir), args.model_key)
+        log.info("%s: development evaluation %s; wrote %s", args.model_key, json.dumps(dev_metrics["summary"]),
+                 dev_path)
     validity = metrics["validity"]
     log.info("%s: overall %s over %d cases (subset=%s), validity %s (%d calls); wrote %s and %s", args.model_key,
              "n/a" if metrics["overall"] is None else f"{metrics['overall']:.4f}", metrics["cases"],

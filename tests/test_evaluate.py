@@ -50,6 +50,8 @@ def evaluate_section(**overrides: object) -> dict:
                    "max_context": None, "threads": None, "max_batch": 2, "prefix_cache_mb": 256,
                    "startup_timeout_s": 120,
                    "extra_args": []},
+        "dev": {"cases_per_category": 0, "margin_cases_per_category": 0, "seed": 0, "max_output_tokens": 32,
+                "metrics_dir": "metrics/dev"},
     }
     section.update(overrides)
     return section
@@ -65,16 +67,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def fake_bfcl_run(root: Path, results: dict[str, list[dict]], scores: dict[str, tuple[int, int]]) -> None:
-    """bfcl's on-disk layout: result/<model>/<group>/BFCL_v4_<cat>_result.json and score/... files."""
+def fake_bfcl_run(root: Path, results: dict[str, list[dict]], scores: dict[str, tuple[int, int]],
+                  failed: dict[str, list[tuple[str, str]]] | None = None) -> None:
+    """bfcl's on-disk layout: result/<model>/<group>/BFCL_v4_<cat>_result.json and score/... files.
+
+    ``failed``: per category, (case id, bfcl error_type) of each failed case (default: the last
+    ``total - correct`` case ids, as wrong_count)."""
     group = {"simple_python": "non_live", "irrelevance": "non_live", "live_simple": "live",
              "multi_turn_base": "multi_turn"}
     for category, rows in results.items():
         write_jsonl(root / "result" / MODEL / group[category] / f"BFCL_v4_{category}_result.json", rows)
     for category, (correct, total) in scores.items():
         header = {"accuracy": correct / total, "correct_count": correct, "total_count": total}
+        fails = (failed or {}).get(category) or [(f"{category}_{i}", "simple_function_checker:wrong_count")
+                                                 for i in range(correct, total)]
         write_jsonl(root / "score" / MODEL / group[category] / f"BFCL_v4_{category}_score.json",
-                    [header, {"id": f"{category}_0", "valid": False, "error": ["x"]}])
+                    [header, *({"id": i, "valid": False, "error": ["x"], "error_type": t} for i, t in fails)])
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -160,15 +168,66 @@ def test_build_metrics_and_outputs_from_bfcl_files(tmp_path: Path):
     config = ev_config.EvaluateConfig.model_validate(section)
     metrics = ev_metrics.build_metrics("base", config.models["base"], config, root, cases_doc, seconds=12.34)
     assert metrics["subset"] is True
-    assert metrics["categories"] == {"simple_python": {"accuracy": 0.5, "correct": 1, "total": 2},
-                                     "irrelevance": {"accuracy": 1.0, "correct": 1, "total": 1}}
+    no_log = {"incomplete_calls": 0, "text_answers": 0, "passes_from_incomplete_calls": 0}
+    assert metrics["categories"] == {
+        "simple_python": {"accuracy": 0.5, "correct": 1, "total": 2,
+                          "errors": {"simple_function_checker:wrong_count": 1}, **no_log},
+        "irrelevance": {"accuracy": 1.0, "correct": 1, "total": 1, "errors": {}, **no_log}}
     assert metrics["overall"] == pytest.approx(0.75)
     assert metrics["validity"]["validity"] == 1.0 and metrics["validity"]["tool_calls"] == 1
 
     json_path, csv_path = ev_metrics.write_outputs(metrics, tmp_path / "metrics", "base")
     assert json.loads(json_path.read_text())["categories"]["irrelevance"]["total"] == 1
-    assert csv_path.read_text().splitlines() == ["category,accuracy,correct,total",
-                                                 "simple_python,0.5000,1,2", "irrelevance,1.0000,1,1"]
+    assert csv_path.read_text().splitlines() == ["category,accuracy,correct,total,incomplete_calls",
+                                                 "simple_python,0.5000,1,2,0", "irrelevance,1.0000,1,1,0"]
+
+
+def test_error_types_and_answers_cut_inside_a_call_are_counted(tmp_path: Path):
+    root = tmp_path / "bfcl"
+    ids = {"simple_python": ["simple_python_0", "simple_python_1", "simple_python_2"],
+           "irrelevance": ["irrelevance_0", "irrelevance_1", "irrelevance_2"]}
+    fake_bfcl_run(root, results={
+        "simple_python": [{"id": "simple_python_0", "result": [{"get_weather": '{"city": "Oslo"}'}]},
+                          {"id": "simple_python_1", "result": [{"get_weather": '{"city": "CA"}'}]},
+                          {"id": "simple_python_2", "result": ""}],
+        "irrelevance": [{"id": "irrelevance_0", "result": "I can't."}, {"id": "irrelevance_1", "result": ""},
+                        {"id": "irrelevance_2", "result": [{"get_weather": '{"city": "Oslo"}'}]}],
+    }, scores={"simple_python": (1, 3), "irrelevance": (2, 3)}, failed={
+        "simple_python": [("simple_python_1", "value_error:string"), ("simple_python_2", "simple_function_checker:wrong_count")],
+        "irrelevance": [("irrelevance_2", "irrelevance_error:decoder_success")]})
+    # How each answer ended, as stages/bfcl_runner.py logs it: irrelevance_1 and simple_python_2
+    # were cut inside a call (nothing returned, status incomplete); irrelevance_0 is a real text answer.
+    write_jsonl(root / "responses.jsonl", [
+        {"id": "simple_python_0", "status": "completed", "reason": None, "calls": 1, "incomplete_calls": 0, "text_chars": 0},
+        {"id": "simple_python_1", "status": "completed", "reason": None, "calls": 1, "incomplete_calls": 0, "text_chars": 0},
+        {"id": "simple_python_2", "status": "incomplete", "reason": "max_output_tokens", "calls": 0,
+         "incomplete_calls": 0, "text_chars": 0},
+        {"id": "irrelevance_0", "status": "completed", "reason": None, "calls": 0, "incomplete_calls": 0, "text_chars": 8},
+        {"id": "irrelevance_1", "status": "incomplete", "reason": "max_output_tokens", "calls": 1,
+         "incomplete_calls": 1, "text_chars": 0},
+        {"id": "irrelevance_2", "status": "completed", "reason": None, "calls": 1, "incomplete_calls": 0, "text_chars": 0},
+    ])
+    cases_doc = {"available": {"simple_python": 400, "irrelevance": 240},
+                 "cases": [{"id": i, "category": c, "tools": [WEATHER_TOOL]} for c, v in ids.items() for i in v]}
+    config = ev_config.EvaluateConfig.model_validate(evaluate_section(categories={"simple_python": 3, "irrelevance": 3}))
+    metrics = ev_metrics.build_metrics("stage2", config.models["base"], config, root, cases_doc, seconds=1.0)
+    simple, irrelevance = metrics["categories"]["simple_python"], metrics["categories"]["irrelevance"]
+    assert simple["errors"] == {"simple_function_checker:wrong_count": 1, "value_error:string": 1}
+    assert (simple["incomplete_calls"], simple["passes_from_incomplete_calls"]) == (1, 0)
+    assert irrelevance["errors"] == {"irrelevance_error:decoder_success": 1}
+    # 2 of 3 passed, but one of them only because its call was cut: one real abstention
+    assert (irrelevance["correct"], irrelevance["incomplete_calls"]) == (2, 1)
+    assert (irrelevance["passes_from_incomplete_calls"], irrelevance["text_answers"]) == (1, 1)
+    assert metrics["single_turn_mean"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+
+
+def test_a_text_answer_cut_by_the_cap_is_not_an_incomplete_call():
+    from stages.evaluation.results import ended_inside_a_call
+
+    assert not ended_inside_a_call({"status": "incomplete", "calls": 0, "incomplete_calls": 0, "text_chars": 300})
+    assert ended_inside_a_call({"status": "incomplete", "calls": 0, "incomplete_calls": 0, "text_chars": 0})
+    assert ended_inside_a_call({"status": "incomplete", "calls": 2, "incomplete_calls": 1, "text_chars": 0})
+    assert not ended_inside_a_call({"status": "completed", "calls": 0, "incomplete_calls": 0, "text_chars": 0})
 
 
 def test_inference_errors_recorded_by_bfcl_fail_the_stage(tmp_path: Path):
@@ -413,3 +472,14 @@ def test_pth_hook_registers_the_original_model_name_when_bfcl_loads_its_registry
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["gpt-4-turbo-2024-04-09", "OpenAIResponsesHandler", "True", "True", "True",
                                   str(work), "unused"]
+
+
+def test_calls_returned_cut_are_counted_as_incomplete_not_invalid():
+    cases = [{"id": "simple_python_0", "category": "simple_python", "tools": [WEATHER_TOOL]},
+             {"id": "simple_python_1", "category": "simple_python", "tools": [WEATHER_TOOL]}]
+    results = {"simple_python_0": [{"get_weather": '{"city": "Oslo"}'}, {"get_weather": '{"city": "Li'}],
+               "simple_python_1": [{"get_weather": '{"city": "Ro'}]}
+    # The server marked one call of case 0 incomplete; case 1's unparseable call was not marked.
+    v = ev_results.check_validity(cases, results, cut_calls={"simple_python_0": 1}).as_dict()
+    assert (v["incomplete_calls"], v["tool_calls"], v["valid_calls"], v["bad_json"]) == (1, 2, 1, 1)
+    assert v["validity"] == pytest.approx(0.5)

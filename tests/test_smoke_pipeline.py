@@ -97,6 +97,16 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
         assert counters["octupus_prefilled_tokens_total"] > 0
         assert counters["octupus_prefix_cache_hits_total"] >= 1, counters
         assert counters["octupus_prefix_cache_reused_tokens_total"] > 0
+        # How every answer ended, logged by the runner inside the real bfcl: one line per query at least.
+        outcomes = (repo / "eval" / "bfcl" / key / "responses.jsonl").read_text().splitlines()
+        assert len(outcomes) >= len(categories)
+        assert {json.loads(o)["id"] for o in outcomes} >= {c["id"] for c in json.loads(
+            (repo / "eval" / "bfcl" / key / "cases.json").read_text())["cases"]}
+        assert all({"errors", "incomplete_calls", "text_answers"} <= set(m) for m in metrics["categories"].values())
+        dev = json.loads((repo / "metrics" / "dev" / f"{key}.json").read_text())
+        assert dev["model"] == key and len(dev["categories"]) == 10
+        assert all(c["cases"] == 1 for c in dev["categories"].values())
+        assert ("call_minus_text" in dev["categories"]["simple"]) == (key == "stage2")
     assert calls > 0, "neither model returned a tool call: validity was never put to the test"
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "smoke results")

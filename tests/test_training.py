@@ -123,6 +123,8 @@ def cpu_hyperparameters(**overrides: Any) -> dict[str, Any]:
         "deepspeed": None,
         "trainable_top_layers": None,
         "max_train_rows": None,
+        "drop_system_prompt": 0.0,
+        "decision_weight": 1.0,
         "max_eval_rows": 4,
         "eval_steps": None,
         "logging_steps": 1,
@@ -607,3 +609,24 @@ def test_cli_exits_with_a_clear_error(tmp_path: Path, tiny_model_dir: Path, capl
     with pytest.raises(SystemExit):
         train_stage1.main(["--params", str(tmp_path / "nope.yaml")])
     assert "params file not found" in caplog.text
+
+
+def test_drop_system_prompt_removes_it_from_tool_rows_only(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data_dir = write_data(tmp_path / "data", rows=10)
+    system = tokenizer("You are a helpful assistant.", add_special_tokens=False)["input_ids"]
+
+    def with_system(split: data.TokenizedSplit) -> list[bool]:
+        return [any(ids[i:i + len(system)] == system for i in range(len(ids))) for ids in split.input_ids]
+
+    kept = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0, drop_system_prompt=0.0)
+    dropped = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0, drop_system_prompt=1.0)
+    # Rows alternate chat (even, no system message) and tool rows (odd, with one).
+    assert with_system(kept) == [i % 2 == 1 for i in range(10)]
+    assert not any(with_system(dropped))
+    assert dropped.system_prompts_dropped == 5 and kept.system_prompts_dropped == 0
+    some = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0, drop_system_prompt=0.5)
+    again = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0, drop_system_prompt=0.5)
+    assert some.input_ids == again.input_ids  # drawn from the seed: the same rows every run

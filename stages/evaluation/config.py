@@ -35,6 +35,18 @@ class ServerSettings(StrictModel):
     extra_args: list[str]
 
 
+class DevSettings(StrictModel):
+    """The development evaluation (:mod:`stages.evaluation.dev`), run on the same server as BFCL."""
+
+    # cases of each dev category (held-out synthetic functions); 0 turns the dev evaluation off
+    cases_per_category: int = Field(ge=0)
+    # of those, how many get the teacher-forced decision margins (a forward pass each; octupus only)
+    margin_cases_per_category: int = Field(ge=0)
+    seed: int
+    max_output_tokens: int = Field(ge=1)
+    metrics_dir: str
+
+
 class EvaluateConfig(StrictModel):
     models: dict[str, ModelEntry]
     # category -> number of leading cases, or "all"
@@ -46,6 +58,7 @@ class EvaluateConfig(StrictModel):
     # cases bfcl sends at once (its --num-threads); more than the server's batch only queues.
     concurrency: int = Field(ge=1)
     server: ServerSettings
+    dev: DevSettings
 
     @field_validator("categories")
     @classmethod

@@ -77,6 +77,7 @@ class Validity:
     unknown_name: int = 0
     bad_json: int = 0
     schema_violation: int = 0
+    incomplete: int = 0  # calls the server returned cut (status incomplete): not counted in validity
     examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,12 +86,18 @@ class Validity:
             "validity": self.valid / self.calls if self.calls else None,
             "tool_calls": self.calls, "valid_calls": self.valid, "unknown_name": self.unknown_name,
             "bad_json": self.bad_json, "schema_violation": self.schema_violation,
-            "invalid_examples": self.examples,
+            "incomplete_calls": self.incomplete, "invalid_examples": self.examples,
         }
 
 
-def check_validity(cases: Sequence[dict[str, Any]], results: dict[str, Any], max_examples: int = 5) -> Validity:
-    """Check every returned call against the tools its case offered (the tools bfcl sent)."""
+def check_validity(cases: Sequence[dict[str, Any]], results: dict[str, Any], max_examples: int = 5,
+                   cut_calls: dict[str, int] | None = None) -> Validity:
+    """Check every returned call against the tools its case offered (the tools bfcl sent).
+
+    ``cut_calls``: per case, how many calls the server returned marked incomplete (an answer cut by
+    the output cap inside a call's arguments, see docs/design.md). Such a call's arguments never
+    parse; up to that many unparseable calls of the case are counted as ``incomplete``, not as
+    invalid: the server never presented them as complete. Every other call must be valid."""
     from jsonschema import SchemaError
     from jsonschema.validators import validator_for
 
@@ -103,16 +110,22 @@ def check_validity(cases: Sequence[dict[str, Any]], results: dict[str, Any], max
 
     for case in cases:
         schemas = {t["name"]: t.get("parameters") or {"type": "object"} for t in case["tools"]}
+        cut_left = (cut_calls or {}).get(str(case["id"]), 0)
         for name, raw in iter_calls(results.get(case["id"])):
-            out.calls += 1
             where = f"{case['id']} {name}"
-            if name not in schemas:
-                bad("unknown_name", f"{where}: name not offered")
-                continue
             try:
                 arguments = json.loads(raw) if isinstance(raw, str) else raw
             except json.JSONDecodeError as exc:
+                if cut_left > 0:
+                    cut_left -= 1
+                    out.incomplete += 1
+                    continue
+                out.calls += 1
                 bad("bad_json", f"{where}: arguments are not JSON ({exc.msg})")
+                continue
+            out.calls += 1
+            if name not in schemas:
+                bad("unknown_name", f"{where}: name not offered")
                 continue
             schema = schemas[name]
             try:
@@ -124,4 +137,68 @@ def check_validity(cases: Sequence[dict[str, Any]], results: dict[str, Any], max
                 bad("schema_violation", f"{where}: {error.message[:200]}")
                 continue
             out.valid += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- how answers ended
+
+
+@dataclass
+class Outcomes:
+    """How the answers of one category ended, from the runner's ``responses.jsonl``.
+
+    ``incomplete_calls``: cases with an answer cut inside a call (the server's output cap or its
+    repetition guard stopped it with a call open). The server returns the cut call marked
+    incomplete; bfcl ignores the mark and scores the case wrong (it cannot decode the arguments).
+    A server that drops cut calls makes bfcl read "no call" instead, a pass in irrelevance.
+    ``text_answers``: cases whose every answer was text only (a real abstention in irrelevance).
+    ``passes_from_incomplete_calls``: cases bfcl scored correct although an answer was cut inside a
+    call (an artefact, not an abstention).
+    """
+
+    incomplete_calls: int = 0
+    text_answers: int = 0
+    passes_from_incomplete_calls: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"incomplete_calls": self.incomplete_calls, "text_answers": self.text_answers,
+                "passes_from_incomplete_calls": self.passes_from_incomplete_calls}
+
+
+def ended_inside_a_call(line: dict[str, Any]) -> bool:
+    """An answer the server cut (status incomplete) while a call was open: a call item marked
+    incomplete, or nothing at all returned (a call dropped as incomplete leaves no text either)."""
+    if line.get("status") != "incomplete":
+        return False
+    return int(line.get("incomplete_calls") or 0) > 0 or (not line.get("calls") and not line.get("text_chars"))
+
+
+def cut_calls_per_case(path: Path) -> dict[str, int]:
+    """Calls returned marked incomplete, per case id, from the runner's log (empty when missing)."""
+    out: dict[str, int] = {}
+    if path.is_file():
+        for line in load_jsonl(path):
+            out[str(line.get("id"))] = out.get(str(line.get("id")), 0) + int(line.get("incomplete_calls") or 0)
+    return out
+
+
+def read_outcomes(path: Path, cases: Sequence[dict[str, Any]], failed: dict[str, frozenset[str]]
+                  ) -> dict[str, Outcomes]:
+    """Per category (of ``cases``: ``{"id", "category"}``) how its answers ended; ``failed`` holds
+    each category's failed case ids. A missing log (an older runner) gives empty outcomes."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    if path.is_file():
+        for line in load_jsonl(path):
+            by_case.setdefault(str(line.get("id")), []).append(line)
+    out: dict[str, Outcomes] = {}
+    for case in cases:
+        category, case_id = case["category"], str(case["id"])
+        o = out.setdefault(category, Outcomes())
+        answers = by_case.get(case_id, [])
+        if any(ended_inside_a_call(a) for a in answers):
+            o.incomplete_calls += 1
+            if case_id not in failed.get(category, frozenset()):
+                o.passes_from_incomplete_calls += 1
+        elif answers and all(not a.get("calls") and a.get("text_chars") for a in answers):
+            o.text_answers += 1
     return out

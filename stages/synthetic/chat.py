@@ -146,12 +146,40 @@ def _gcd(rng: random.Random, zh: bool) -> QA:
             f"The greatest common divisor of {a} and {b} is {math.gcd(a, b)}.")
 
 
+_SMALL_TALK = [
+    ("Hi!", "Hello! How can I help you today?"),
+    ("Hello there", "Hi! What can I do for you?"),
+    ("Good morning!", "Good morning! How can I help?"),
+    ("Thanks, that's all.", "You're welcome! Let me know if you need anything else."),
+    ("Thank you so much!", "Glad I could help!"),
+    ("How are you?", "I'm doing well, thanks for asking. What can I help you with?"),
+    ("Who are you?", "I'm an AI assistant. I can answer questions and use the tools I've been given."),
+    ("Can you keep a secret?", "I don't keep memories between conversations, so anything you tell me stays here."),
+    ("ok", "Alright. Is there anything else you'd like me to do?"),
+    ("Never mind.", "No problem. I'm here if you need anything."),
+]
+_SMALL_TALK_ZH = [
+    ("你好！", "你好！有什么可以帮你的吗？"),
+    ("谢谢！", "不客气！还有其他需要帮忙的吗？"),
+    ("你是谁？", "我是一个AI助手，可以回答问题，也可以使用提供给我的工具。"),
+    ("早上好", "早上好！今天有什么可以帮你的？"),
+]
+
+
+def _small_talk(rng: random.Random, zh: bool) -> QA:
+    return rng.choice(_SMALL_TALK_ZH if zh else _SMALL_TALK)
+
+
 # Generators with a Chinese form; the others are English only.
 _BOTH: list[Callable[[random.Random, bool], QA]] = [_arith, _word_problem, _temperature, _date_fact, _fact, _gcd]
 _EN_ONLY: list[Callable[[random.Random, bool], QA]] = [_convert, _string_op]
 
 
 def qa(rng: random.Random, zh: bool = False) -> QA:
+    """A question and its answer; one in six is small talk (greetings, thanks), which people also
+    send to an assistant that has tools."""
+    if rng.random() < 1 / 6:
+        return _small_talk(rng, zh)
     return topical_qa(rng, zh)[1]
 
 

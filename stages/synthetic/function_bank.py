@@ -9,6 +9,7 @@ Nothing here is taken from any benchmark: the domains, entities and names are ou
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -58,6 +59,9 @@ def _result_value(kind: str, rng: random.Random, zh: bool) -> Any:
         return rng.choice(TITLES)[1 if zh else 0]
     if kind == "word":
         return rng.choice(WORDS_ZH if zh else WORDS)
+    if kind == "address":
+        return (f"{rng.choice(CITIES)[1]}{rng.choice(WORDS_ZH)}路{rng.randint(1, 300)}号" if zh
+                else f"{rng.randint(1, 300)} {rng.choice(WORDS).title()} Street")
     if kind == "condition":
         return rng.choice(["晴", "多云", "小雨", "雪"] if zh else ["sunny", "cloudy", "light rain", "snow"])
     if kind == "lang":
@@ -189,7 +193,7 @@ DOMAINS: tuple[Domain, ...] = (
         _e("gas_fee", "network fee", "网络手续费", "coin amount", "fee:price"),
     )),
     Domain("real_estate", "Real estate", "房产", "Realty", (
-        _e("listing", "property listing", "房源", "city price_range guests limit", "address:word price:price"),
+        _e("listing", "property listing", "房源", "city price_range guests limit", "address:address price:price"),
         _e("mortgage", "mortgage", "房贷", "amount rate year", "monthly_payment:price"),
         _e("property_value", "property value", "房产估值", "address postal_code", "value:price"),
     )),
@@ -200,7 +204,7 @@ DOMAINS: tuple[Domain, ...] = (
     )),
     Domain("education", "Education", "教育", "Edu", (
         _e("course", "course", "课程", "topic difficulty language", "course_name:title hours:count"),
-        _e("quiz", "quiz", "测验", "topic difficulty quantity", "quiz_id:word questions:count"),
+        _e("quiz", "quiz", "测验", "topic difficulty quantity title", "quiz_id:word questions:count"),
         _e("library_book", "library book", "图书馆藏书", "isbn city", "available:bool copies:count"),
     )),
     Domain("smart_home", "Smart home", "智能家居", "Home", (
@@ -235,6 +239,16 @@ DOMAINS: tuple[Domain, ...] = (
 )
 
 
+def _in_order(args: dict[str, Any]) -> None:
+    """Date pairs drawn independently could run backwards; a real user gives them in order."""
+    for a, b in (("start_date", "end_date"), ("check_in", "check_out")):
+        if a in args and b in args and args[a] > args[b]:
+            args[a], args[b] = args[b], args[a]
+    for value in args.values():
+        if isinstance(value, dict):
+            _in_order(value)
+
+
 # Identity equality: two functions are the same only if they are the same bank entry.
 @dataclass(frozen=True, eq=False)
 class Function:
@@ -245,10 +259,16 @@ class Function:
     params: tuple[ParamSpec, ...]
     required: tuple[str, ...]
     style: str = field(default="snake")
+    summary: str = ""  # the English description ("" -> the short default)
+    # English parameter descriptions that differ from the parameter's plain one (formats, an
+    # example, a default), and the example/default values they show.
+    docs: dict[str, str] = field(default_factory=dict)
+    shown: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # also written as JSON Schema "default"
 
     @cached_property
     def description(self) -> str:
-        return f"{VERBS[self.verb][0]} the {self.entity.en} ({self.domain.en.lower()})."
+        return self.summary or f"{VERBS[self.verb][0]} the {self.entity.en} ({self.domain.en.lower()})."
 
     @cached_property
     def description_zh(self) -> str:
@@ -261,6 +281,10 @@ class Function:
             schema = dict(p.schema)
             if zh:
                 schema["description"] = p.phrase_zh
+            elif p.name in self.docs:
+                schema["description"] = self.docs[p.name]
+            if p.name in self.defaults and not zh:
+                schema["default"] = self.defaults[p.name]
             props[p.name] = schema
         return {"type": "object", "properties": props, "required": list(self.required)}
 
@@ -276,6 +300,16 @@ class Function:
     def request_zh(self) -> str:
         return f"{VERBS[self.verb][2]}{self.entity.zh}"
 
+    def value(self, rng: random.Random, p: ParamSpec, zh: bool) -> Any:
+        """A value for ``p`` that is not the example or default the description shows: what a call
+        carries must come from the request, so a request never happens to repeat the example."""
+        value = p.value(rng, zh)
+        for _ in range(4):
+            if p.name not in self.shown or value != self.shown[p.name]:
+                break
+            value = p.value(rng, zh)
+        return value
+
     def arguments(self, rng: random.Random, zh: bool, omit: str | None = None) -> dict[str, Any]:
         """Arguments valid for the schema: all required, each optional with probability 0.4."""
         args: dict[str, Any] = {}
@@ -283,11 +317,8 @@ class Function:
             if p.name == omit:
                 continue
             if p.name in self.required or rng.random() < 0.4:
-                args[p.name] = p.value(rng, zh)
-        # Date pairs drawn independently could run backwards; a real user gives them in order.
-        for a, b in (("start_date", "end_date"), ("check_in", "check_out")):
-            if a in args and b in args and args[a] > args[b]:
-                args[a], args[b] = args[b], args[a]
+                args[p.name] = self.value(rng, p, zh)
+        _in_order(args)
         return args
 
     def result(self, rng: random.Random, args: dict[str, Any], zh: bool) -> dict[str, Any]:
@@ -365,6 +396,48 @@ def _choose_params(verb: str, entity: Entity, rng: random.Random) -> tuple[list[
     return chosen, required
 
 
+# Descriptions in the shapes real tool definitions use: a purpose, when to use it, what it returns.
+SUMMARIES = (
+    "{Verb} the {entity} ({domain}).",
+    "{Verb} the {entity} for the given {key}.",
+    "{Verb} {entity} information. Use it when the user asks about a {entity}.",
+    "{Verb} the {entity}. Returns {returns}.",
+    "{Verb} the {entity} in the {domain} service; {key} is required.",
+)
+
+
+def _shown(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else json.dumps(value)
+
+
+def _document(fn_params: list[ParamSpec], required: list[str], rng: random.Random
+              ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """Per-function parameter descriptions: plain, with an example, or with a default (optional
+    parameters only). The shown value is drawn from the parameter's own generator."""
+    docs: dict[str, str] = {}
+    shown: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for p in fn_params:
+        if p.schema.get("type") in ("object", "array") or p.name == "location":
+            if p.name == "location":  # the format is the point: always shown by example
+                docs[p.name] = "The city and its two-letter country code, e.g. 'Madrid, ES'."
+                shown[p.name] = "Madrid, ES"
+            continue
+        base = p.schema["description"].rstrip(".")
+        roll = rng.random()
+        if p.name not in required and roll < 0.3:
+            value = p.value(rng, False)
+            docs[p.name] = rng.choice(["{b}. Default: {v}.", "{b} (default {v}).", "{b}; defaults to {v}."]).format(
+                b=base, v=_shown(value))
+            shown[p.name] = defaults[p.name] = value
+        elif roll < 0.65 and p.schema.get("type") != "boolean":
+            value = p.value(rng, False)
+            docs[p.name] = rng.choice(["{b}, e.g. {v}.", "{b} (for example {v}).", "{b}. Example: {v}."]).format(
+                b=base, v=_shown(value))
+            shown[p.name] = value
+    return docs, shown, defaults
+
+
 def build_bank(seed: int = BANK_SEED) -> list[Function]:
     rng = random.Random(seed)
     bank: list[Function] = []
@@ -383,8 +456,17 @@ def build_bank(seed: int = BANK_SEED) -> list[Function]:
                 if name in seen:
                     continue
                 params, required = _choose_params(verb, entity, rng)
+                if params[0].name == "city" and rng.random() < 0.3:
+                    # "City, CC" instead of a bare city: the user says "Lima", the call needs "Lima, PE".
+                    params[0] = P["location"]
+                    required = ["location" if r == "city" else r for r in required]
+                docs, shown, defaults = _document(params, required, rng)
+                summary = rng.choice(SUMMARIES).format(
+                    Verb=VERBS[verb][0], entity=entity.en, domain=domain.en.lower(),
+                    key=params[0].phrase_en, returns=" and ".join(n.replace("_", " ") for n, _ in entity.results))
                 seen.add(name)
-                bank.append(Function(name, domain, verb, entity, tuple(params), tuple(required), style))
+                bank.append(Function(name, domain, verb, entity, tuple(params), tuple(required), style,
+                                     summary, docs, shown, defaults))
     return bank
 
 
@@ -393,6 +475,30 @@ BY_NAME: dict[str, Function] = {f.name: f for f in BANK}
 BY_DOMAIN: dict[str, list[Function]] = {}
 for _f in BANK:
     BY_DOMAIN.setdefault(_f.domain.key, []).append(_f)
+
+# Domains whose functions never reach the training data: the development evaluation
+# (stages/dev_eval.py) is built from them only, so it measures behaviour on tools the model has
+# never seen, the way BFCL does — without ever looking at BFCL.
+HELDOUT_DOMAINS: frozenset[str] = frozenset({"crypto", "real_estate", "education", "rideshare", "health"})
+
+
+@dataclass(frozen=True)
+class BankView:
+    """A subset of the bank (whole domains) that a generator draws every function from."""
+
+    functions: tuple[Function, ...]
+    by_domain: dict[str, list[Function]]
+    domains: tuple[Domain, ...]
+
+    @classmethod
+    def of(cls, domains: list[Domain]) -> BankView:
+        keys = {d.key for d in domains}
+        fns = tuple(f for f in BANK if f.domain.key in keys)
+        return cls(fns, {k: v for k, v in BY_DOMAIN.items() if k in keys}, tuple(domains))
+
+
+TRAIN = BankView.of([d for d in DOMAINS if d.key not in HELDOUT_DOMAINS])
+HELDOUT = BankView.of([d for d in DOMAINS if d.key in HELDOUT_DOMAINS])
 
 
 def openai_tool(fn: Function, zh: bool = False) -> dict[str, Any]:

@@ -37,6 +37,12 @@ CITIES = [
     ("Shanghai", "上海"), ("Chengdu", "成都"), ("Madrid", "马德里"), ("Seoul", "首尔"), ("Lisbon", "里斯本"),
     ("Hangzhou", "杭州"), ("Vancouver", "温哥华"), ("Dublin", "都柏林"), ("Hanoi", "河内"), ("Quito", "基多"),
 ]
+# ISO 3166 country code of each city above (for "City, CC" location parameters).
+COUNTRY_CODES = {
+    "Paris": "FR", "Tokyo": "JP", "Nairobi": "KE", "Lima": "PE", "Oslo": "NO", "Toronto": "CA", "Cairo": "EG",
+    "Sydney": "AU", "Berlin": "DE", "Mumbai": "IN", "Shanghai": "CN", "Chengdu": "CN", "Madrid": "ES",
+    "Seoul": "KR", "Lisbon": "PT", "Hangzhou": "CN", "Vancouver": "CA", "Dublin": "IE", "Hanoi": "VN", "Quito": "EC",
+}
 PEOPLE = [
     ("Amelia Hart", "王芳"), ("Jonas Berg", "李强"), ("Priya Nair", "张伟"), ("Diego Alvarez", "刘洋"),
     ("Mei Tanaka", "陈静"), ("Omar Haddad", "杨磊"), ("Sofia Rossi", "赵敏"), ("Liam O'Connor", "黄磊"),
@@ -66,6 +72,11 @@ TITLES = [("Silent Harbor", "寂静港湾"), ("The Glass Orchard", "玻璃果园
           ("Paper Lanterns", "纸灯笼"), ("Midnight Atlas", "午夜地图集"), ("Copper Rain", "铜色的雨")]
 TEAMS = [("Riverside Falcons", "河畔猎鹰"), ("Harbor City Waves", "港城浪潮"), ("Summit Bears", "山巅熊"),
          ("Desert Comets", "沙漠彗星"), ("Lakeside Owls", "湖畔猫头鹰")]
+
+
+def _location(rng: random.Random, zh: bool) -> str:
+    en, zh_name = rng.choice(CITIES)
+    return f"{zh_name if zh else en}, {COUNTRY_CODES[en]}"
 
 
 def pick_pair(pool: list[tuple[str, str]]) -> Gen:
@@ -145,6 +156,7 @@ def _reg(*specs: ParamSpec) -> None:
 
 _reg(
     string("city", "city", "城市", "The city name.", pick_pair(CITIES)),
+    string("location", "location", "位置", "The city and its two-letter country code.", _location),
     string("origin", "departure city", "出发城市", "The departure city.", pick_pair(CITIES)),
     string("destination", "destination city", "目的地城市", "The destination city.", pick_pair(CITIES)),
     string("person_name", "person's name", "姓名", "The full name of the person.", pick_pair(PEOPLE)),
@@ -229,8 +241,6 @@ _reg(
     obj("price_range", "price range", "价格区间",
         [number("min", "minimum price", "最低价", 0, 100), number("max", "maximum price", "最高价", 100, 3000)],
         ["min", "max"]),
-    obj("location", "location", "位置",
-        [P["city"], P["postal_code"], P["address"]], ["city"]),
     obj("coordinates", "geographic coordinates", "坐标", [P["latitude"], P["longitude"]],
         ["latitude", "longitude"]),
     obj("contact", "contact details", "联系方式", [P["person_name"], P["email"]], ["person_name"]),

@@ -42,6 +42,12 @@ class TrainHyperparameters(StrictModel):
         description="train only the top N decoder layers + embeddings + final norm; null: all weights"
     )
     max_train_rows: PositiveInt | None = Field(description="random subset of the training rows; null: all")
+    drop_system_prompt: float = Field(
+        ge=0.0, le=1.0,
+        description="share of rows with tools trained without their system message (API clients such as "
+                    "BFCL send tools with no system prompt; dataset boilerplate otherwise precedes every call)")
+    decision_weight: PositiveFloat = Field(
+        description="loss weight of the decision tokens (text or call; another call or end); 1: plain SFT")
     max_eval_rows: NonNegativeInt | None = Field(description="validation rows for the final eval; 0: no eval")
     eval_steps: PositiveInt | None = Field(description="also evaluate every N steps; null: only at the end")
     logging_steps: PositiveInt

@@ -41,6 +41,7 @@ class TokenizedSplit:
     dropped: Counter[str] = field(default_factory=Counter)
     truncated: int = 0
     rows_read: int = 0
+    system_prompts_dropped: int = 0
 
     def add(self, row: TokenizedRow) -> None:
         self.truncated += row.truncated
@@ -133,8 +134,12 @@ def read_split(
     max_length: int,
     max_rows: int | None,
     seed: int,
+    drop_system_prompt: float = 0.0,
 ) -> TokenizedSplit:
-    """Tokenize one split; a random subset of ``max_rows`` rows (fixed by ``seed``) when given."""
+    """Tokenize one split; a random subset of ``max_rows`` rows (fixed by ``seed``) when given.
+
+    ``drop_system_prompt``: each row that offers tools loses its leading system message with this
+    probability (drawn per row, in file order, from ``seed``)."""
     from tqdm.auto import tqdm
 
     with path.open(encoding="utf-8") as fh:
@@ -142,9 +147,14 @@ def read_split(
     split = TokenizedSplit(rows_read=len(lines))
     if max_rows is not None and max_rows < len(lines):
         lines = random.Random(seed).sample(lines, max_rows)
+    dropper = random.Random(f"drop_system:{seed}")
     for line in tqdm(lines, desc=f"tokenizing {path}", unit="row", mininterval=2.0):
+        drop = dropper.random() < drop_system_prompt
         try:
             messages, tools = decode_row(line)
+            if drop and tools and messages[0].get("role") == "system" and len(messages) > 1:
+                messages = messages[1:]
+                split.system_prompts_dropped += 1
             row = tokenize_conversation(tokenizer, messages, tools, tool_format, max_length)
         except RowError as exc:
             split.dropped[str(exc)] += 1
@@ -172,12 +182,14 @@ def read_stage_splits(
     train_path, eval_path = data_dir / "train.jsonl", data_dir / "validation.jsonl"
     if not train_path.is_file():
         raise ConfigError(f"training data not found: {train_path}")
-    train_split = read_split(train_path, tokenizer, tool_format, config.max_length, config.max_train_rows, config.seed)
+    train_split = read_split(train_path, tokenizer, tool_format, config.max_length, config.max_train_rows, config.seed,
+                             config.drop_system_prompt)
     if not train_split.input_ids:
         raise ConfigError(f"{train_path}: no usable rows (dropped: {dict(train_split.dropped)})")
     eval_split = None
     if config.max_eval_rows != 0 and eval_path.is_file():
-        eval_split = read_split(eval_path, tokenizer, tool_format, config.max_length, config.max_eval_rows, config.seed)
+        eval_split = read_split(eval_path, tokenizer, tool_format, config.max_length, config.max_eval_rows,
+                                config.seed, config.drop_system_prompt)
         if not eval_split.input_ids:
             eval_split = None
     return train_split, eval_split

@@ -21,6 +21,7 @@ from stages.training.curves import make_dvclive_callback
 from stages.training.data import TokenizedSplit, read_stage_splits
 from stages.training.model import cpu_has_native_bf16, load_model
 from toolcall.metadata import METADATA_FILE, metadata_text
+from toolcall.tokens import CONTENT, FUNCTION_CALL
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -82,13 +83,23 @@ def build_sft_config(config: SFTStageConfig, eval_enabled: bool) -> Any:
 
 
 def build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: Any, train_split: TokenizedSplit,
-                  eval_split: TokenizedSplit | None, callbacks: list[Any]) -> Any:
+                  eval_split: TokenizedSplit | None, callbacks: list[Any], decision_weight: float = 1.0) -> Any:
     """trl's SFTTrainer on already tokenized rows; trl packs them and its collator takes the loss
-    over the ``labels`` column (:mod:`stages.training.data`)."""
+    over the ``labels`` column (:mod:`stages.training.data`). ``decision_weight`` != 1 weights the
+    decision tokens' loss (:mod:`stages.training.loss`)."""
+    import torch
     from datasets import Dataset
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    from stages.training.loss import make_trainer_class, score_labelled_only_on_cpu
+
+    if not torch.cuda.is_available():
+        score_labelled_only_on_cpu()
+    trainer_cls: Any = SFTTrainer
+    if decision_weight != 1.0:
+        call_id, text_id = tokenizer.convert_tokens_to_ids([FUNCTION_CALL, CONTENT])
+        trainer_cls = make_trainer_class(decision_weight, (call_id, text_id, tokenizer.eos_token_id))
+    return trainer_cls(
         model=model,
         args=args,
         train_dataset=Dataset.from_dict(train_split.columns()),
@@ -144,7 +155,8 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
     if resume is not None:
         resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
     live = make_dvclive_callback(config.dvclive_dir, resume_step)
-    trainer = build_trainer(model, tokenizer, args, train_split, eval_split, callbacks=[live])
+    trainer = build_trainer(model, tokenizer, args, train_split, eval_split, callbacks=[live],
+                            decision_weight=config.decision_weight)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     summary: dict[str, dict[str, Any]] = {
         "train": {
@@ -161,6 +173,7 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
             "train_rows_truncated": train_split.truncated,
             "train_trained_tokens": train_split.trained_tokens,
             "train_tokens": train_split.tokens,
+            "train_system_prompts_dropped": train_split.system_prompts_dropped,
         },
     }
     if eval_split is not None:

@@ -1,0 +1,178 @@
+"""How an English request mentions argument values without naming the parameter.
+
+Real users say "a table for four in Lima on Friday", not "guests set to 4, city set to Lima". A model
+trained only on requests that name every parameter right before its value learns to look for the
+parameter's name; on real requests it then falls back to whatever text sits near the name — the
+examples in the tool's description. So every parameter here has:
+
+- ``MENTIONS[name]``: templates that place the value (``{v}``) in a sentence the way people do;
+- ``spoken(name, value)``: the words for a value when they differ from the value itself (language
+  codes said as languages, ``premium_economy`` as "premium economy", a location "Lima, PE" said as
+  "Lima"), so that the call has to map the user's words to the schema's form;
+- boolean parameters have a phrase for ``true`` and one for ``false``.
+
+Nothing here names a parameter. The older, named phrasing ("the city set to Lima") stays in
+``cases.named_arguments`` for a share of the rows: some users do write that way.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+# Spoken forms of codes and enum values.
+LANGUAGES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "zh": "Chinese",
+             "ja": "Japanese", "pt": "Portuguese", "ar": "Arabic"}
+CURRENCY_WORDS = {"USD": "US dollars", "EUR": "euros", "JPY": "Japanese yen", "GBP": "British pounds",
+                  "CNY": "Chinese yuan", "CAD": "Canadian dollars", "INR": "Indian rupees", "CHF": "Swiss francs"}
+INTERVALS = {"1d": "daily", "1w": "weekly", "1m": "monthly", "1y": "yearly"}
+SORTS = {"asc": "in ascending order", "desc": "in descending order"}
+MODES = {"driving": "by car", "walking": "on foot", "cycling": "by bike", "transit": "by public transport"}
+FORMATS = {"pdf": "a PDF", "csv": "a CSV file", "json": "JSON"}
+
+MENTIONS: dict[str, tuple[str, ...]] = {
+    "city": ("in {v}", "for {v}", "in {v}", "around {v}"),
+    "location": ("in {v}", "for {v}"),
+    "origin": ("from {v}", "leaving {v}", "departing from {v}"),
+    "destination": ("to {v}", "going to {v}", "with {v} as the destination"),
+    "person_name": ("for {v}", "for {v}", "under the name {v}"),
+    "product_name": ("for the {v}", "for a {v}", "of the {v}"),
+    "topic": ("about {v}", "on {v}", "covering {v}"),
+    "cuisine": ("serving {v} food", "with {v} cuisine", "that does {v}"),
+    "title": ('called "{v}"', '"{v}"', "titled {v}"),
+    "team": ("for the {v}", "of the {v}"),
+    "keyword": ('matching "{v}"', 'for "{v}"', "with the word {v}"),
+    "email": ("at {v}", "to {v}"),
+    "ticker": ("for {v}", "of {v}", "of {v} shares"),
+    "coin": ("for {v}", "of {v}"),
+    "text": ('"{v}"', 'this text: "{v}"'),
+    "address": ("at {v}", "for {v}"),
+    "postal_code": ("in postal code {v}", "for ZIP code {v}", "in the {v} area"),
+    "isbn": ("with ISBN {v}", "ISBN {v}"),
+    "currency": ("in {v}",),
+    "target_currency": ("into {v}", "to {v}"),
+    "language": ("in {v}",),
+    "target_language": ("into {v}", "to {v}"),
+    "units": ("in {v} units", "using {v} units"),
+    "sort_order": ("{v}", "sorted {v}"),
+    "priority": ("with {v} priority", "marked as {v} priority"),
+    "cabin_class": ("in {v} class", "flying {v}"),
+    "room_type": ("a {v} room", "with a {v} room"),
+    "interval": ("at a {v} interval", "with {v} data points"),
+    "difficulty": ("at {v} level", "that is {v}"),
+    "genre": ("in the {v} genre", "{v}"),
+    "mode": ("{v}", "going {v}"),
+    "size": ("in size {v}", "size {v}"),
+    "status": ("that are {v}", "with status {v}"),
+    "format": ("as {v}", "in {v} format"),
+    "date": ("on {v}", "for {v}"),
+    "start_date": ("from {v}", "starting {v}"),
+    "end_date": ("until {v}", "through {v}"),
+    "check_in": ("checking in on {v}", "arriving {v}"),
+    "check_out": ("checking out on {v}", "leaving on {v}"),
+    "due_date": ("due {v}", "by {v}"),
+    "limit": ("top {v}", "at most {v} results", "just {v} of them", "{v} results"),
+    "days": ("for the next {v} days", "over {v} days"),
+    "guests": ("for {v} people", "for {v} guests", "for a party of {v}"),
+    "quantity": ("{v} of them", "a quantity of {v}", "{v} units"),
+    "year": ("in {v}", "from {v}", "for {v}"),
+    "page": ("page {v}", "on page {v}"),
+    "duration_minutes": ("for {v} minutes", "lasting {v} minutes"),
+    "servings": ("for {v} servings", "serving {v}"),
+    "age": ("aged {v}", "who is {v} years old"),
+    "floor": ("on floor {v}", "on the floor number {v}"),
+    "amount": ("of {v}", "for {v}"),
+    "weight_kg": ("weighing {v} kg", "of {v} kg"),
+    "height_cm": ("{v} cm tall", "with a height of {v} cm"),
+    "distance_km": ("of {v} km", "covering {v} km"),
+    "temperature": ("to {v} degrees", "at {v} °C"),
+    "max_price": ("under {v}", "for at most {v}"),
+    "rate": ("at {v}% interest", "with a {v}% rate"),
+    "latitude": ("at latitude {v}",),
+    "longitude": ("and longitude {v}",),
+    "tags": ("tagged {v}", "with the tags {v}"),
+    "tickers": ("for {v}", "covering {v}"),
+    "ingredients": ("with {v}", "using {v}"),
+    "recipients": ("to {v}", "addressed to {v}"),
+    "amenities": ("with {v}", "that has {v}"),
+    "seat_numbers": ("seats {v}", "for seats {v}"),
+    "weekdays": ("on days {v} of the week", "on weekdays {v}"),
+}
+
+BOOLEAN_MENTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (phrases when true, phrases when false)
+    "include_details": (("with full details", "including all the details"), ("just the basics", "without details")),
+    "notify": (("and send a notification", "and notify me"), ("without notifying anyone", "no notification needed")),
+    "refundable_only": (("refundable options only", "that can be refunded"), ("refundable or not", "any fare type")),
+    "vegetarian": (("vegetarian", "meat-free"), ("not necessarily vegetarian", "any diet")),
+    "express": (("with express delivery", "shipped express"), ("with standard delivery", "no rush")),
+}
+
+
+def join_words(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def spoken(name: str, value: Any, rng: random.Random | None = None) -> str:
+    """The words a user says for ``value`` of parameter ``name``."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return join_words([spoken(name, v, rng) for v in value])
+    if name in ("language", "target_language"):
+        return LANGUAGES.get(value, value)
+    if name in ("currency", "target_currency"):
+        # Users say both "EUR" and "euros".
+        return CURRENCY_WORDS.get(value, value) if rng is not None and rng.random() < 0.5 else value
+    if name == "interval":
+        return INTERVALS.get(value, value)
+    if name == "sort_order":
+        return SORTS.get(value, value)
+    if name == "mode":
+        return MODES.get(value, value)
+    if name == "format":
+        return FORMATS.get(value, value)
+    if name == "location" and isinstance(value, str) and ", " in value:
+        return value.split(", ")[0]  # the user names the city; the schema wants "City, CC"
+    if isinstance(value, str):
+        return value.replace("_", " ") if name in ("cabin_class", "room_type") else value
+    return str(value)
+
+
+def _object_mention(rng: random.Random, name: str, value: dict[str, Any]) -> str:
+    if name == "price_range":
+        lo, hi = value.get("min"), value.get("max")
+        return rng.choice(["between {a} and {b}", "priced from {a} to {b}", "in the {a}-{b} price range"]).format(
+            a=lo, b=hi)
+    if name == "coordinates":
+        return rng.choice(["at {a}, {b}", "at latitude {a} and longitude {b}"]).format(
+            a=value.get("latitude"), b=value.get("longitude"))
+    parts = [mention(rng, k, v) for k, v in value.items()]
+    return " ".join(parts)
+
+
+def mention(rng: random.Random, name: str, value: Any) -> str:
+    """One natural phrase for one argument (no parameter name in it)."""
+    if isinstance(value, dict):
+        return _object_mention(rng, name, value)
+    if isinstance(value, bool) and name in BOOLEAN_MENTIONS:
+        return rng.choice(BOOLEAN_MENTIONS[name][0 if value else 1])
+    templates = MENTIONS.get(name)
+    if not templates:
+        return f"with {name.replace('_', ' ')} {spoken(name, value, rng)}"
+    return rng.choice(templates).format(v=spoken(name, value, rng))
+
+
+def mention_many(rng: random.Random, name: str, values: list[Any]) -> str:
+    """One phrase for several values of the same parameter ("in Paris, Lima and Oslo")."""
+    templates = MENTIONS.get(name) or ("for {v}",)
+    said = join_words([spoken(name, v, rng) for v in values])
+    return rng.choice(templates).format(v=said)
+
+
+def can_mention_many(name: str, value: Any) -> bool:
+    """Whether several values of this parameter read naturally as one list."""
+    return not isinstance(value, (dict, list, bool)) and name in MENTIONS and name not in ("text", "latitude",
+                                                                                           "longitude")

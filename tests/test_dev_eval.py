@@ -1,0 +1,126 @@
+"""The development evaluation: held out from training by construction, and scored as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from stages.evaluation.dev import CATEGORIES, TEXT_CATEGORIES, DevCase, build_devset, score_case, summarize
+from stages.kinds import SOURCE_KINDS
+from stages.synthetic.generator import generate_samples
+from stages.synthetic.cases import CASE_TYPES, make_case
+from stages.synthetic.function_bank import BANK, HELDOUT, HELDOUT_DOMAINS, TRAIN
+from stages.synthetic.rng import FastRandom
+
+
+def test_held_out_functions_share_no_function_name_or_entity_with_training() -> None:
+    train_names = {f.name for f in TRAIN.functions}
+    held_names = {f.name for f in HELDOUT.functions}
+    assert held_names and train_names and not train_names & held_names
+    assert len(train_names) + len(held_names) == len(BANK)
+    assert not {f.entity.key for f in TRAIN.functions} & {f.entity.key for f in HELDOUT.functions}
+    assert {f.domain.key for f in HELDOUT.functions} == set(HELDOUT_DOMAINS)
+
+
+def _held_out_spellings() -> set[str]:
+    """Every way a held-out function can be written in a raw row: its name, its words."""
+    out = set()
+    for f in HELDOUT.functions:
+        out.add(f.name)
+        out.add(" ".join(w.title() for w in [f.verb, *f.entity.key.split("_")]))
+        out.add("-".join([f.verb, *f.entity.key.split("_")]))
+    return out
+
+
+@pytest.mark.parametrize("kind", [k for k, s in SOURCE_KINDS.items() if s.offers_tools])
+def test_training_rows_never_mention_a_held_out_function(kind: str) -> None:
+    spellings = _held_out_spellings()
+    for sample in generate_samples(kind, 400, seed=3, malformed_fraction=0.1):
+        text = json.dumps(sample.row, ensure_ascii=False)
+        found = [s for s in spellings if s in text]
+        assert not found, (kind, found[:3])
+
+
+def test_the_spelling_check_finds_held_out_functions_when_they_are_there() -> None:
+    from stages.kinds.hermes_fc import write as write_hermes
+    from stages.kinds.toolace import write as write_toolace
+
+    rng = FastRandom("control")
+    spellings = _held_out_spellings()
+    for write in (write_hermes, write_toolace):
+        case = make_case(rng, "single", False, 1.0, bank=HELDOUT)
+        text = json.dumps(write(rng, case), ensure_ascii=False)
+        assert any(re.search(rf"(?<![\w.]){re.escape(s)}(?![\w])", text) for s in spellings)
+
+
+def test_training_cases_draw_only_from_the_training_bank() -> None:
+    rng = FastRandom("t")
+    allowed = set(TRAIN.functions)
+    for case_type in CASE_TYPES:
+        for _ in range(30):
+            case = make_case(rng, case_type, False, 1.0)
+            assert set(case.tools) <= allowed
+            assert all(c.name in {f.name for f in allowed} for t in case.turns for c in t.calls)
+
+
+def test_devset_is_deterministic_balanced_and_held_out() -> None:
+    cases = build_devset(4, seed=1)
+    again = build_devset(4, seed=1)
+    assert [c.to_json() for c in cases] == [c.to_json() for c in again]
+    assert [c.category for c in cases] == [c for c in CATEGORIES for _ in range(4)]
+    held = {f.name for f in HELDOUT.functions}
+    for case in cases:
+        names = {t["function"]["name"] for t in case.tools}
+        assert names <= held
+        assert bool(case.expected_calls) == (case.category not in TEXT_CATEGORIES)
+        assert {c["name"] for c in case.expected_calls} <= names
+        assert case.messages[0]["role"] == "user"  # like BFCL: no system message
+    assert build_devset(4, seed=2)[0].to_json() != cases[0].to_json()
+
+
+def _case(category: str, expected: list[dict], shown: dict | None = None) -> DevCase:
+    return DevCase("x", category, [{"role": "user", "content": "hi"}], [], expected, shown or {})
+
+
+def test_scoring_of_calls_counts_names_and_exact_arguments() -> None:
+    want = [{"name": "f", "arguments": {"a": 1}}, {"name": "f", "arguments": {"a": 2}}]
+    case = _case("parallel", want)
+    exact = score_case(case, {"content": None, "finish": "tool_calls",
+                              "calls": [{"name": "f", "arguments": {"a": 2}}, {"name": "f", "arguments": {"a": 1}}]})
+    assert exact["decision"] and exact["count"] and exact["names"] and exact["args"] and exact["full"]
+    one = score_case(case, {"content": None, "finish": "tool_calls", "calls": [{"name": "f", "arguments": {"a": 1}}]})
+    assert one["decision"] and not one["count"] and not one["names"] and not one["full"]
+    wrong_value = score_case(case, {"content": None, "finish": "tool_calls", "calls": [
+        {"name": "f", "arguments": {"a": 1}}, {"name": "f", "arguments": {"a": 3}}]})
+    assert wrong_value["names"] and not wrong_value["args"] and not wrong_value["full"]
+    text = score_case(case, {"content": "no", "finish": "stop", "calls": []})
+    assert not text["decision"] and not text["full"]
+
+
+def test_scoring_of_text_cases_copied_values_and_cut_answers() -> None:
+    case = _case("irrelevance", [], shown={"g": ["Madrid, ES", 10]})
+    assert score_case(case, {"content": "sorry", "finish": "stop", "calls": []})["full"]
+    called = score_case(case, {"content": None, "finish": "tool_calls",
+                               "calls": [{"name": "g", "arguments": {"location": "Madrid, ES", "n": 10}}]})
+    assert not called["decision"] and called["copied_values"] == 2
+    cut = score_case(case, {"content": None, "finish": "length", "calls": []})
+    assert cut["incomplete"] and cut["full"]  # scored as no call, but counted as an artefact
+
+
+def test_summary_reports_every_documented_field() -> None:
+    call = _case("simple", [{"name": "f", "arguments": {}}])
+    text = _case("general", [])
+    scored = [score_case(call, {"content": None, "finish": "tool_calls", "calls": [{"name": "f", "arguments": {}}]}),
+              score_case(text, {"content": None, "finish": "tool_calls", "calls": [{"name": "f", "arguments": {}}]})]
+    margins = {"simple": {"decision": [2.0], "more": [], "stop": [-3.0]}, "general": {"decision": [1.0], "more": [],
+                                                                                     "stop": []}}
+    out = summarize(scored, margins)
+    assert out["categories"]["simple"]["full_match"] == 1.0
+    assert out["categories"]["simple"]["args_exact"] == 1.0
+    assert out["categories"]["simple"]["another_call_minus_end_when_done"] == -3.0
+    assert out["categories"]["general"]["decision_accuracy"] == 0.0
+    assert "args_exact" not in out["categories"]["general"]
+    assert out["summary"]["full_match"] == 0.5
+    assert out["summary"]["call_categories_full_match"] == 1.0 and out["summary"]["text_categories_full_match"] == 0.0
