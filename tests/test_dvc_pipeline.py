@@ -31,7 +31,8 @@ def sh(repo: Path, *args: str) -> str:
 def test_changing_a_filter_param_reruns_filter_and_not_raw(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "toolcall"):  # what the raw and filter stages import
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for source in params["raw"]["sources"].values():
