@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
-from stages.filter_rules import RULES, Drop
+from stages.filter_rules import FIXES, RULES, Drop
 from stages.filter_store import SpilledRows
 from stages.kinds import Kind
 from stages.parsing.json_codec import arguments_value
@@ -132,6 +132,7 @@ class _Chunk:
     messages: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)
+    fixes: list[int] = field(default_factory=list)  # per row, a bit per stages.filter_rules.FIXES entry
     call_rows: list[int] = field(default_factory=list)
     call_names: list[str] = field(default_factory=list)
     call_args: list[str] = field(default_factory=list)
@@ -155,6 +156,9 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+FIX_BITS = {fix: 1 << i for i, fix in enumerate(FIXES)}
+
+
 def _read_chunk(kind: str, lines: list[str], parsers: Parsers) -> _Chunk:
     out = _Chunk(lines=len(lines))
     with _no_cyclic_gc():
@@ -173,6 +177,7 @@ def _read_chunk(kind: str, lines: list[str], parsers: Parsers) -> _Chunk:
             out.messages.append(prepared.messages)
             out.tools.append(tools)
             out.keys.append(prepared.key)
+            out.fixes.append(sum(FIX_BITS[f] for f in prepared.fixes) if prepared.fixes else 0)
             if tools not in out.tool_lists:
                 out.tool_lists[tools] = prepared.schemas
             for name, args in prepared.calls:
@@ -183,14 +188,16 @@ def _read_chunk(kind: str, lines: list[str], parsers: Parsers) -> _Chunk:
 
 
 def chunk_tables(chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(rows: row, messages, tools, key, tools_id), (calls: row, name, arguments), (tool table:
+    """(rows: row, messages, tools, key, tools_id, fixes), (calls: row, name, arguments), (tool table:
     tools_id, name, schema for each distinct tools JSON). Rows carry ``tools_id`` so joins run on
     integers, not long text."""
     tool_ids = {t: i for i, t in enumerate(chunk.tool_lists)}
     rows = pl.DataFrame(
         {"row": np.arange(len(chunk.messages), dtype=np.int64), "messages": chunk.messages, "tools": chunk.tools,
-         "key": np.array(chunk.keys, dtype=np.uint64), "tools_id": [tool_ids[t] for t in chunk.tools]},
-        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64},
+         "key": np.array(chunk.keys, dtype=np.uint64), "tools_id": [tool_ids[t] for t in chunk.tools],
+         "fixes": np.array(chunk.fixes, dtype=np.uint8)},
+        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64,
+                "fixes": pl.UInt8},
     )
     calls = pl.DataFrame({"row": chunk.call_rows, "name": chunk.call_names, "arguments": chunk.call_args},
                          schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String})
@@ -377,6 +384,11 @@ class FilteredSource:
     def keys(self) -> np.ndarray:
         return self.store.key[self.kept]
 
+    def fixed(self) -> dict[str, int]:
+        """Kept rows per repaired defect (stages.filter_rules.FIXES)."""
+        masks = self.store.fixes[self.kept]
+        return {fix: int(np.count_nonzero(masks & bit)) for fix, bit in FIX_BITS.items()}
+
     def rows(self) -> Iterator[tuple[str, str]]:
         """(messages, tools) of each kept row, in order (reads the spill)."""
         for i in self.kept.tolist():
@@ -532,8 +544,9 @@ def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUN
     if missing:
         raise FileNotFoundError(f"filter: no raw file for source(s) {missing} in {raw_dir} (run the raw stage)")
     parsers = cached_parsers(cfg.keep_dots)
-    metrics: dict = {"sources": {}, "dropped": {}, "outputs": {}}
+    metrics: dict = {"sources": {}, "dropped": {}, "fixed": {}, "outputs": {}}
     total: Counter[str] = Counter()
+    fixed: Counter[str] = Counter()
     # The kept rows' texts wait here, beside the outputs (a filesystem with room for them).
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     spill_dir = Path(tempfile.mkdtemp(prefix=".filter-spill-", dir=out_dir.parent))
@@ -544,13 +557,15 @@ def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUN
                 kind, iter_lines(raw_dir / f"{name}.jsonl"), parsers, cfg.max_chars, cfg.max_rows_per_function,
                 spill_dir, desc=name, workers=cfg.workers, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)
             total.update(source.drops)
+            fixed.update(source.fixed())
             metrics["sources"][name] = {
                 "kind": kind, "rows_in": source.rows_in, "rows_out": source.height,
-                "dropped": {rule: source.drops.get(rule, 0) for rule in RULES},
+                "dropped": {rule: source.drops.get(rule, 0) for rule in RULES}, "fixed": source.fixed(),
             }
             log.info("%s (%s): %d rows in, %d kept, dropped %s", name, kind, source.rows_in, source.height,
                      dict(sorted((r, n) for r, n in source.drops.items() if n)))
         metrics["dropped"] = {rule: total.get(rule, 0) for rule in RULES}
+        metrics["fixed"] = {fix: fixed.get(fix, 0) for fix in FIXES}
         splits = {name: split_validation(source, cfg.validation_fraction, cfg.seed)
                   for name, source in filtered.items()}
         for stage in STAGES:

@@ -25,16 +25,17 @@ class SpilledRows:
         self._file = path.open("wb")
         self._size = 0
         self._parts: dict[str, list[np.ndarray]] = {name: [] for name in
-                                                   ("key", "offset", "messages_len", "tools_len", "call_row",
-                                                    "call_function")}
+                                                   ("key", "offset", "messages_len", "tools_len", "fixes",
+                                                    "call_row", "call_function")}
         self.functions: dict[str, int] = {}  # called function name -> id
         self.count = 0
         self._fd = -1
-        self.key = self.offset = self.messages_len = self.tools_len = np.empty(0, dtype=np.uint64)
+        self.key = self.offset = self.messages_len = self.tools_len = self.fixes = np.empty(0, dtype=np.uint64)
         self.call_row = self.call_function = np.empty(0, dtype=np.int64)
 
     def add(self, passed: pl.DataFrame, calls: pl.DataFrame) -> None:
-        """Append the rows of ``passed`` (columns row, messages, tools, key) in their order, and the
+        """Append the rows of ``passed`` (columns row, messages, tools, key, and optionally fixes: a
+        bit mask of repaired schema defects) in their order, and the
         (row, name) pairs of ``calls`` whose row is among them (``row`` is the chunk's row index)."""
         n = passed.height
         if n == 0:
@@ -46,7 +47,7 @@ class SpilledRows:
         sizes = m_len + t_len
         offsets = self._size + np.concatenate(([0], np.cumsum(sizes)[:-1]))
         # One record per row: its messages JSON, then its tools JSON, as UTF-8.
-        blob = passed.select(pl.concat_str("messages", "tools")).to_series().str.join("").item().encode()
+        blob = passed.select(pl.concat_str("messages", "tools").str.join("").cast(pl.Binary)).item()
         self._file.write(blob)
         self._size += len(blob)
         pairs = (calls.select("row", "name").unique()
@@ -60,6 +61,8 @@ class SpilledRows:
         self._parts["offset"].append(offsets.astype(np.int64))
         self._parts["messages_len"].append(m_len.astype(np.int64))
         self._parts["tools_len"].append(t_len.astype(np.int64))
+        self._parts["fixes"].append(passed.get_column("fixes").to_numpy().astype(np.uint8) if "fixes" in passed.columns
+                                    else np.zeros(n, dtype=np.uint8))
         self.count += n
 
     def _function_id(self, name: str) -> int:
@@ -71,7 +74,7 @@ class SpilledRows:
     def finish(self) -> None:
         """Close the spill for writing and concatenate the per-row arrays."""
         self._file.close()
-        dtypes = {"key": np.uint64}
+        dtypes = {"key": np.uint64, "fixes": np.uint8}
         for name, parts in self._parts.items():
             dtype = dtypes.get(name, np.int64)
             setattr(self, name, np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype))

@@ -249,6 +249,33 @@ def test_synthetic_rows_defects_dropped_and_good_rows_kept():
         assert len(kept) + drops["duplicate"] == len(good), kind
 
 
+def test_real_row_shapes_are_kept_and_schema_fixes_counted(tmp_path):
+    """Rows of the real-data shapes the normalizers once dropped or kept as text reach the output
+    with their calls, and a repaired schema is counted under "fixed", not dropped."""
+    from test_normalize import REAL_NAMES_TOOLS, toolace_system, toolace_turns
+
+    system = toolace_system(REAL_NAMES_TOOLS)
+    toolace = [json.dumps(toolace_turns(system, ("user", f"q{i}"), ("assistant", call)))
+               for i, call in enumerate(['[Get User\'s Instagram Stories(username="@x")]',
+                                         '[GET /categories/{categoryId}/v1(categoryId="5")]',
+                                         'Sure:\n[Current Weather (Detailed)(lat="1")]',
+                                         '[Get Account(riot-id="Phoenix", $top=2)]'])]
+    enum_none = hermes_row(HERMES_CALL.replace("'terrace': True", "'terrace': True, 'area': 'garden'"), HERMES_RESULT)
+    enum_none["conversations"][0]["value"] = enum_none["conversations"][0]["value"].replace(
+        "'terrace': {'type': 'boolean'}", "'terrace': {'type': 'boolean'}, 'area': {'type': 'string', 'enum': [None]}")
+    write_raw(tmp_path, {"toolace": toolace, "hermes": [json.dumps(enum_none), json.dumps(_hermes_variant(1))],
+                         "zh": [], "chat": [], "wild": []})
+    metrics = run(make_config(tmp_path, validation_fraction=0.0, max_chars=16000))
+    assert metrics["sources"]["toolace"]["rows_out"] == 4 and not any(metrics["sources"]["toolace"]["dropped"].values())
+    assert metrics["sources"]["hermes"]["rows_out"] == 2 and not any(metrics["sources"]["hermes"]["dropped"].values())
+    assert metrics["sources"]["hermes"]["fixed"] == {"enum_null": 1} and metrics["fixed"] == {"enum_null": 1}
+    rows = [json.loads(r["messages"]) for r in read_jsonl(tmp_path / "filtered" / "stage2" / "train.jsonl")
+            if r["source"] == "toolace"]
+    names = sorted(m["tool_calls"][0]["function"]["name"] for r in rows for m in r if m.get("tool_calls"))
+    assert names == ["Current_Weather_Detailed", "GET_categories_categoryId_v1", "Get_Account",
+                     "Get_User_s_Instagram_Stories"]
+
+
 def test_config_is_strict_and_missing_input_is_a_clear_error(tmp_path):
     params = tmp_path / "params.yaml"
     good = make_config(tmp_path).model_dump(mode="json")
