@@ -44,8 +44,14 @@ def test_changing_a_filter_param_reruns_filter_and_not_raw(tmp_path):
     with (repo / ".dvc" / "config").open("a") as fh:
         fh.write("[core]\n    analytics = false\n    check_update = false\n")
 
-    first = sh(repo, str(DVC), "repro", "raw", "filter")
+    first = sh(repo, str(DVC), "repro", "raw", "filter", "reanswer")
     assert "Running stage 'raw'" in first and "Running stage 'filter'" in first
+    # No teacher in the default params: the stage-1 rows train_stage1 reads are the filter's, unchanged.
+    assert "Running stage 'reanswer'" in first
+    for split in ("train", "validation"):
+        assert ((repo / "data" / "reanswered" / "stage1" / f"{split}.jsonl").read_bytes()
+                == (repo / "data" / "filtered" / "stage1" / f"{split}.jsonl").read_bytes())
+    assert "up to date" in sh(repo, str(DVC), "status", "reanswer")  # its outputs, the empty cache included
     raw_files = sorted((repo / "data" / "raw").glob("*.jsonl"))
     assert raw_files, "raw stage wrote nothing"
     raw_mtimes = [f.stat().st_mtime_ns for f in raw_files]
@@ -66,7 +72,7 @@ def test_changing_a_filter_param_reruns_filter_and_not_raw(tmp_path):
 PACKAGES = ("stages", "toolcall", "serve")
 
 
-@pytest.mark.parametrize("stage", ["raw", "filter"])
+@pytest.mark.parametrize("stage", ["raw", "filter", "reanswer"])
 def test_data_stage_deps_are_exactly_the_modules_it_imports(stage):
     deps = [d.rstrip("/") for d in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
             if d.split("/")[0] in PACKAGES]
