@@ -371,6 +371,66 @@ def test_fc_zh_hard_consecutive_calls_merge_and_bad_rows_drop():
     assert rule_of("fc_zh_hard", zh_row('{"name": "get_weather", "arguments": "{}"}', result_name="other")) == "tool_result_mismatch"
 
 
+def zh_message(role: str, content=None, function_call=None, name=None) -> dict:
+    return {"content": content, "function_call": function_call, "name": name, "role": role}
+
+
+def zh_call(city: str) -> str:
+    return json.dumps({"name": "get_weather", "arguments": json.dumps({"city": city}, ensure_ascii=False)},
+                      ensure_ascii=False)
+
+
+def test_fc_zh_hard_parallel_form_and_interleaved_form_are_both_read():
+    head = [zh_message("system", "你是一个助手。"), zh_message("user", "北京和上海天气？")]
+    # The parallel form: consecutive calls, then their results in order -> one turn with two calls.
+    parallel = {"functions": ZH_FUNCTIONS, "conversation": head + [
+        zh_message("assistant", function_call=zh_call("北京")), zh_message("assistant", function_call=zh_call("上海")),
+        zh_message("function", '{"temp": 21}', name="get_weather"), zh_message("function", '{"temp": 25}', name="get_weather"),
+        zh_message("assistant", "北京21度，上海25度。")]}
+    messages, _, calls = run("fc_zh_hard", parallel)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    ids = [c["id"] for c in messages[2]["tool_calls"]]
+    assert [json.loads(c["function"]["arguments"])["city"] for c in messages[2]["tool_calls"]] == ["北京", "上海"]
+    assert [messages[3]["tool_call_id"], messages[4]["tool_call_id"]] == ids  # results linked in order
+    assert [messages[3]["content"], messages[4]["content"]] == ['{"temp": 21}', '{"temp": 25}']
+    assert len(calls) == 2
+    # Results without a name are linked by order too.
+    unnamed = json.loads(json.dumps(parallel))
+    for m in unnamed["conversation"]:
+        if m["role"] == "function":
+            m["name"] = None
+    assert [m.get("tool_call_id") for m in run("fc_zh_hard", unnamed)[0][3:5]] == [
+        c["id"] for c in run("fc_zh_hard", unnamed)[0][2]["tool_calls"]]
+    # The interleaved form (call, result, call, result) stays two call turns.
+    interleaved = {"functions": ZH_FUNCTIONS, "conversation": head + [
+        zh_message("assistant", function_call=zh_call("北京")), zh_message("function", '{"temp": 21}', name="get_weather"),
+        zh_message("assistant", function_call=zh_call("上海")), zh_message("function", '{"temp": 25}', name="get_weather"),
+        zh_message("assistant", "北京21度，上海25度。")]}
+    messages, _, calls = run("fc_zh_hard", interleaved)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert len(calls) == 2
+
+
+def test_fc_zh_hard_writer_renders_parallel_calls_in_the_parallel_form():
+    from stages.synthetic.generator import generate_samples
+
+    seen = 0
+    for sample in generate_samples("fc_zh_hard", 400, seed=3, malformed_fraction=0.0):
+        conversation = sample.row["conversation"]
+        kinds = "".join("c" if m["function_call"] is not None else "f" if m["role"] == "function" else "t"
+                        for m in conversation)
+        # Never a result between two calls of one turn: calls come in a run, then their results.
+        assert "cfc" not in kinds
+        if "cc" not in kinds:
+            continue
+        messages, _, _ = run("fc_zh_hard", sample.row)
+        turns = [m for m in messages if m["role"] == "assistant" and m.get("tool_calls")]
+        runs = [len(r) for r in kinds.replace("f", " ").replace("t", " ").split() if r]
+        assert [len(m["tool_calls"]) for m in turns] == runs
+        seen += 1
+    assert seen >= 10  # the generator makes parallel calls often enough to check this
+
+
 def test_openhermes_system_turn_or_system_prompt_field():
     messages, tools, _ = run("openhermes", OPENHERMES)
     assert messages == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 7 * 28?"},
