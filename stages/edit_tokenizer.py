@@ -80,6 +80,26 @@ def add_format_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return new
 
 
+def row_mean(weight: Any, rows: Any, block: int = 8192) -> Any:
+    """The mean of ``weight[rows]`` (a row index list, or a ``range``), as ``weight``'s dtype.
+
+    Summed in float64 by numpy, block after block in a fixed order: the same bits whatever the
+    thread count (torch's parallel reductions add in an order that depends on it), and never the
+    whole table in float64 at once.
+    """
+    import numpy as np
+    import torch
+
+    total = np.zeros(weight.shape[1], dtype=np.float64)
+    rows = list(rows) if not isinstance(rows, range) else rows
+    with torch.no_grad():
+        for start in range(0, len(rows), block):
+            part = rows[start:start + block]
+            index = torch.arange(part.start, part.stop) if isinstance(part, range) else torch.tensor(part)
+            total += weight.index_select(0, index).detach().to(torch.float64).cpu().numpy().sum(axis=0)
+    return torch.from_numpy(total / len(rows)).to(weight.dtype)
+
+
 def _word_ids(tokenizer: PreTrainedTokenizerBase, words: str, limit: int) -> list[int]:
     ids = [i for i in tokenizer.encode(words, add_special_tokens=False) if i < limit]
     if not ids:
@@ -106,7 +126,9 @@ def edit_model(
     new_ids = add_format_tokens(tokenizer)
     needed = len(tokenizer)
     if needed > rows_before:
-        model.resize_token_embeddings(needed, pad_to_multiple_of=pad_to_multiple_of, mean_resizing=True)
+        # New rows are set below, every one of them: transformers' mean_resizing would draw them
+        # from a random normal (unseeded), so two runs would save different files.
+        model.resize_token_embeddings(needed, pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
     rows_after = model.get_input_embeddings().weight.shape[0]
     if rows_after < rows_before:  # guard: a resize must never drop trained rows
         raise EditError(f"embedding table shrank from {rows_before} to {rows_after}")
@@ -115,12 +137,17 @@ def edit_model(
     out_module = model.get_output_embeddings()
     out = out_module.weight if out_module is not None else None
     tied = out is None or out.data_ptr() == inp.data_ptr()
+    tables = [inp] if tied else [inp, out]
     with torch.no_grad():
+        # Rows the table grew by (spare padding rows, and new tokens until set from their words)
+        # start at the mean of the existing rows: what mean_resizing centres its draw on.
+        if rows_after > rows_before:
+            for table in tables:
+                table[rows_before:] = row_mean(table, range(rows_before))
         for token, tid in new_ids.items():
-            ids = torch.tensor(_word_ids(tokenizer, init_words[token], old_len))
-            inp[tid] = inp[ids].mean(dim=0)
-            if not tied:
-                out[tid] = out[ids].mean(dim=0)
+            ids = _word_ids(tokenizer, init_words[token], old_len)
+            for table in tables:
+                table[tid] = row_mean(table, ids)
     if tied:
         model.tie_weights()
 

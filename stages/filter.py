@@ -2,15 +2,17 @@
 
     python -m stages.filter [--params params.yaml]
 
-Each source's lines go through the row pipeline (stages/row_pipeline.py: the kind's normalizer,
-the structure rules, final JSON and content key), then through the table rules (the offered
-tools' schemas, calls to offered tools with valid arguments, length), then the rules that need
-the whole source (duplicates, the per-function cap), and are mixed into the two training sets by
-per-source ratios. Every rule is named and counted (stages/filter_rules.py). polars does the table
-work (joins of calls to offered tools, the distinct (schema, arguments) pairs to validate, dedup,
-caps, splits, mixing); the per-row part is the reading of each row, with every repeated tool list,
-tool and name parsed once. Everything is deterministic: rows are ordered by a hash of their
-content, never by input order.
+Each source is read in bounded chunks of lines. A chunk goes through the row pipeline
+(stages/row_pipeline.py: the kind's normalizer, the structure rules, final JSON and content key)
+and the table rules a row passes or fails alone (the offered tools' schemas, calls to offered
+tools with valid arguments, length); what passes is spilled to disk (stages/filter_store.py),
+keeping in memory only what the rules over the whole source need: each row's content key and the
+functions it calls. Then those rules run (duplicates, the per-function cap), the validation split
+is drawn, and the sources are mixed into the two training sets by per-source ratios and written
+row by row. Every rule is named and counted (stages/filter_rules.py). polars does the table work
+of each chunk (joins of calls to offered tools, the distinct (schema, arguments) pairs to
+validate); numpy the whole-source rules. Everything is deterministic and independent of input
+order and chunking: rows are ordered by a hash of their content, never by input order.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import json
 import logging
 import math
 import multiprocessing
+import shutil
+import tempfile
 import zlib
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -33,7 +39,8 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
-from stages.filter_rules import RULES, Drop
+from stages.filter_rules import FIXES, RULES, Drop
+from stages.filter_store import SpilledRows
 from stages.kinds import Kind
 from stages.parsing.json_codec import arguments_value
 from stages.parsing.parsers import Parsers, cached_parsers
@@ -43,6 +50,10 @@ from stages.schema_validator import compiled_validator, schema_ok
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2")
+# A chunk ends at whichever comes first. Memory holds a few chunks' worth of rows and tables; the
+# output does not depend on these numbers (tests/test_filter.py runs with tiny chunks).
+CHUNK_ROWS = 4096
+CHUNK_BYTES = 16 << 20
 
 
 class MixConfig(StrictModel):
@@ -77,30 +88,51 @@ class FilterConfig(StrictModel):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading: the row pipeline over runs of lines (chunks), into tables
+# Reading: lines in chunks, the row pipeline over each chunk, into tables
 
 
-def read_lines(path: Path) -> list[str]:
-    """Non-empty lines of a JSONL file; lines that are not UTF-8 become "" (counted unparseable)."""
-    out: list[str] = []
+def iter_lines(path: Path) -> Iterator[str]:
+    """Non-empty lines of a JSONL file, one at a time; lines that are not UTF-8 become "" (counted
+    unparseable)."""
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.strip():
                 continue
             try:
-                out.append(raw.decode("utf-8"))
+                yield raw.decode("utf-8")
             except UnicodeDecodeError:
-                out.append("")
-    return out
+                yield ""
+
+
+def read_lines(path: Path) -> list[str]:
+    """All of :func:`iter_lines` (benchmarks and tests; the stage streams)."""
+    return list(iter_lines(path))
+
+
+def chunked(lines: Iterable[str], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
+    """Runs of consecutive lines, each at most ``max_rows`` lines, ending at the first line that
+    brings it to ``max_bytes`` characters."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        chunk.append(line)
+        size += len(line)
+        if len(chunk) >= max_rows or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 @dataclass
 class _Chunk:
     """What reading a run of raw lines produced; calls refer to rows by index within the chunk."""
 
+    lines: int = 0
     messages: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)
+    fixes: list[int] = field(default_factory=list)  # per row, a bit per stages.filter_rules.FIXES entry
     call_rows: list[int] = field(default_factory=list)
     call_names: list[str] = field(default_factory=list)
     call_args: list[str] = field(default_factory=list)
@@ -112,9 +144,8 @@ class _Chunk:
 def _no_cyclic_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector (reference counting still frees everything here).
 
-    Reading allocates millions of acyclic objects and keeps lists of hundreds of thousands of
-    long strings alive until they become frames; every collection pass would visit each of them
-    (a cache miss per string), several times per source. Nested use keeps the outer state.
+    Reading allocates millions of acyclic objects; every collection pass would visit each live
+    one (a cache miss per string), many times per source. Nested use keeps the outer state.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -125,18 +156,20 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, position: int = 0) -> _Chunk:
-    out = _Chunk()
+FIX_BITS = {fix: 1 << i for i, fix in enumerate(FIXES)}
+
+
+def _read_chunk(kind: str, lines: list[str], parsers: Parsers) -> _Chunk:
+    out = _Chunk(lines=len(lines))
     with _no_cyclic_gc():
-        for line in tqdm(lines, desc=f"normalize {desc}", unit="row", mininterval=5.0, position=position,
-                         leave=position == 0):
+        for line in lines:
             try:
                 prepared = prepare_row(kind, line, parsers)
             except Drop as drop:
                 out.drops[drop.rule] += 1
                 continue
             except Exception as exc:  # noqa: BLE001 - a row must never crash the stage
-                log.debug("unreadable %s row: %r", desc, exc)
+                log.debug("unreadable %s row: %r", kind, exc)
                 out.drops["unparseable"] += 1
                 continue
             row = len(out.messages)
@@ -144,6 +177,7 @@ def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, po
             out.messages.append(prepared.messages)
             out.tools.append(tools)
             out.keys.append(prepared.key)
+            out.fixes.append(sum(FIX_BITS[f] for f in prepared.fixes) if prepared.fixes else 0)
             if tools not in out.tool_lists:
                 out.tool_lists[tools] = prepared.schemas
             for name, args in prepared.calls:
@@ -153,74 +187,70 @@ def _read_chunk(kind: str, lines: Sequence[str], parsers: Parsers, desc: str, po
     return out
 
 
-# Set before forking workers, so they read the lines from inherited memory instead of a pickle.
-_SHARED: tuple[str, Sequence[str], bool, str] | None = None
-
-
-def _read_shared(task: tuple[int, int, int]) -> _Chunk:
-    assert _SHARED is not None
-    kind, lines, keep_dots, desc = _SHARED
-    start, end, position = task
-    return _read_chunk(kind, lines[start:end], cached_parsers(keep_dots), desc, position)
-
-
-def normalize_source(kind: str, lines: Sequence[str], parsers: Parsers, desc: str = "",
-                     workers: int = 1) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, Counter[str]]:
-    """Per-row reading: (rows: row, messages, tools, key, tools_id), (calls: row, name, arguments),
-    (tool table: tools_id, name, schema for each distinct tools JSON), drops.
-
-    Rows carry ``tools_id`` (one per distinct tools JSON) so joins run on integers, not long text.
-    With ``workers`` > 1 the lines are read in that many forked processes (contiguous chunks,
-    merged in order, so the result is the same as with one).
-    """
-    global _SHARED
-    n = len(lines)
-    if workers > 1 and n >= 2000 and "fork" in multiprocessing.get_all_start_methods():
-        _SHARED = (kind, lines, parsers.keep_dots, desc)
-        tasks = [(i * n // workers, (i + 1) * n // workers, i) for i in range(workers)]
-        try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                chunks = pool.map(_read_shared, tasks)
-        finally:
-            _SHARED = None
-    else:
-        chunks = [_read_chunk(kind, lines, parsers, desc)]
-
-    tool_ids: dict[str, int] = {}
-    tool_lists: dict[str, tuple[tuple[str, str], ...]] = {}
-    drops: Counter[str] = Counter()
-    messages: list[str] = []
-    tools: list[str] = []
-    keys: list[int] = []
-    call_rows: list[int] = []
-    for chunk in chunks:
-        offset = len(messages)
-        messages += chunk.messages
-        tools += chunk.tools
-        keys += chunk.keys
-        call_rows += [offset + r for r in chunk.call_rows]
-        drops.update(chunk.drops)
-        for t, schemas in chunk.tool_lists.items():
-            if t not in tool_ids:
-                tool_ids[t] = len(tool_ids)
-                tool_lists[t] = schemas
+def chunk_tables(chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(rows: row, messages, tools, key, tools_id, fixes), (calls: row, name, arguments), (tool table:
+    tools_id, name, schema for each distinct tools JSON). Rows carry ``tools_id`` so joins run on
+    integers, not long text."""
+    tool_ids = {t: i for i, t in enumerate(chunk.tool_lists)}
     rows = pl.DataFrame(
-        {"row": np.arange(len(messages), dtype=np.int64), "messages": messages, "tools": tools,
-         "key": np.array(keys, dtype=np.uint64), "tools_id": [tool_ids[t] for t in tools]},
-        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64},
+        {"row": np.arange(len(chunk.messages), dtype=np.int64), "messages": chunk.messages, "tools": chunk.tools,
+         "key": np.array(chunk.keys, dtype=np.uint64), "tools_id": [tool_ids[t] for t in chunk.tools],
+         "fixes": np.array(chunk.fixes, dtype=np.uint8)},
+        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64,
+                "fixes": pl.UInt8},
     )
-    calls_df = pl.DataFrame(
-        {"row": call_rows, "name": [x for c in chunks for x in c.call_names],
-         "arguments": [x for c in chunks for x in c.call_args]},
-        schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String},
-    )
+    calls = pl.DataFrame({"row": chunk.call_rows, "name": chunk.call_names, "arguments": chunk.call_args},
+                         schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String})
     tool_table = pl.DataFrame(
-        {"tools_id": [tool_ids[t] for t, schemas in tool_lists.items() for _ in schemas],
-         "name": [n for s in tool_lists.values() for n, _ in s],
-         "schema": [k for s in tool_lists.values() for _, k in s]},
+        {"tools_id": [tool_ids[t] for t, schemas in chunk.tool_lists.items() for _ in schemas],
+         "name": [n for s in chunk.tool_lists.values() for n, _ in s],
+         "schema": [k for s in chunk.tool_lists.values() for _, k in s]},
         schema={"tools_id": pl.Int64, "name": pl.String, "schema": pl.String},
     )
-    return rows, calls_df, tool_table, drops
+    return rows, calls, tool_table
+
+
+# Set before forking workers, so each inherits the kind and name rule instead of a pickle.
+_WORKER: tuple[str, bool] | None = None
+
+
+def _read_in_worker(lines: list[str]) -> _Chunk:
+    assert _WORKER is not None
+    kind, keep_dots = _WORKER
+    return _read_chunk(kind, lines, _worker_parsers(keep_dots))
+
+
+_WORKER_PARSERS: dict[bool, Parsers] = {}
+
+
+def _worker_parsers(keep_dots: bool) -> Parsers:
+    # One cached parser set per worker process, kept across its chunks.
+    if keep_dots not in _WORKER_PARSERS:
+        _WORKER_PARSERS[keep_dots] = cached_parsers(keep_dots)
+    return _WORKER_PARSERS[keep_dots]
+
+
+def read_chunks(kind: str, chunks: Iterable[list[str]], parsers: Parsers, workers: int = 1) -> Iterator[_Chunk]:
+    """The row pipeline over each chunk, in order. With ``workers`` > 1, chunks are read in that many
+    forked processes, at most two per process in flight (so memory stays bounded), and handed
+    back in input order."""
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for lines in chunks:
+            yield _read_chunk(kind, lines, parsers)
+        return
+    global _WORKER
+    _WORKER = (kind, parsers.keep_dots)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pending: deque[Any] = deque()
+            for lines in chunks:
+                pending.append(pool.apply_async(_read_in_worker, (lines,)))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().get()
+            while pending:
+                yield pending.popleft().get()
+    finally:
+        _WORKER = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,50 +315,121 @@ def check_rows(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame
 # Rules that need every row of a source
 
 
-def deduplicate_and_cap(passed: pl.DataFrame, calls: pl.DataFrame,
-                        max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
+def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of each run of equal consecutive values."""
+    if len(sorted_values) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    return starts, np.diff(np.r_[starts, len(sorted_values)])
+
+
+def deduplicate_and_cap(store: SpilledRows, max_rows_per_function: int | None) -> tuple[np.ndarray, Counter[str]]:
     """Exact duplicates, then the per-function cap, over all rows that passed the per-row rules.
-    Returns kept rows (messages, tools, key) sorted by key, and the drops."""
+
+    Returns the kept rows (indices into ``store``) ordered by (content key, messages), and the drops.
+    """
     drops: Counter[str] = Counter()
-    # Exact duplicates are identical, so which copy survives cannot change the output. Equal rows
-    # have equal content keys, so only rows sharing a key are compared by their (long) texts.
-    shared_key = pl.col("key").is_duplicated()
-    unique = pl.concat([passed.filter(~shared_key),
-                        passed.filter(shared_key).unique(subset=["messages", "tools"], keep="any")]
-                       ).sort("key", "messages")
-    drops["duplicate"] += passed.height - unique.height
+    by_key = np.argsort(store.key, kind="stable")
+    keys = store.key[by_key]
+    starts, lengths = _runs(keys)
+    keep = np.ones(len(by_key), dtype=bool)
+    # Equal rows have equal content keys, so only rows sharing a key are compared by their texts;
+    # which copy of identical rows survives cannot change the output. Rows that only share a key
+    # (a hash collision) are ordered by their messages, as everywhere the key is the order.
+    for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist()):
+        members = by_key[start:start + length].tolist()
+        texts = {}
+        for i in members:
+            texts.setdefault(store.texts(i), i)
+        survivors = sorted(texts.items(), key=lambda item: (item[0][0], item[1]))
+        by_key[start:start + len(survivors)] = [i for _, i in survivors]
+        keep[start + len(survivors):start + length] = False
+    drops["duplicate"] += int((~keep).sum())
+    order = by_key[keep]
 
-    if max_rows_per_function is not None and unique.height:
-        # Rank each function's rows by content hash (order-independent); a row over the cap for
-        # any function it calls is dropped. Dropped rows still hold their rank, as in the baseline.
-        per_fn = (calls.select("row", "name").unique()
-                  .join(unique.select("row", "key", "messages"), on="row", how="inner")
-                  .sort("name", "key", "messages")
-                  .with_columns(rank=pl.int_range(pl.len()).over("name")))
-        over = per_fn.filter(pl.col("rank") >= max_rows_per_function).get_column("row").unique()
-        capped = unique.filter(~pl.col("row").is_in(over.implode()))
-        drops["function_cap"] += unique.height - capped.height
-        unique = capped
-    return unique.select("messages", "tools", "key"), drops
+    if max_rows_per_function is not None and len(order):
+        # Rank each function's rows by content (order-independent); a row over the cap for any
+        # function it calls is dropped. Dropped rows still hold their rank, as in the baseline.
+        rank_of_row = np.full(store.count, -1, dtype=np.int64)
+        rank_of_row[order] = np.arange(len(order))
+        ranks = rank_of_row[store.call_row]
+        used = ranks >= 0
+        ranks, functions, rows = ranks[used], store.call_function[used], store.call_row[used]
+        by_function = np.lexsort((ranks, functions))
+        f_sorted = functions[by_function]
+        f_starts, f_lengths = _runs(f_sorted)
+        within = np.arange(len(f_sorted)) - np.repeat(f_starts, f_lengths)
+        over = np.unique(rows[by_function][within >= max_rows_per_function])
+        capped = order[~np.isin(order, over)]
+        drops["function_cap"] += len(order) - len(capped)
+        order = capped
+    return order, drops
 
 
-def apply_rules(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame, max_chars: int,
-                max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
-    """The table rules, in RULES order from bad_tool_schema on. Returns kept rows and drops."""
-    passed, drops = check_rows(rows, calls, tool_table, max_chars)
-    kept, source_drops = deduplicate_and_cap(passed, calls, max_rows_per_function)
+@dataclass
+class FilteredSource:
+    """One source after every rule: the kept rows (indices into ``store``, ordered by content key
+    then messages), the lines read and the drops per rule."""
+
+    store: SpilledRows
+    kept: np.ndarray
+    rows_in: int
+    drops: Counter[str]
+
+    @property
+    def height(self) -> int:
+        return len(self.kept)
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.store.key[self.kept]
+
+    def fixed(self) -> dict[str, int]:
+        """Kept rows per repaired defect (stages.filter_rules.FIXES)."""
+        masks = self.store.fixes[self.kept]
+        return {fix: int(np.count_nonzero(masks & bit)) for fix, bit in FIX_BITS.items()}
+
+    def rows(self) -> Iterator[tuple[str, str]]:
+        """(messages, tools) of each kept row, in order (reads the spill)."""
+        for i in self.kept.tolist():
+            yield self.store.texts(i)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: int,
+                  max_rows_per_function: int | None, spill_dir: Path | None = None, desc: str = "",
+                  workers: int = 1, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES) -> FilteredSource:
+    """Read, check and filter one source's lines in chunks (``lines`` may be a lazy iterator).
+
+    The kept rows' texts are spilled to a file in ``spill_dir`` (a temporary directory when
+    None): call :meth:`FilteredSource.close` when done with them.
+    """
+    if spill_dir is None:
+        spill_dir = Path(tempfile.mkdtemp(prefix="filter-"))
+    handle = tempfile.NamedTemporaryFile(prefix=f"{desc or kind}-", suffix=".spill", dir=spill_dir, delete=False)
+    handle.close()
+    store = SpilledRows(Path(handle.name))
+    drops: Counter[str] = Counter()
+    rows_in = 0
+    try:
+        with _no_cyclic_gc(), tqdm(desc=f"filter {desc or kind}", unit="row", mininterval=5.0, leave=False) as bar:
+            for chunk in read_chunks(kind, chunked(lines, chunk_rows, chunk_bytes), parsers, workers):
+                rows, calls, tool_table = chunk_tables(chunk)
+                passed, table_drops = check_rows(rows, calls, tool_table, max_chars)
+                store.add(passed, calls)
+                drops.update(chunk.drops)
+                drops.update(table_drops)
+                rows_in += chunk.lines
+                bar.update(chunk.lines)
+            store.finish()
+            kept, source_drops = deduplicate_and_cap(store, max_rows_per_function)
+    except BaseException:
+        store.close()
+        raise
     drops.update(source_drops)
-    return kept, drops
-
-
-def filter_source(kind: str, lines: Sequence[str], parsers: Parsers, max_chars: int,
-                  max_rows_per_function: int | None, desc: str = "", workers: int = 1) -> tuple[pl.DataFrame, Counter[str]]:
-    """Normalize and filter one source; kept rows (messages, tools, key) sorted by key."""
-    with _no_cyclic_gc():
-        rows, calls, tool_table, drops = normalize_source(kind, lines, parsers, desc, workers)
-        kept, table_drops = apply_rules(rows, calls, tool_table, max_chars, max_rows_per_function)
-    drops.update(table_drops)
-    return kept, drops
+    return FilteredSource(store, kept, rows_in, drops)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,86 +451,140 @@ def _salt(seed: int, *parts: str) -> int:
     return (seed * 0x100000001B3) ^ zlib.crc32("/".join(parts).encode())
 
 
-def split_validation(kept: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split by content hash, before any repetition, so no row is in both splits."""
-    is_val = _unit(kept.get_column("key").to_numpy(), _salt(seed, "validation")) < fraction
-    mask = pl.Series(is_val)
-    return kept.filter(~mask), kept.filter(mask)
+def split_validation(source: FilteredSource, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices, by content hash, before any repetition, so no row is in both."""
+    is_val = _unit(source.keys, _salt(seed, "validation")) < fraction
+    return source.kept[~is_val], source.kept[is_val]
 
 
-def mix(frame: pl.DataFrame, ratio: float, seed: int, stage: str, source: str, repeat: bool) -> pl.DataFrame:
-    """Apply a ratio: floor(ratio) copies plus a seeded fraction. Validation (repeat=False) only subsamples."""
+def copies(keys: np.ndarray, ratio: float, seed: int, stage: str, source: str, repeat: bool) -> np.ndarray:
+    """Copies of each row for a ratio: floor(ratio) plus a seeded fraction. Validation (repeat=False)
+    only subsamples."""
     if not repeat:
         ratio = min(ratio, 1.0)
     full = math.floor(ratio)
-    keys = frame.get_column("key").to_numpy()
     extra = _unit(keys, _salt(seed, stage, source, "mix")) < (ratio - full)
-    copies = pl.Series("copies", full + extra.astype(np.int64))
-    out = (frame.with_columns(copies).filter(pl.col("copies") > 0)
-           .with_columns(copy=pl.int_ranges(0, pl.col("copies"))).explode("copy").drop("copies"))
-    return out.with_columns(source=pl.lit(source))
+    return full + extra.astype(np.int64)
 
 
-def shuffle(frame: pl.DataFrame, seed: int, stage: str, split: str) -> pl.DataFrame:
-    keys = frame.get_column("key").to_numpy()
-    copy = frame.get_column("copy").to_numpy().astype(np.uint64)
-    with np.errstate(over="ignore"):
-        mixed = keys ^ (copy * np.uint64(0xD6E8FEB86659FD93))
-    order = pl.Series("order", _unit(mixed, _salt(seed, stage, split, "order")))
-    return frame.with_columns(order).sort("order", "source", "messages", "copy").drop("order")
+@dataclass
+class _Mixed:
+    """The rows of one output file: per entry its source, row and copy number, in output order."""
+
+    source: np.ndarray
+    row: np.ndarray
+    copy: np.ndarray
 
 
-def write_jsonl(frame: pl.DataFrame, path: Path) -> None:
+def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios: dict[str, float], seed: int,
+                    stage: str, split: str) -> tuple[list[str], _Mixed]:
+    """Mix the sources' rows by ratio and order them by a hash of (content key, copy); ties (a hash
+    collision) by source, messages, then copy. Returns the source names (index = ``source``) and
+    the entries in output order."""
+    names = sorted(ratios)
+    src, rows, copy, order = [], [], [], []
+    for s, name in enumerate(names):
+        source, idx = parts[name]
+        keys = source.store.key[idx]
+        n = copies(keys, ratios[name], seed, stage, name, repeat=split == "train")
+        total = int(n.sum())
+        starts = np.cumsum(n) - n
+        rows.append(np.repeat(idx, n))
+        copy.append(np.arange(total, dtype=np.int64) - np.repeat(starts, n))
+        src.append(np.full(total, s, dtype=np.int64))
+        with np.errstate(over="ignore"):
+            mixed = np.repeat(keys, n) ^ (copy[-1].astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
+        order.append(_unit(mixed, _salt(seed, stage, split, "order")))
+    empty = np.empty(0, dtype=np.int64)
+    m = _Mixed(np.concatenate(src) if src else empty, np.concatenate(rows) if rows else empty,
+               np.concatenate(copy) if copy else empty)
+    position = np.concatenate(order) if order else np.empty(0)
+    by = np.lexsort((m.copy, m.source, position))
+    position, m = position[by], _Mixed(m.source[by], m.row[by], m.copy[by])
+    # Entries sharing (order, source) are rare; they are ordered by their messages, then copy.
+    same = np.r_[False, (position[1:] == position[:-1]) & (m.source[1:] == m.source[:-1])]
+    if same.any():
+        starts, lengths = _runs(np.cumsum(~same))
+        for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist()):
+            span = slice(start, start + length)
+            store = parts[names[int(m.source[start])]][0].store
+            entries = sorted(zip(m.row[span].tolist(), m.copy[span].tolist()),
+                             key=lambda e: (store.messages(e[0]), e[1]))
+            m.row[span] = [r for r, _ in entries]
+            m.copy[span] = [c for _, c in entries]
+    return names, m
+
+
+def write_jsonl(names: list[str], mixed: _Mixed, parts: dict[str, tuple[FilteredSource, np.ndarray]],
+                path: Path) -> None:
+    """One ``{"messages", "tools", "source"}`` line per entry: the bytes ``json.dumps(row,
+    ensure_ascii=False)`` writes, put together from each string's encoding."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    stores = [parts[name][0].store for name in names]
+    sources = [encode_basestring(name) for name in names]
     with path.open("w", encoding="utf-8", newline="\n") as fh:
-        for messages, tools, source in frame.select("messages", "tools", "source").iter_rows():
-            fh.write(json.dumps({"messages": messages, "tools": tools, "source": source}, ensure_ascii=False))
-            fh.write("\n")
+        buffer: list[str] = []
+        for s, row in zip(mixed.source.tolist(), mixed.row.tolist()):
+            messages, tools = stores[s].texts(row)
+            buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
+                          f'"source": {sources[s]}}}\n')
+            if len(buffer) >= 1024:
+                fh.write("".join(buffer))
+                buffer.clear()
+        fh.write("".join(buffer))
 
 
 # ----------------------------------------------------------------------------------------------
 # The stage
 
 
-def run(cfg: FilterConfig) -> dict:
+def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES) -> dict:
     raw_dir, out_dir = Path(cfg.raw_dir), Path(cfg.out_dir)
     missing = [name for name in cfg.sources if not (raw_dir / f"{name}.jsonl").is_file()]
     if missing:
         raise FileNotFoundError(f"filter: no raw file for source(s) {missing} in {raw_dir} (run the raw stage)")
     parsers = cached_parsers(cfg.keep_dots)
-    metrics: dict = {"sources": {}, "dropped": {}, "outputs": {}}
-    splits: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+    metrics: dict = {"sources": {}, "dropped": {}, "fixed": {}, "outputs": {}}
     total: Counter[str] = Counter()
-    for name, kind in sorted(cfg.sources.items()):
-        lines = read_lines(raw_dir / f"{name}.jsonl")
-        kept, drops = filter_source(kind, lines, parsers, cfg.max_chars, cfg.max_rows_per_function, desc=name,
-                                    workers=cfg.workers)
-        train, val = split_validation(kept, cfg.validation_fraction, cfg.seed)
-        splits[name] = (train, val)
-        total.update(drops)
-        metrics["sources"][name] = {
-            "kind": kind, "rows_in": len(lines), "rows_out": kept.height,
-            "dropped": {rule: drops.get(rule, 0) for rule in RULES},
-        }
-        log.info("%s (%s): %d rows in, %d kept, dropped %s", name, kind, len(lines), kept.height,
-                 dict(sorted((r, n) for r, n in drops.items() if n)))
-    metrics["dropped"] = {rule: total.get(rule, 0) for rule in RULES}
-    for stage in STAGES:
-        ratios = getattr(cfg.mix, stage)
-        for split_index, split in enumerate(("train", "validation")):
-            parts = [mix(splits[name][split_index], ratio, cfg.seed, stage, name, repeat=split == "train")
-                     for name, ratio in sorted(ratios.items())]
-            frame = (pl.concat(parts) if parts else
-                     pl.DataFrame(schema={"messages": pl.String, "tools": pl.String, "key": pl.UInt64,
-                                          "copy": pl.Int64, "source": pl.String}))
-            frame = shuffle(frame, cfg.seed, stage, split)
-            path = out_dir / stage / f"{split}.jsonl"
-            write_jsonl(frame, path)
-            metrics["outputs"][f"{stage}/{split}"] = {
-                "rows": frame.height,
-                "per_source": {name: int(n) for name, n in sorted(frame.group_by("source").len().iter_rows())},
+    fixed: Counter[str] = Counter()
+    # The kept rows' texts wait here, beside the outputs (a filesystem with room for them).
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    spill_dir = Path(tempfile.mkdtemp(prefix=".filter-spill-", dir=out_dir.parent))
+    filtered: dict[str, FilteredSource] = {}
+    try:
+        for name, kind in sorted(cfg.sources.items()):
+            source = filtered[name] = filter_source(
+                kind, iter_lines(raw_dir / f"{name}.jsonl"), parsers, cfg.max_chars, cfg.max_rows_per_function,
+                spill_dir, desc=name, workers=cfg.workers, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)
+            total.update(source.drops)
+            fixed.update(source.fixed())
+            metrics["sources"][name] = {
+                "kind": kind, "rows_in": source.rows_in, "rows_out": source.height,
+                "dropped": {rule: source.drops.get(rule, 0) for rule in RULES}, "fixed": source.fixed(),
             }
-            log.info("wrote %s: %d rows", path, frame.height)
+            log.info("%s (%s): %d rows in, %d kept, dropped %s", name, kind, source.rows_in, source.height,
+                     dict(sorted((r, n) for r, n in source.drops.items() if n)))
+        metrics["dropped"] = {rule: total.get(rule, 0) for rule in RULES}
+        metrics["fixed"] = {fix: fixed.get(fix, 0) for fix in FIXES}
+        splits = {name: split_validation(source, cfg.validation_fraction, cfg.seed)
+                  for name, source in filtered.items()}
+        for stage in STAGES:
+            ratios = getattr(cfg.mix, stage)
+            for split_index, split in enumerate(("train", "validation")):
+                parts = {name: (filtered[name], splits[name][split_index]) for name in ratios}
+                names, mixed = mix_and_shuffle(parts, ratios, cfg.seed, stage, split)
+                path = out_dir / stage / f"{split}.jsonl"
+                write_jsonl(names, mixed, parts, path)
+                counts = np.bincount(mixed.source, minlength=len(names))
+                metrics["outputs"][f"{stage}/{split}"] = {
+                    "rows": len(mixed.row),
+                    "per_source": {name: int(n) for name, n in zip(names, counts.tolist()) if n},
+                }
+                log.info("wrote %s: %d rows", path, len(mixed.row))
+    finally:
+        for source in filtered.values():
+            source.close()
+        shutil.rmtree(spill_dir, ignore_errors=True)
     metrics_path = Path(cfg.metrics_file)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -30,6 +30,13 @@ RULES = (
 )
 
 
+# Defects that are repaired instead of dropped: the row is kept with the repaired schema and counted
+# once per fix, over the kept rows, under "fixed" in metrics/filter.json.
+FIXES = (
+    "enum_null",               # a None in an enum whose type excludes null (Hermes: 'enum': [None])
+)
+
+
 class Drop(Exception):
     """A row breaks a rule; ``rule`` is the metrics key it is counted under."""
 

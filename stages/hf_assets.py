@@ -85,15 +85,25 @@ def replace_dir(staging: Path, target: Path) -> None:
     staging.rename(target)
 
 
+# How a tokenizer was loaded, not what it is: transformers records these in tokenizer_config.json
+# (local_files_only is true under HF_HUB_OFFLINE=1, is_local depends on where it was read from), so
+# the same tokenizer would be saved as different bytes in different environments.
+TOKENIZER_LOADING_KEYS = ("local_files_only", "is_local", "cache_dir", "force_download", "proxies", "token",
+                          "_commit_hash")
+
+
 def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
                    extra_files: dict[str, str] | None = None) -> None:
     """Save model + tokenizer (+ small text files) to a sibling staging dir, then swap it in, so a
-    killed run never leaves a half-written model where the next stage would load it."""
+    killed run never leaves a half-written model where the next stage would load it. The files
+    depend only on the model and tokenizer, never on how or where they were loaded."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.with_name(output_dir.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
     model.save_pretrained(staging)
+    for key in TOKENIZER_LOADING_KEYS:
+        tokenizer.init_kwargs.pop(key, None)
     tokenizer.save_pretrained(staging)
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text, encoding="utf-8")

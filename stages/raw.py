@@ -13,6 +13,7 @@ order. This module does not import torch (``datasets`` is imported only for hub 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -87,41 +88,117 @@ def _json_default(value: Any) -> Any:
 
 
 def _limit(rows: Iterable[dict[str, Any]], max_rows: int | None) -> Iterator[dict[str, Any]]:
-    for i, row in enumerate(rows):
-        if max_rows is not None and i >= max_rows:
-            return
-        yield row
+    # islice pulls exactly max_rows items, so a streamed source reads nothing past them.
+    return iter(rows) if max_rows is None else itertools.islice(rows, max_rows)
 
 
 def hub_rows(origin: HubOrigin) -> Iterator[dict[str, Any]]:
-    """Rows of a pinned hub revision. Needs network access to the hub; imported lazily."""
+    """Rows of a pinned hub revision, streamed (nothing in a home-directory cache, and only the rows
+    kept are read). Needs network access to the hub; ``datasets`` is imported lazily.
+
+    ``datasets`` streams parquet files batch by batch; a data file that is one JSON array (ToolACE,
+    OpenHermes-2.5) it still parses whole, once per run.
+    """
     import datasets  # heavy, and only hub origins need it
 
-    ds = datasets.load_dataset(origin.dataset, origin.config, split=origin.split, revision=origin.revision)
+    ds = datasets.load_dataset(origin.dataset, origin.config, split=origin.split, revision=origin.revision,
+                               streaming=True)
     return _limit(iter(ds), origin.max_rows)
 
 
 def local_rows(origin: LocalOrigin) -> Iterator[dict[str, Any]]:
-    """Rows of a local file. Lines or items that are not JSON objects are skipped and counted."""
+    """Rows of a local file, read incrementally (memory holds a batch, not the file). Lines or items
+    that are not JSON objects are skipped and counted."""
     path = Path(origin.path)
     if not path.is_file():
         raise FileNotFoundError(f"local source file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows: Iterable[dict[str, Any]] = pq.read_table(path).to_pylist()
+        rows: Iterable[dict[str, Any]] = _parquet_rows(path)
     elif suffix == ".jsonl":
         rows = _jsonl_objects(path)
     elif suffix == ".json":
-        with path.open(encoding="utf-8") as fh:
-            data = json.load(fh)
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json source must hold a JSON array of rows, got {type(data).__name__}")
-        rows = _objects_only(data, str(path))
+        rows = _objects_only(json_array_items(path), str(path))
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .parquet)")
     return _limit(rows, origin.max_rows)
+
+
+def _parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            yield from batch.to_pylist()
+
+
+def json_array_items(path: Path, block_chars: int = 1 << 20) -> Iterator[Any]:
+    """The items of a file holding one JSON array, decoded one at a time (the same values as
+    ``json.load``), so memory holds one item and a block of text, not the whole file."""
+    with path.open(encoding="utf-8") as fh:
+        text = _TextWindow(fh, block_chars)
+        if text.next_char() != "[":
+            raise ValueError(f"{path}: a .json source must hold a JSON array of rows")
+        text.at += 1
+        if text.next_char() != "]":
+            while True:
+                yield text.decode()
+                separator = text.next_char()
+                if separator != ",":
+                    break
+                text.at += 1
+        if text.next_char() != "]":
+            raise ValueError(f"{path}: the JSON array is not closed properly")
+        text.at += 1
+        if text.next_char():
+            raise ValueError(f"{path}: extra data after the JSON array")
+
+
+class _TextWindow:
+    """A window on a text file read block by block: ``buffer[at:]`` is what is left to parse."""
+
+    _DECODER = json.JSONDecoder()
+    _SPACE = frozenset(" \t\n\r")
+    _AFTER_VALUE = frozenset(" \t\n\r,]")
+
+    def __init__(self, fh: Any, block_chars: int) -> None:
+        self.fh, self.block_chars = fh, block_chars
+        self.buffer, self.at, self.eof = "", 0, False
+
+    def _read_more(self) -> None:
+        self.buffer = self.buffer[self.at:]
+        self.at = 0
+        more = self.fh.read(self.block_chars)
+        self.eof = not more
+        self.buffer += more
+
+    def next_char(self) -> str:
+        """The next character that is not JSON whitespace ("" at the end of the file)."""
+        while True:
+            while self.at < len(self.buffer) and self.buffer[self.at] in self._SPACE:
+                self.at += 1
+            if self.at < len(self.buffer) or self.eof:
+                return self.buffer[self.at:self.at + 1]
+            self._read_more()
+
+    def decode(self) -> Any:
+        """The JSON value at ``at``; reads on while it may be cut by the end of the window (a
+        number may go on), doubling the block each time so one huge item costs linear time."""
+        self.next_char()
+        while True:
+            try:
+                value, end = self._DECODER.raw_decode(self.buffer, self.at)
+            except json.JSONDecodeError:
+                if self.eof:
+                    raise
+                end = len(self.buffer)
+            # Complete only if something other than the value follows it: "12" may be "123",
+            # "4.5" may be "4.5e3" (an invalid follower is the caller's error to report).
+            if self.eof or (end < len(self.buffer) and self.buffer[end] in self._AFTER_VALUE):
+                self.at = end
+                return value
+            self.block_chars *= 2
+            self._read_more()
 
 
 def _objects_only(items: Iterable[Any], where: str) -> Iterator[dict[str, Any]]:

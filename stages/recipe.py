@@ -119,29 +119,41 @@ def _hydra_value(value: Any) -> str:
     raise RecipeError(f"cannot express {type(value).__name__} value {value!r} as a dvc -S override")
 
 
-def dvc_set_args(overrides: dict[str, Any]) -> list[str]:
+def _is_null(params: dict[str, Any] | None, dotted: str) -> bool:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return node is None
+
+
+def dvc_set_args(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:
+    """``-S`` arguments for the overrides; ``base`` (the params they apply to) tells which mapping
+    values replace a null."""
     args: list[str] = []
     for key, value in overrides.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not _is_null(base, key):
             # Hydra merges `key={...}` into the existing mapping; a recipe means "this mapping":
-            # delete the key, then add it back whole.
+            # delete the key, then add it back whole. (A null cannot be deleted; it is simply replaced.)
             args += ["-S", f"~{key}", "-S", f"+{key}={_hydra_value(value)}"]
         else:
             args += ["-S", f"{key}={_hydra_value(value)}"]
     return args
 
 
-def experiment_command(name: str, overrides: dict[str, Any], extra: list[str]) -> list[str]:
-    return ["dvc", "exp", "run", "-n", name, *dvc_set_args(overrides), *extra]
+def experiment_command(name: str, overrides: dict[str, Any], extra: list[str],
+                       base: dict[str, Any] | None = None) -> list[str]:
+    return ["dvc", "exp", "run", "-n", name, *dvc_set_args(overrides, base), *extra]
 
 
-def run_experiment(name: str, overrides: dict[str, Any], extra: list[str]) -> int:
+def run_experiment(name: str, overrides: dict[str, Any], extra: list[str], base: dict[str, Any] | None = None) -> int:
     """`dvc exp run` the recipe as experiment ``name``, replacing an earlier experiment of that name."""
     listed = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True, check=False)
     if name in listed.stdout.split():
         log.info("replacing the earlier experiment '%s'", name)
         subprocess.run(["dvc", "exp", "remove", name], check=True)
-    cmd = experiment_command(name, overrides, extra)
+    cmd = experiment_command(name, overrides, extra, base)
     log.info("running: %s", shlex.join(cmd))
     return subprocess.run(cmd, check=False).returncode
 
@@ -172,14 +184,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         overrides = load_recipe(args.name, recipes_dir)
         # Checked against the base params in every mode, so `args` never hands DVC a key that does not exist.
-        merged = apply_overrides(read_params(args.params), overrides)
+        base = read_params(args.params)
+        merged = apply_overrides(base, overrides)
         if args.command == "show":
             print(json.dumps(overrides, indent=2, ensure_ascii=False))
         elif args.command == "exp":
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-            return run_experiment(args.name, overrides, args.dvc_args)
+            return run_experiment(args.name, overrides, args.dvc_args, base)
         elif args.command == "args":
-            print(" ".join(shlex.quote(a) for a in dvc_set_args(overrides)))
+            print(" ".join(shlex.quote(a) for a in dvc_set_args(overrides, base)))
         else:
             Path(args.out).write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding="utf-8")
     except ConfigError as exc:

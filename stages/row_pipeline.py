@@ -38,6 +38,7 @@ class PreparedRow(NamedTuple):
     calls: list[tuple[str, str]]  # (sanitised name, arguments JSON) of every call, in order
     schemas: tuple[tuple[str, str], ...]  # (name, canonical schema JSON) of every offered tool
     key: int  # content key (:func:`content_key`): orders rows without depending on input order
+    fixes: tuple[str, ...]  # schema defects repaired in the offered tools (stages.filter_rules.FIXES)
 
 
 def prepare_row(kind: str, line: str, parsers: Parsers) -> PreparedRow:
@@ -55,7 +56,7 @@ def _prepare(kind: str, line: str, parsers: Parsers) -> PreparedRow:
     conv = read_conversation(kind, line, parsers)
     check_structure(conv.messages)
     messages, tools, key = finalize(conv, parsers.json)
-    return PreparedRow(messages, tools, conv.calls, conv.tools.schemas, key)
+    return PreparedRow(messages, tools, conv.calls, conv.tools.schemas, key, conv.tools.fixes)
 
 
 def read_conversation(kind: str, line: str, parsers: Parsers) -> Conversation:

@@ -66,11 +66,34 @@ def test_table_grows_rounded_and_never_shrinks(base_tokenizer) -> None:
     rows = summary["embedding_rows"]["after"]
     assert rows % 64 == 0 and rows >= len(tok) and rows == exact.get_output_embeddings().weight.shape[0]
     assert exact.config.vocab_size == rows
+    # Spare rows past the tokenizer start at the mean of the original rows, not at a random draw.
+    inp = exact.get_input_embeddings().weight
+    old = summary["tokenizer_size"]["before"]
+    assert rows > len(tok)
+    torch.testing.assert_close(inp[len(tok):], inp[:old].double().mean(0).float().expand(rows - len(tok), -1))
 
     tok2 = copy.deepcopy(base_tokenizer)
     roomy = build_tiny_model(tok2, vocab_rows=5000)  # many spare rows (like Qwen's 151,936)
     summary = et.edit_model(roomy, tok2, INIT_WORDS, pad_to_multiple_of=64)
     assert summary["embedding_rows"] == {"before": 5000, "after": 5000}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_edited_weights_are_the_same_bits_whatever_the_thread_count(base_tokenizer, tied: bool) -> None:
+    weights = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            tok = copy.deepcopy(base_tokenizer)
+            model = build_tiny_model(tok, vocab_multiple=1, tie_word_embeddings=tied)  # the table grows
+            et.edit_model(model, tok, INIT_WORDS, pad_to_multiple_of=64)
+            weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(previous)
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        assert all(torch.equal(other[k], weights[0][k]) for k in other)
 
 
 def test_editing_twice_changes_nothing(base_tokenizer) -> None:

@@ -165,21 +165,73 @@ def test_same_params_give_identical_bytes_whatever_the_input_order(tmp_path):
     assert (tmp / "filtered" / "stage2" / "train.jsonl").read_bytes() != outputs[0][2]
 
 
-def test_polars_path_and_row_by_row_baseline_keep_the_same_rows(tmp_path):
+def kept_and_drops(kind: str, lines, max_chars: int, cap: int | None, **kwargs) -> tuple[list[tuple[str, str]], Counter]:
+    source = filter_source(kind, lines, cached_parsers(), max_chars, cap, **kwargs)
+    try:
+        return list(source.rows()), source.drops
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 4096])
+def test_polars_path_and_row_by_row_baseline_keep_the_same_rows(chunk_rows):
     for name, lines in raw_lines().items():
         kind = KINDS[name]
-        kept, drops = filter_source(kind, lines, cached_parsers(), 4000, 2)
+        kept, drops = kept_and_drops(kind, lines, 4000, 2, chunk_rows=chunk_rows)
         base_kept, base_drops = filter_rowwise(kind, lines, False, 4000, 2)
-        assert [(m, t) for m, t, _ in kept.iter_rows()] == base_kept, name
+        assert kept == base_kept, name
         assert +drops == +base_drops, name
 
 
 def test_two_reading_processes_give_the_same_result_as_one():
-    lines = raw_lines()["hermes"] * 150  # >= 2000 lines, so the work is really split
-    one = filter_source("hermes_fc", lines, cached_parsers(), 4000, 6, workers=1)
-    two = filter_source("hermes_fc", lines, cached_parsers(), 4000, 6, workers=2)
-    assert one[0].equals(two[0]) and one[1] == two[1]
+    lines = raw_lines()["hermes"] * 150
+    one = kept_and_drops("hermes_fc", lines, 4000, 6, workers=1)
+    two = kept_and_drops("hermes_fc", lines, 4000, 6, workers=2, chunk_rows=100)  # 23 chunks over 2 processes
+    assert one == two
     assert one[1]["duplicate"] == 7 * 150 - 6  # 6 good rows (one listed twice) repeated 150 times
+
+
+def test_a_source_is_read_in_chunks_not_whole(monkeypatch):
+    """Rows are checked chunk by chunk while the lines are still being read (a lazy iterator in,
+    at most one chunk of lines held), and the kept texts wait on disk, not in memory."""
+    import stages.filter as filter_stage
+
+    pulled = []
+    seen_at_check = []
+    real_check = filter_stage.check_rows
+
+    def lines():
+        for i, line in enumerate(raw_lines()["hermes"] * 20):
+            pulled.append(i)
+            yield line
+
+    def check(*args, **kwargs):
+        seen_at_check.append(len(pulled))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(filter_stage, "check_rows", check)
+    source = filter_source("hermes_fc", lines(), cached_parsers(), 4000, None, chunk_rows=50)
+    try:
+        assert seen_at_check[:3] == [50, 100, 150] and len(seen_at_check) == 6
+        assert source.rows_in == 300 and source.height == 6
+        assert source.store.path.stat().st_size > 0  # the kept texts, spilled
+    finally:
+        source.close()
+    assert not source.store.path.exists()
+
+
+def test_output_does_not_depend_on_chunks_or_workers(tmp_path):
+    outputs = []
+    for i, (chunk_rows, workers) in enumerate(((4096, 1), (1, 1), (3, 2))):
+        tmp = tmp_path / str(i)
+        write_raw(tmp, raw_lines())
+        run(make_config(tmp, workers=workers), chunk_rows=chunk_rows)
+        outputs.append([(tmp / "filtered" / s / f"{p}.jsonl").read_bytes()
+                        for s in ("stage1", "stage2") for p in ("train", "validation")]
+                       + [(tmp / "metrics.json").read_text().replace(str(tmp), "")])
+        # The spill beside the outputs is gone.
+        assert sorted(p.name for p in tmp.iterdir()) == ["filtered", "metrics.json", "raw"]
+    assert outputs[0] == outputs[1] == outputs[2]
 
 
 def test_synthetic_rows_defects_dropped_and_good_rows_kept():
@@ -187,14 +239,41 @@ def test_synthetic_rows_defects_dropped_and_good_rows_kept():
     for kind in ("hermes_fc", "toolace", "fc_zh_hard", "openhermes", "wildchat"):
         samples = synthetic.generate_samples(kind, 300, seed=5, malformed_fraction=0.2)
         lines = [json.dumps(s.row, ensure_ascii=False) for s in samples]
-        kept, drops = filter_source(kind, lines, cached_parsers(), 10**6, None)
+        kept, drops = kept_and_drops(kind, lines, 10**6, None, chunk_rows=64)
         base_kept, base_drops = filter_rowwise(kind, lines, False, 10**6, None)
-        assert [(m, t) for m, t, _ in kept.iter_rows()] == base_kept and +drops == +base_drops, kind
+        assert kept == base_kept and +drops == +base_drops, kind
         good = [line for line, s in zip(lines, samples) if s.defect is None]
         bad = len(samples) - len(good)
         # Every malformed row is dropped; good rows only go as duplicates of other good rows.
         assert sum(drops.values()) - drops["duplicate"] == bad, (kind, drops)
-        assert kept.height + drops["duplicate"] == len(good), kind
+        assert len(kept) + drops["duplicate"] == len(good), kind
+
+
+def test_real_row_shapes_are_kept_and_schema_fixes_counted(tmp_path):
+    """Rows of the real-data shapes the normalizers once dropped or kept as text reach the output
+    with their calls, and a repaired schema is counted under "fixed", not dropped."""
+    from test_normalize import REAL_NAMES_TOOLS, toolace_system, toolace_turns
+
+    system = toolace_system(REAL_NAMES_TOOLS)
+    toolace = [json.dumps(toolace_turns(system, ("user", f"q{i}"), ("assistant", call)))
+               for i, call in enumerate(['[Get User\'s Instagram Stories(username="@x")]',
+                                         '[GET /categories/{categoryId}/v1(categoryId="5")]',
+                                         'Sure:\n[Current Weather (Detailed)(lat="1")]',
+                                         '[Get Account(riot-id="Phoenix", $top=2)]'])]
+    enum_none = hermes_row(HERMES_CALL.replace("'terrace': True", "'terrace': True, 'area': 'garden'"), HERMES_RESULT)
+    enum_none["conversations"][0]["value"] = enum_none["conversations"][0]["value"].replace(
+        "'terrace': {'type': 'boolean'}", "'terrace': {'type': 'boolean'}, 'area': {'type': 'string', 'enum': [None]}")
+    write_raw(tmp_path, {"toolace": toolace, "hermes": [json.dumps(enum_none), json.dumps(_hermes_variant(1))],
+                         "zh": [], "chat": [], "wild": []})
+    metrics = run(make_config(tmp_path, validation_fraction=0.0, max_chars=16000))
+    assert metrics["sources"]["toolace"]["rows_out"] == 4 and not any(metrics["sources"]["toolace"]["dropped"].values())
+    assert metrics["sources"]["hermes"]["rows_out"] == 2 and not any(metrics["sources"]["hermes"]["dropped"].values())
+    assert metrics["sources"]["hermes"]["fixed"] == {"enum_null": 1} and metrics["fixed"] == {"enum_null": 1}
+    rows = [json.loads(r["messages"]) for r in read_jsonl(tmp_path / "filtered" / "stage2" / "train.jsonl")
+            if r["source"] == "toolace"]
+    names = sorted(m["tool_calls"][0]["function"]["name"] for r in rows for m in r if m.get("tool_calls"))
+    assert names == ["Current_Weather_Detailed", "GET_categories_categoryId_v1", "Get_Account",
+                     "Get_User_s_Instagram_Stories"]
 
 
 def test_config_is_strict_and_missing_input_is_a_clear_error(tmp_path):
@@ -351,28 +430,38 @@ def test_arguments_are_read_as_json_reads_them():
         arguments_value('{"a":')
 
 
-def test_rows_sharing_a_content_key_are_only_merged_when_identical():
+def test_rows_sharing_a_content_key_are_only_merged_when_identical(tmp_path):
     import polars as pl
 
-    from stages.filter import apply_rules
+    from stages.filter import deduplicate_and_cap
+    from stages.filter_store import SpilledRows
 
-    rows = pl.DataFrame({"row": [0, 1, 2, 3], "messages": ["[1]", "[2]", "[1]", "[3]"], "tools": ["[]"] * 4,
-                         "key": [7, 7, 7, 9], "tools_id": [0] * 4},
-                        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64,
-                                "tools_id": pl.Int64})
-    calls = pl.DataFrame(schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String})
-    tools = pl.DataFrame(schema={"tools_id": pl.Int64, "name": pl.String, "schema": pl.String})
-    kept, drops = apply_rules(rows, calls, tools, 100, None)
-    # Rows 0 and 2 are the same row; row 1 only shares their key (a hash collision) and stays.
-    assert kept.get_column("messages").to_list() == ["[1]", "[2]", "[3]"]
-    assert drops["duplicate"] == 1
+    store = SpilledRows(tmp_path / "rows.spill")
+    rows = pl.DataFrame({"row": [0, 1, 2, 3, 4], "messages": ["[2]", "[1]", "[1]", "[3]", "[1]"],
+                         "tools": ["[]", "[]", "[]", "[]", '[{"x":1}]'], "key": [7, 7, 7, 9, 7]},
+                        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64})
+    calls = pl.DataFrame({"row": [0, 1, 2, 3, 4], "name": ["f"] * 5}, schema={"row": pl.Int64, "name": pl.String})
+    store.add(rows, calls)
+    store.finish()
+    try:
+        kept, drops = deduplicate_and_cap(store, None)
+        # Rows 1 and 2 are the same row; rows 0 and 4 only share their key (a hash collision) and
+        # stay, ordered by key, then messages.
+        assert [store.texts(i) for i in kept] == [("[1]", "[]"), ("[1]", '[{"x":1}]'), ("[2]", "[]"), ("[3]", "[]")]
+        assert drops == Counter({"duplicate": 1})
+        # The cap ranks by the same order: rows over it for a function they call go.
+        kept, drops = deduplicate_and_cap(store, 2)
+        assert [store.texts(i) for i in kept] == [("[1]", "[]"), ("[1]", '[{"x":1}]')]
+        assert drops == Counter({"duplicate": 1, "function_cap": 2})
+    finally:
+        store.close()
 
 
 def test_a_row_with_text_that_has_no_utf8_form_is_dropped_not_fatal():
     lines = [json.dumps(_wild(1)), json.dumps(_wild(2)).replace("prime", "prime \\ud800")]
-    kept, drops = filter_source("wildchat", lines, cached_parsers(), 16000, None)
-    assert kept.height == 1 and drops == Counter({"unparseable": 1})
-    assert "\\ud800" not in kept.get_column("messages")[0]
+    kept, drops = kept_and_drops("wildchat", lines, 16000, None)
+    assert len(kept) == 1 and drops == Counter({"unparseable": 1})
+    assert "\\ud800" not in kept[0][0]
 
 
 def test_fast_and_plain_codecs_give_the_same_prepared_row_and_key():
@@ -404,7 +493,7 @@ def test_filtering_leaves_the_garbage_collector_as_it_found_it():
     try:
         for enabled in (True, False):
             gc.enable() if enabled else gc.disable()
-            kept, _ = filter_source("wildchat", lines, cached_parsers(), 16000, None)
-            assert kept.height == 3 and gc.isenabled() == enabled
+            kept, _ = kept_and_drops("wildchat", lines, 16000, None)
+            assert len(kept) == 3 and gc.isenabled() == enabled
     finally:
         gc.enable()

@@ -54,9 +54,10 @@ def section_configs() -> dict[str, type[StrictModel]]:
     from stages.evaluation.config import EvaluateConfig
     from stages.filter import FilterConfig
     from stages.raw import RawConfig
+    from stages.reanswer import ReanswerConfig
     from stages.training.config import Stage1Config, Stage2Config
 
-    return {"raw": RawConfig, "filter": FilterConfig, "base_model": BaseModelConfig,
+    return {"raw": RawConfig, "filter": FilterConfig, "reanswer": ReanswerConfig, "base_model": BaseModelConfig,
             "edit_tokenizer": EditTokenizerConfig, "train_stage1": Stage1Config, "train_stage2": Stage2Config,
             "evaluate": EvaluateConfig}
 
@@ -93,6 +94,12 @@ def test_recipe_validates_and_sets_the_gpu_path(name: str, tmp_path: Path) -> No
         assert origin.revision  # `main` until pinned: the key is there to pin
         assert origin.max_rows is None
     assert cfg["raw"].sources["hermes_fc"].origin.config == "func_calling"
+    # Stage 1 trains on OpenHermes-2.5 answered again by Qwen2.5-72B-Instruct, as the original did.
+    teacher = cfg["reanswer"].teacher
+    assert teacher is not None and teacher.model == "Qwen/Qwen2.5-72B-Instruct"
+    assert cfg["reanswer"].sources == ["openhermes"] and cfg["reanswer"].output_dir == cfg["train_stage1"].data_dir
+    assert len(teacher.endpoints) >= 2 and all(url.endswith("/v1") for url in teacher.endpoints)
+    assert teacher.concurrency >= 64 and teacher.max_retries > 0 and not teacher.keep_truncated
     assert cfg["base_model"].source == "hub" and cfg["base_model"].hub.model_id == "Qwen/Qwen2.5-7B"
     assert len(cfg["base_model"].hub.revision) == 40  # a pinned commit, not a branch
 
@@ -219,7 +226,7 @@ def test_dvc_set_args_give_the_same_params_as_write(tmp_path: Path) -> None:
     merged, _ = merged_params("gpu-8x", tmp_path)
     target = tmp_path / "params.yaml"
     target.write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    args = dvc_set_args(load_recipe("gpu-8x", RECIPES))
+    args = dvc_set_args(load_recipe("gpu-8x", RECIPES), read_params(REPO / "params.yaml"))
     dvc_apply(str(target), args[1::2])
     assert read_params(target) == merged
 

@@ -233,6 +233,115 @@ def test_toolace_results_text_answers_and_bad_variants():
     assert rule_of("toolace", {"system": 3, "conversations": []}) == "unparseable"
 
 
+# Shapes of real ToolACE rows (issue 13), each in a minimal row written here.
+REAL_NAMES_TOOLS = [
+    {"name": "Get User's Instagram Stories", "description": "Stories.", "parameters": {"type": "dict", "properties": {
+        "username": {"type": "string"}}, "required": ["username"]}, "required": None},
+    {"name": "Latest SPAC Deals, IPOs, Closings", "description": "SPAC events.", "parameters": {"type": "dict",
+        "properties": {"event": {"type": "string"}}, "required": ["event"]}, "required": None},
+    {"name": "GET /categories/{categoryId}/v1", "description": "A category.", "parameters": {"type": "dict",
+        "properties": {"categoryId": {"type": "string"}}, "required": ["categoryId"]}, "required": None},
+    {"name": "Current Weather (Detailed)", "description": "Weather.", "parameters": {"type": "dict", "properties": {
+        "lat": {"type": "string"}}, "required": ["lat"]}, "required": None},
+    {"name": "Get Account", "description": "A Riot account.", "parameters": {"type": "dict", "properties": {
+        "riot-id": {"type": "string"}, "$top": {"type": "int"}}, "required": ["riot-id"]}, "required": None},
+]
+
+
+def toolace_system(tools: list, head: str = TOOLACE_SYSTEM.split("Here is a list")[0],
+                   marker: str = "Here is a list of functions in JSON format that you can invoke:\n",
+                   tail: str = TOOLACE_SYSTEM[TOOLACE_SYSTEM.index(". \nShould you decide"):]) -> str:
+    return head + marker + json.dumps(tools) + tail
+
+
+def toolace_turns(system: str, *turns: tuple[str, str]) -> dict:
+    return {"system": system, "conversations": [{"from": who, "value": value} for who, value in turns]}
+
+
+@pytest.mark.parametrize("parsers", [Parsers(), cached_parsers()], ids=["plain", "cached"])
+def test_toolace_real_tool_names_are_calls_not_text(parsers):
+    """Names with quotes, commas, braces or parentheses, and argument names with - or $, are calls
+    (not assistant text, not bad_call); names become valid OpenAI names the same way in the tools
+    and the calls, and argument names stay exactly as the schema declares them."""
+    system = toolace_system(REAL_NAMES_TOOLS)
+    cases = [
+        ('[Get User\'s Instagram Stories(username="@x")]', "Get_User_s_Instagram_Stories", {"username": "@x"}),
+        ('[Latest SPAC Deals, IPOs, Closings(event="merger")]', "Latest_SPAC_Deals_IPOs_Closings", {"event": "merger"}),
+        ('[GET /categories/{categoryId}/v1(categoryId="5")]', "GET_categories_categoryId_v1", {"categoryId": "5"}),
+        ('[Current Weather (Detailed)(lat="1")]', "Current_Weather_Detailed", {"lat": "1"}),
+        ('[Get Account(riot-id="Phoenix", $top=2.0)]', "Get_Account", {"riot-id": "Phoenix", "$top": 2}),
+    ]
+    for text, name, args in cases:
+        result = json.dumps([{"name": REAL_NAMES_TOOLS[[c[0] for c in cases].index(text)]["name"], "results": {"ok": 1}}])
+        messages, tools, calls = run("toolace", toolace_turns(system, ("user", "q"), ("assistant", text),
+                                                             ("tool", result), ("assistant", "Done.")), parsers)
+        assert [t["function"]["name"] for t in tools] == [c[1] for c in cases]
+        call = messages[2]["tool_calls"]
+        assert messages[2]["content"] is None and len(call) == 1, text
+        assert call[0]["function"]["name"] == name and json.loads(call[0]["function"]["arguments"]) == args
+        assert messages[3]["tool_call_id"] == call[0]["id"]  # the result links to the call
+        assert calls == [(name, call[0]["function"]["arguments"])]
+    props = tools[4]["function"]["parameters"]["properties"]
+    assert list(props) == ["riot-id", "$top"]
+    # Several calls, the comma-named tool among them.
+    _, _, calls = run("toolace", toolace_turns(system, ("user", "q"), ("assistant",
+        '[Latest SPAC Deals, IPOs, Closings(event="a"), Get User\'s Instagram Stories(username="b"), '
+        'Current Weather (Detailed)(lat="2")]')), parsers)
+    assert [n for n, _ in calls] == ["Latest_SPAC_Deals_IPOs_Closings", "Get_User_s_Instagram_Stories",
+                                     "Current_Weather_Detailed"]
+
+
+def test_toolace_prose_then_calls_keeps_the_calls():
+    system = toolace_system(REAL_NAMES_TOOLS)
+    value = 'Let\'s proceed:\n\n[Get User\'s Instagram Stories(username="@x")]'
+    messages, _, calls = run("toolace", toolace_turns(system, ("user", "q"), ("assistant", value)))
+    assert messages[2]["content"] == "Let's proceed:"
+    assert messages[2]["tool_calls"][0]["function"]["name"] == "Get_User_s_Instagram_Stories"
+    assert [n for n, _ in calls] == ["Get_User_s_Instagram_Stories"]
+    # Prose that only mentions brackets, or calls something not offered, stays text.
+    for text in ("See [the docs](http://x) and [1, 2].", "Try [Unknown Tool(a=1)]", "Use [Get Account] later."):
+        messages, _, calls = run("toolace", toolace_turns(system, ("user", "q"), ("assistant", text)))
+        assert messages[2] == {"role": "assistant", "content": text} and calls == []
+
+
+def test_toolace_chinese_marker_and_text_after_the_list():
+    zh_head = ("你是一个组合函数的专家。你会得到一个问题和一组可能的函数。\n"
+               "如果你决定调用任何函数，你必须将其格式化为[func_name1(params_name1=params_value1, params_name2=params_value2...), "
+               "func_name2(params)]\n你不应该在回复中包含任何其他文本。\n")
+    system = toolace_system(REAL_NAMES_TOOLS[:1], head=zh_head, marker="以下是可以调用的工具的JSON格式列表:\n",
+                            tail="\n")
+    messages, tools, calls = run("toolace", toolace_turns(system, ("user", "看看@x的快拍"),
+                                                         ("assistant", '[Get User\'s Instagram Stories(username="@x")]')))
+    assert [t["function"]["name"] for t in tools] == ["Get_User_s_Instagram_Stories"]
+    assert messages[0] == {"role": "system", "content": "你是一个组合函数的专家。你会得到一个问题和一组可能的函数。"}
+    assert calls and calls[0][0] == "Get_User_s_Instagram_Stories"
+    note = "\n\n Note that the provided function is in Java 8 SDK syntax or JavaScript."
+    system = toolace_system(REAL_NAMES_TOOLS[:1]) + note
+    messages, _, _ = run("toolace", toolace_turns(system, ("user", "q"), ("assistant", "No.")))
+    assert messages[0]["content"] == TOOLACE_SYSTEM.split("Here is a list")[0].strip() + "\n\n" + note.strip()
+    # Without the note: exactly the text before the list, as before.
+    messages, _, _ = run("toolace", toolace_turns(toolace_system(REAL_NAMES_TOOLS[:1]), ("user", "q"), ("assistant", "No.")))
+    assert messages[0]["content"] == TOOLACE_SYSTEM.split("Here is a list")[0].strip()
+
+
+def test_hermes_enum_of_none_is_fixed_and_counted_not_a_reason_to_drop():
+    system = HERMES_SYSTEM.replace("'terrace': {'type': 'boolean'}",
+                                   "'terrace': {'type': 'boolean'}, 'area': {'type': 'string', 'enum': [None]}")
+    row = hermes_row(HERMES_CALL.replace("'terrace': True", "'terrace': True, 'area': 'garden'"), HERMES_RESULT)
+    row["conversations"][0]["value"] = system
+    line = json.dumps(row)
+    prepared = prepare_row("hermes_fc", line, cached_parsers())
+    assert prepared.fixes == ("enum_null",)
+    area = json.loads(prepared.tools)[0]["function"]["parameters"]["properties"]["area"]
+    assert area == {"type": "string"}
+    assert prepare_row("hermes_fc", json.dumps(hermes_row(HERMES_CALL, HERMES_RESULT)), Parsers()).fixes == ()
+    fixes: list[str] = []
+    assert fix_schema({"type": ["string", "null"], "enum": ["a", None]}, fixes) == {"type": ["string", "null"],
+                                                                                  "enum": ["a", None]}
+    assert fix_schema({"type": "string", "enum": ["a", None]}, fixes) == {"type": "string", "enum": ["a"]}
+    assert fix_schema({"enum": [None]}, fixes) == {} and fixes == ["enum_null", "enum_null"]
+
+
 # ---------------------------------------------------------------------------------------------
 # fc_zh_hard, openhermes, wildchat
 
@@ -260,6 +369,66 @@ def test_fc_zh_hard_consecutive_calls_merge_and_bad_rows_drop():
     assert len(calls) == 2
     assert rule_of("fc_zh_hard", zh_row('{"name": "get_weather", "arguments": "{bad')) == "bad_call"
     assert rule_of("fc_zh_hard", zh_row('{"name": "get_weather", "arguments": "{}"}', result_name="other")) == "tool_result_mismatch"
+
+
+def zh_message(role: str, content=None, function_call=None, name=None) -> dict:
+    return {"content": content, "function_call": function_call, "name": name, "role": role}
+
+
+def zh_call(city: str) -> str:
+    return json.dumps({"name": "get_weather", "arguments": json.dumps({"city": city}, ensure_ascii=False)},
+                      ensure_ascii=False)
+
+
+def test_fc_zh_hard_parallel_form_and_interleaved_form_are_both_read():
+    head = [zh_message("system", "你是一个助手。"), zh_message("user", "北京和上海天气？")]
+    # The parallel form: consecutive calls, then their results in order -> one turn with two calls.
+    parallel = {"functions": ZH_FUNCTIONS, "conversation": head + [
+        zh_message("assistant", function_call=zh_call("北京")), zh_message("assistant", function_call=zh_call("上海")),
+        zh_message("function", '{"temp": 21}', name="get_weather"), zh_message("function", '{"temp": 25}', name="get_weather"),
+        zh_message("assistant", "北京21度，上海25度。")]}
+    messages, _, calls = run("fc_zh_hard", parallel)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    ids = [c["id"] for c in messages[2]["tool_calls"]]
+    assert [json.loads(c["function"]["arguments"])["city"] for c in messages[2]["tool_calls"]] == ["北京", "上海"]
+    assert [messages[3]["tool_call_id"], messages[4]["tool_call_id"]] == ids  # results linked in order
+    assert [messages[3]["content"], messages[4]["content"]] == ['{"temp": 21}', '{"temp": 25}']
+    assert len(calls) == 2
+    # Results without a name are linked by order too.
+    unnamed = json.loads(json.dumps(parallel))
+    for m in unnamed["conversation"]:
+        if m["role"] == "function":
+            m["name"] = None
+    assert [m.get("tool_call_id") for m in run("fc_zh_hard", unnamed)[0][3:5]] == [
+        c["id"] for c in run("fc_zh_hard", unnamed)[0][2]["tool_calls"]]
+    # The interleaved form (call, result, call, result) stays two call turns.
+    interleaved = {"functions": ZH_FUNCTIONS, "conversation": head + [
+        zh_message("assistant", function_call=zh_call("北京")), zh_message("function", '{"temp": 21}', name="get_weather"),
+        zh_message("assistant", function_call=zh_call("上海")), zh_message("function", '{"temp": 25}', name="get_weather"),
+        zh_message("assistant", "北京21度，上海25度。")]}
+    messages, _, calls = run("fc_zh_hard", interleaved)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert len(calls) == 2
+
+
+def test_fc_zh_hard_writer_renders_parallel_calls_in_the_parallel_form():
+    from stages.synthetic.generator import generate_samples
+
+    seen = 0
+    for sample in generate_samples("fc_zh_hard", 400, seed=3, malformed_fraction=0.0):
+        conversation = sample.row["conversation"]
+        kinds = "".join("c" if m["function_call"] is not None else "f" if m["role"] == "function" else "t"
+                        for m in conversation)
+        # Never a result between two calls of one turn: calls come in a run, then their results.
+        assert "cfc" not in kinds
+        if "cc" not in kinds:
+            continue
+        messages, _, _ = run("fc_zh_hard", sample.row)
+        turns = [m for m in messages if m["role"] == "assistant" and m.get("tool_calls")]
+        runs = [len(r) for r in kinds.replace("f", " ").replace("t", " ").split() if r]
+        assert [len(m["tool_calls"]) for m in turns] == runs
+        seen += 1
+    assert seen >= 10  # the generator makes parallel calls often enough to check this
 
 
 def test_openhermes_system_turn_or_system_prompt_field():
@@ -388,7 +557,7 @@ def test_data_modules_do_not_import_torch():
     import subprocess
 
     code = ("import sys, stages.kinds, stages.parsing.parsers, stages.row_pipeline, stages.schema_validator, "
-            "stages.filter_rules, stages.filter; print('torch' in sys.modules)")
+            "stages.filter_rules, stages.filter, stages.filter_store, stages.reanswer; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,13 @@ def test_hub_origin_calls_load_dataset_with_pinned_revision(tmp_path: Path, monk
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     stamp = dt.datetime(2023, 4, 9, 0, 2, 53, tzinfo=dt.timezone.utc)
 
-    def fake_load_dataset(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    pulled: list[int] = []
+
+    def fake_load_dataset(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         calls.append((args, kwargs))
-        return [{"conversation_hash": f"h{i}", "timestamp": stamp, "turn": 1} for i in range(5)]
+        for i in range(10**9):  # an endless stream: only the rows kept may be read
+            pulled.append(i)
+            yield {"conversation_hash": f"h{i}", "timestamp": stamp, "turn": 1}
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     sources = {"wild": {"kind": "wildchat", "origin": {
@@ -100,7 +105,9 @@ def test_hub_origin_calls_load_dataset_with_pinned_revision(tmp_path: Path, monk
         "revision": "0123abcd", "max_rows": 3}}}
     config = load_section("raw", raw.RawConfig, _params(tmp_path, sources))
     assert raw.run(config) == {"wild": 3}
-    assert calls == [(("allenai/WildChat-1M", None), {"split": "train", "revision": "0123abcd"})]
+    # Streamed: rows are read as they are written, nothing goes to a cache in the home directory.
+    assert calls == [(("allenai/WildChat-1M", None), {"split": "train", "revision": "0123abcd", "streaming": True})]
+    assert pulled == [0, 1, 2]
     rows = _read_jsonl(tmp_path / "out" / "wild.jsonl")
     assert rows[0] == {"conversation_hash": "h0", "timestamp": "2023-04-09T00:02:53+00:00", "turn": 1}
 
@@ -122,6 +129,25 @@ def test_local_origins_json_jsonl_parquet(tmp_path: Path, caplog: pytest.LogCapt
     for name in ("a", "b", "c"):
         assert _read_jsonl(tmp_path / "out" / f"{name}.jsonl") == rows
     assert "你好" in (tmp_path / "out" / "a.jsonl").read_text(encoding="utf-8")
+
+
+def test_json_arrays_and_parquet_are_read_incrementally_with_the_same_values(tmp_path: Path) -> None:
+    # Numbers, strings and objects cut at every possible place by the block boundary.
+    items = [1, 22, -333, 4444.5e3, 1.5e-3, 12345678901234567890, "a]b,c", True, None, [],
+             {"k": [1, {"z": "\u00e9\"x"}]}, {"conversations": [{"from": "user", "value": "你好"}]}]
+    path = tmp_path / "a.json"
+    path.write_text(" [ " + " ,\n".join(json.dumps(x, ensure_ascii=False) for x in items) + " ]\n", encoding="utf-8")
+    for block in (1, 2, 3, 5, 8, 64, 1 << 20):
+        assert list(raw.json_array_items(path, block)) == items, block
+    for text in ("", "{}", "[1,", "[1 2]", "[1,]", "[1] x", '["a]', "[1x]"):
+        path.write_text(text, encoding="utf-8")
+        for block in (1, 100):
+            with pytest.raises(ValueError):
+                list(raw.json_array_items(path, block))
+    rows = [{"id": i, "text": f"row {i}", "extra": None if i % 2 else {"n": i}} for i in range(2500)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet", row_group_size=700)
+    assert list(raw.local_rows(raw.LocalOrigin(type="local", path=str(tmp_path / "r.parquet")))) == \
+        pa.Table.from_pylist(rows).to_pylist()
 
 
 def test_local_origin_errors_are_clear(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The whole pipeline on the smoke recipe, in a throw-away git repository, with the real bfcl-eval.
 
-`dvc repro` runs every stage (raw -> filter -> base_model -> edit_tokenizer -> train_stage1 ->
+`dvc repro` runs every stage (raw -> filter -> reanswer -> base_model -> edit_tokenizer -> train_stage1 ->
 train_stage2 -> evaluate@base, evaluate@stage2) on a tiny model; then a changed evaluation param
 reruns only the evaluate stages; then V1 and V2 run as DVC experiments and `dvc metrics diff v1 v2`
 shows the BFCL rows. Needs `.venv-bfcl` (`make test` creates it and sets OCTUPUS_REQUIRE_BFCL=1, so
@@ -57,7 +57,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                     recipe.load_recipe("smoke", ROOT / "recipes"))
     params["evaluate"]["bfcl_venv"] = str(BFCL_VENV)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/data/\n/models/\n/checkpoints/\n/eval/\n__pycache__/\n")
+    (repo / ".gitignore").write_text("/data/\n/models/\n/checkpoints/\n/eval/\n/cache/\n__pycache__/\n")
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
     with (repo / ".dvc" / "config").open("a") as fh:
@@ -71,7 +71,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     start = time.monotonic()
     out = sh(repo, "dvc", "repro")
-    assert ran(out) == {"raw", "filter", "base_model", "edit_tokenizer", "train_stage1", "train_stage2",
+    assert ran(out) == {"raw", "filter", "reanswer", "base_model", "edit_tokenizer", "train_stage1", "train_stage2",
                         "evaluate@base", "evaluate@stage2"}
     categories = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["categories"]
     calls = 0

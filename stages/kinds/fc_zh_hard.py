@@ -2,8 +2,12 @@
 
 Raw schema: ``{"functions": str, "conversation": [{"content", "function_call", "name", "role"}]}``,
 OpenAI's legacy functions format in Chinese: ``function_call`` is a JSON string (a struct in the
-sibling sets) with the arguments as a JSON string inside, one call per assistant message (parallel
-calls are consecutive messages), results as ``function`` messages; unused keys are null.
+sibling sets) with the arguments as a JSON string inside, one call per assistant message, results
+as ``function`` messages (``name`` set); unused keys are null. Parallel calls are consecutive
+assistant messages followed by their results, which the normalizer merges into one assistant turn
+with several calls (each result linked to the first open call of its name, else to the next one);
+a call, its result, another call and its result stay two turns. No real row has been seen: the
+writer follows the parallel form, the normalizer reads both.
 """
 
 from __future__ import annotations
@@ -54,15 +58,12 @@ def write(rng: random.Random, case: Case) -> Row:
         if turn.role == "user":
             conv.append(_message(turn.text))
         elif turn.role == "assistant" and turn.calls:
-            nxt = turns[i + 1] if i + 1 < len(turns) and turns[i + 1].role == "tool" else None
-            # The legacy format has one call per message; parallel calls alternate with results.
-            for j, call in enumerate(turn.calls):
-                conv.append(call_message(call))
-                if nxt is not None:
-                    name, result = nxt.results[j]
-                    conv.append(_message(dumps(result), None, name, "function"))
-            if nxt is not None:
+            # The legacy format has one call per message: a turn's parallel calls are consecutive
+            # assistant messages, then their results, in the calls' order.
+            conv.extend(call_message(call) for call in turn.calls)
+            if i + 1 < len(turns) and turns[i + 1].role == "tool":
                 i += 1
+                conv.extend(_message(dumps(result), None, name, "function") for name, result in turns[i].results)
         elif turn.role == "assistant":
             conv.append(_message(turn.text or "", role="assistant"))
         i += 1

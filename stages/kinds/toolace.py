@@ -13,12 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 import zlib
 from typing import Any
 
 from stages.filter_rules import Drop
 from stages.kinds.writing import Row, dumps, joined
-from stages.parsing.call_list import LOOKS_LIKE_CALLS, parse_call_list
+from stages.parsing.call_list import parse_call_list, starts_with_calls, trailing_call_list
 from stages.parsing.conversation import Conversation, ConversationBuilder, turns_of
 from stages.parsing.json_codec import JsonCodec
 from stages.parsing.parsers import Parsers
@@ -190,13 +191,42 @@ def write(rng: random.Random, case: Case) -> Row:
 # --------------------------------------------------------------------------- normalizer
 
 _JSON = json.JSONDecoder()
-_TOOLS_MARK = "Here is a list of functions in JSON format that you can invoke:"
+# The sentence that introduces the JSON tool list, in the English and the Chinese prompts.
+_TOOLS_MARKS = ("Here is a list of functions in JSON format that you can invoke:",
+                "以下是可以调用的工具的JSON格式列表:", "以下是可以调用的工具的JSON格式列表：")
 _AFTER_LIST = ". \nShould you decide"
+# Lines that teach ToolACE's own call syntax, which the project's template replaces: its example
+# call ("[func1(params_name=...)", "[func_name1(...)"), and the sentences around it.
+_CALL_FORMAT_LINE = re.compile(r"\[\s*func(?:_name)?1\s*\(|Should you decide to return the function call"
+                               r"|NO other text MUST be included|包含(?:任何)?其他(?:文本|内容)")
+
+
+def _without_call_format(text: str) -> str:
+    """``text`` less the lines that teach ToolACE's call syntax, stripped."""
+    if _CALL_FORMAT_LINE.search(text) is None:
+        return text.strip()
+    return "\n".join(line for line in text.splitlines() if _CALL_FORMAT_LINE.search(line) is None).strip()
+
+
+def _prompt(head: str, tail: str) -> str:
+    """The system prompt without its tool list: the text before the list, and whatever follows it
+    once the call-syntax instructions are gone (a note such as "Note that the provided function is
+    in Java 8 SDK syntax or JavaScript.")."""
+    if tail.startswith(TOOLACE_TAIL):
+        tail = tail[len(TOOLACE_TAIL):]
+    else:
+        tail = tail.lstrip()
+        tail = tail[1:] if tail.startswith(("。", ".")) else tail  # the list is closed by a full stop
+    parts = [part for part in (_without_call_format(head), _without_call_format(tail)) if part]
+    return "\n\n".join(parts)
 
 
 def _read_system(p: Parsers, system: str) -> tuple[str, ToolSet]:
-    """(the prompt before the tool list, tools); cached per run, as prompts repeat across rows."""
-    at = system.find(_TOOLS_MARK)
+    """(the prompt without the tool list, tools); cached per run, as prompts repeat across rows."""
+    for marker in _TOOLS_MARKS:
+        at = system.find(marker)
+        if at >= 0:
+            break
     start = system.find("[", at) if at >= 0 else -1
     if start < 0:
         raise Drop("unsupported_tool_format", "no JSON function list in the system prompt")
@@ -206,22 +236,29 @@ def _read_system(p: Parsers, system: str) -> tuple[str, ToolSet]:
     if mark > start and system[mark - 1] == "]":
         fast = p.tool_list_in_pieces(system[start:mark])
         if fast is not None:
-            return system[:at].strip(), fast
+            return _prompt(system[:at], system[mark:]), fast
     try:
         _, end = _JSON.raw_decode(system, start)
     except ValueError:
         raise Drop("unsupported_tool_format", "function list is not JSON") from None
-    return system[:at].strip(), p.tool_list(system[start:end])
+    return _prompt(system[:at], system[end:]), p.tool_list(system[start:end])
 
 
-def _calls(value: str, codec: JsonCodec) -> list[tuple[str, dict[str, Any]]] | None:
-    """The calls of an assistant turn, or None for a plain answer."""
-    if not LOOKS_LIKE_CALLS.match(value):
+def _calls(value: str, codec: JsonCodec, names: tuple[str, ...]) -> tuple[str | None, list[tuple[str, dict[str, Any]]]] | None:
+    """(prose before the calls or None, the calls) of an assistant turn, or None for a plain answer.
+
+    A turn that starts like a call list must read as one (else ``bad_call``); a turn of prose that
+    ends with a list of calls to offered tools keeps both (the template renders the calls).
+    """
+    if starts_with_calls(value, names):
+        try:
+            return None, parse_call_list(value, codec, names)
+        except (ValueError, SyntaxError, RecursionError):
+            raise Drop("bad_call", "unreadable call list") from None
+    at = trailing_call_list(value, names)
+    if at is None:
         return None
-    try:
-        return parse_call_list(value, codec)
-    except (ValueError, SyntaxError, RecursionError):
-        raise Drop("bad_call", "unreadable call list") from None
+    return value[:at].strip() or None, parse_call_list(value[at:], codec, names)
 
 
 def _results(value: str, codec: JsonCodec) -> list[tuple[Any, str]] | None:
@@ -249,11 +286,12 @@ def normalize(row: dict[str, Any], p: Parsers) -> Conversation:
         if who == "user":
             b.text("user", value)
         elif who == "assistant":
-            calls = _calls(value, p.json)
-            if calls is None:
+            found = _calls(value, p.json, tools.originals)
+            if found is None:
                 b.text("assistant", value)
             else:
-                b.calls(calls)
+                prose, calls = found
+                b.calls(calls, content=prose)
         elif who == "tool":
             results = _results(value, p.json)
             if results is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from stages.parsing.json_codec import STDLIB_JSON, JsonCodec
@@ -110,18 +111,117 @@ def _keywords_by_ast(call_text: str) -> dict[str, Any]:
     return args
 
 
+# Characters that end a value at the top level of a keyword list, or change the nesting.
+_VALUE_STOP = re.compile(r"[\"'()\[\]{},]")
+# A keyword as the schema may name it: anything up to "=" but separators, brackets and quotes
+# (riot-id=..., $top=..., not only python identifiers).
+_ANY_KEYWORD = re.compile(r"\s*([^\s=,()\[\]{}\"']+)\s*=(?!=)")
+
+
+def _value_end(text: str, start: int) -> int:
+    """Index of the "," that ends the value starting at ``start`` (or the end of the text)."""
+    depth = 0
+    i = start
+    while True:
+        m = _VALUE_STOP.search(text, i)
+        if m is None:
+            if depth:
+                raise ValueError("unbalanced value")
+            return len(text)
+        at = m.start()
+        ch = text[at]
+        if ch in _QUOTES:
+            quoted = _QUOTED[ch].match(text, at)
+            if quoted is None:
+                raise ValueError("unterminated string")
+            i = quoted.end()
+            continue
+        if ch == "," and depth == 0:
+            return at
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced value")
+        i = at + 1
+
+
+def _literal_value(text: str, codec: JsonCodec) -> Any:
+    try:
+        return codec.loads_no_constants(text)
+    except ValueError:
+        pass
+    try:
+        return literal(ast.parse(text, mode="eval").body)
+    except SyntaxError as exc:
+        raise ValueError(f"not a literal: {text[:40]!r}") from exc
+
+
+def _keywords_by_scan(args_text: str, codec: JsonCodec = STDLIB_JSON) -> dict[str, Any]:
+    """``riot-id="x", $top=2`` -> ``{"riot-id": "x", "$top": 2}``: keyword names as the schema
+    spells them, which python's grammar does not allow. Values are literals, never evaluated."""
+    args: dict[str, Any] = {}
+    i = 0
+    while args_text[i:].strip():
+        m = _ANY_KEYWORD.match(args_text, i)
+        if m is None:
+            raise ValueError("positional arguments")
+        name = m.group(1)
+        if name in args:
+            raise ValueError(f"argument {name!r} given twice")
+        end = _value_end(args_text, m.end())
+        value = args_text[m.end():end].strip()
+        if not value:
+            raise ValueError(f"argument {name!r} has no value")
+        args[name] = whole_floats_to_int(_literal_value(value, codec))
+        i = end + 1
+    return args
+
+
+def _read_arguments(body: str, paren: int, end: int, codec: JsonCodec) -> dict[str, Any]:
+    args = _keywords_as_json(body[paren + 1:end - 1], codec)
+    if args is not None:
+        return args
+    try:
+        return _keywords_by_ast(body[paren:end])
+    except (SyntaxError, ValueError):
+        # Keyword names python does not allow (riot-id, $top): read them as the schema spells them.
+        return _keywords_by_scan(body[paren + 1:end - 1], codec)
+
+
 _NOT_IN_CALL_NAME = re.compile(r"[\"'\[\]{}=,]")
 
 
-def _call_name(body: str, start: int, paren: int) -> str:
+def _call_name(body: str, start: int, paren: int, names: Sequence[str] = ()) -> str:
     name = body[start:paren].strip()
-    if not name or _NOT_IN_CALL_NAME.search(name):
+    if not name or (_NOT_IN_CALL_NAME.search(name) and name not in names):
         raise ValueError(f"bad call name {name!r}")
     return name
 
 
-def parse_call_list(text: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[str, dict[str, Any]]]:
-    """``[F(a="x", n=2.0), G Name()]`` -> [(name, args)]; names may hold spaces, dots, slashes.
+def _known_call_at(text: str, at: int, names: Sequence[str]) -> tuple[str, int] | None:
+    """(name, index of its "(") when an offered tool's name, followed by "(", starts at ``at``.
+
+    Real tool names hold what a call list cannot otherwise delimit: commas ("Latest SPAC Deals,
+    IPOs, Closings"), parentheses ("Current Weather (Detailed)"), quotes ("Get User's Stories"),
+    braces ("GET /categories/{categoryId}/v1"). The longest offered name wins.
+    """
+    best: tuple[str, int] | None = None
+    for name in names:
+        if name and text.startswith(name, at) and (best is None or len(name) > len(best[0])):
+            paren = at + len(name)
+            while paren < len(text) and text[paren] in " \t":
+                paren += 1
+            if paren < len(text) and text[paren] == "(":
+                best = (name, paren)
+    return best
+
+
+def parse_call_list(text: str, codec: JsonCodec = STDLIB_JSON,
+                    names: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """``[F(a="x", n=2.0), G Name()]`` -> [(name, args)]; names may hold spaces, dots, slashes,
+    and, when they are among the offered tool ``names``, anything else.
 
     Values are literals only (JSON or python spelling); nothing is evaluated.
     """
@@ -136,7 +236,7 @@ def parse_call_list(text: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[str
         # ")" inside a string) the same way, without a failed JSON attempt first.
         args = _keywords_as_json(body[paren + 1:-1], codec)
         if args is not None:
-            return [(_call_name(body, 0, paren), args)]
+            return [(_call_name(body, 0, paren, names), args)]
     calls: list[tuple[str, dict[str, Any]]] = []
     i = 0
     while i < len(body):
@@ -144,13 +244,16 @@ def parse_call_list(text: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[str
             i += 1
         if i >= len(body):
             break
-        paren = body.find("(", i)
-        if paren < 0:
-            raise ValueError("call without arguments list")
-        name = _call_name(body, i, paren)
+        known = _known_call_at(body, i, names) if names else None
+        if known is not None:
+            name, paren = known
+        else:
+            paren = body.find("(", i)
+            if paren < 0:
+                raise ValueError("call without arguments list")
+            name = _call_name(body, i, paren)
         end = _scan_to_close(body, paren)
-        args = _keywords_as_json(body[paren + 1:end - 1], codec)
-        calls.append((name, args if args is not None else _keywords_by_ast(body[paren:end])))
+        calls.append((name, _read_arguments(body, paren, end, codec)))
         i = end
     if not calls:
         raise ValueError("empty call list")
@@ -159,3 +262,37 @@ def parse_call_list(text: str, codec: JsonCodec = STDLIB_JSON) -> list[tuple[str
 
 # An assistant turn that starts like a call list ("[" name "("); plain answers are not parsed.
 LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[^\[\]\"'(){}=,]+\(")
+
+
+def _starts_with_known_call(text: str, names: Sequence[str]) -> bool:
+    at = len(text) - len(text.lstrip())
+    if text[at:at + 1] != "[":
+        return False
+    at += 1
+    while at < len(text) and text[at] in " \t\n":
+        at += 1
+    return _known_call_at(text, at, names) is not None
+
+
+def starts_with_calls(text: str, names: Sequence[str] = ()) -> bool:
+    """Whether ``text`` starts like a call list: generic names, or an offered tool's name."""
+    return LOOKS_LIKE_CALLS.match(text) is not None or (bool(names) and _starts_with_known_call(text, names))
+
+
+def trailing_call_list(text: str, names: Sequence[str]) -> int | None:
+    """Where a call list closing ``text`` starts, after prose ("Let's proceed:\\n\\n[F(a=1)]"):
+    the first "[" that opens with a call of an offered tool and whose rest of the text reads as
+    calls. None if there is none (prose that only mentions brackets stays text)."""
+    if not names or not text.rstrip().endswith("]"):
+        return None
+    at = text.find("[")
+    while at >= 0:
+        if _starts_with_known_call(text[at:], names):
+            try:
+                parse_call_list(text[at:], STDLIB_JSON, names)
+            except (ValueError, SyntaxError, RecursionError):
+                pass
+            else:
+                return at
+        at = text.find("[", at + 1)
+    return None

@@ -43,16 +43,17 @@ class ConversationBuilder:
             self._open = []
         self.messages.append({"role": role, "content": content})
 
-    def calls(self, calls: list[tuple[Any, Any]], merge: bool = False) -> None:
+    def calls(self, calls: list[tuple[Any, Any]], merge: bool = False, content: str | None = None) -> None:
         """Add an assistant call turn; ``merge`` joins it to a directly preceding call turn
-        (the legacy format writes parallel calls as consecutive assistant messages)."""
+        (the legacy format writes parallel calls as consecutive assistant messages). ``content``
+        is text the turn wrote before its calls (kept in the row; the template renders the calls)."""
         last = self.messages[-1] if self.messages else None
         if merge and last is not None and last["role"] == "assistant" and last.get("tool_calls"):
             tool_calls = last["tool_calls"]
         else:
             tool_calls = []
             self._open = []
-            self.messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+            self.messages.append({"role": "assistant", "content": content, "tool_calls": tool_calls})
         for name, args in calls:
             if not isinstance(args, dict):
                 raise Drop("bad_call", "arguments are not an object")

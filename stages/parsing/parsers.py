@@ -48,7 +48,7 @@ class Parsers:
         return bound
 
     def _tool_element(self, body: str) -> ToolEntry:
-        return tool_entry(normalize_tool(parse_loose("{" + body + "}", self.json), self.keep_dots)[1], self.json)
+        return tool_entry(normalize_tool(parse_loose("{" + body + "}", self.json), self.keep_dots), self.json)
 
     def tool_list_in_pieces(self, text: str) -> ToolSet | None:
         """A list of tool objects read element by element (each distinct element once), or None

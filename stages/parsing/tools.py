@@ -22,7 +22,8 @@ _NAME_BAD_RUN_NODOT = re.compile(r"[^a-zA-Z0-9_-]+")
 
 
 class ToolSet(NamedTuple):
-    """A row's OpenAI tools, their JSON text, and (name, canonical schema JSON) per tool.
+    """A row's OpenAI tools, their JSON text, (name, canonical schema JSON) per tool, each tool's
+    name as the source wrote it, and the schema defects fixed in them.
 
     Built from per-tool pieces, so a tool repeated across rows is encoded once. A named tuple
     rather than a frozen dataclass: one is built per distinct tool list, and frozen dataclasses
@@ -32,6 +33,8 @@ class ToolSet(NamedTuple):
     tools: tuple[dict[str, Any], ...] = ()
     json: str = "[]"
     schemas: tuple[tuple[str, str], ...] = ()
+    originals: tuple[str, ...] = ()  # call lists name tools this way (stages/parsing/call_list.py)
+    fixes: tuple[str, ...] = ()  # stages.filter_rules.FIXES applied to these tools, each once, sorted
 
 
 NO_TOOLS = ToolSet()
@@ -80,8 +83,13 @@ def _fix_type(value: Any) -> str | list[str] | None:
     return fixed if isinstance(value, list) and len(fixed) > 1 else fixed[0]
 
 
-def fix_schema(node: Any) -> Any:
-    """Python-style type names -> JSON Schema names, recursively; drops ``"required": null``."""
+def fix_schema(node: Any, fixes: list[str] | None = None) -> Any:
+    """Python-style type names -> JSON Schema names, recursively; drops ``"required": null``.
+
+    Defects that would make every correct call fail are repaired and named in ``fixes``
+    (``stages.filter_rules.FIXES``): ``enum_null``, a ``None`` in an ``enum`` whose type does not
+    allow null (Hermes rows write ``'enum': [None]`` for "no fixed values").
+    """
     if isinstance(node, bool):
         return node
     if not isinstance(node, dict):
@@ -98,22 +106,41 @@ def fix_schema(node: Any) -> Any:
             elif value not in (None, False, True):
                 raise Drop("bad_tool_schema", "required is not a list of names")
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: fix_schema(sub) for name, sub in value.items()}
+            out[key] = {name: fix_schema(sub, fixes) for name, sub in value.items()}
         elif key in _SCHEMA_LISTS and isinstance(value, list):
-            out[key] = [fix_schema(sub) for sub in value]
+            out[key] = [fix_schema(sub, fixes) for sub in value]
         elif key in _SCHEMA_ONE and isinstance(value, (dict, bool)):
-            out[key] = fix_schema(value)
+            out[key] = fix_schema(value, fixes)
         elif key == "items" and isinstance(value, list):
-            out[key] = [fix_schema(sub) for sub in value]
+            out[key] = [fix_schema(sub, fixes) for sub in value]
         else:
             out[key] = value
     if "properties" in out and "type" not in out:
         out["type"] = "object"
+    enum = out.get("enum")
+    if isinstance(enum, list) and any(v is None for v in enum):
+        _drop_null_from_enum(out, enum, fixes)
     return out
 
 
-def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
-    """A tool in any of the seen shapes -> (original name, OpenAI tool)."""
+def _drop_null_from_enum(schema: dict[str, Any], enum: list[Any], fixes: list[str] | None) -> None:
+    """``None`` in an enum is a defect when the type excludes null, or when it is the only value
+    (a parameter that only accepts null); a value list left empty means no list at all."""
+    declared = schema.get("type")
+    allows_null = declared is None or declared == "null" or (isinstance(declared, list) and "null" in declared)
+    values = [v for v in enum if v is not None]
+    if allows_null and values:
+        return
+    if values:
+        schema["enum"] = values
+    else:
+        del schema["enum"]
+    if fixes is not None:
+        fixes.append("enum_null")
+
+
+def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    """A tool in any of the seen shapes -> (original name, OpenAI tool, schema fixes applied)."""
     if not isinstance(tool, dict):
         raise Drop("bad_tool_schema", "tool is not an object")
     fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
@@ -122,7 +149,8 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
     params = fn.get("parameters")
     if params is None:
         params = {"type": "object", "properties": {}}
-    params = fix_schema(params)
+    fixes: list[str] = []
+    params = fix_schema(params, fixes)
     if not isinstance(params, dict) or params.get("type", "object") != "object":
         raise Drop("bad_tool_schema", f"{name}: parameters must be an object schema")
     params.setdefault("type", "object")
@@ -130,31 +158,35 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any]]:
     description = fn.get("description")
     out = {"type": "function", "function": {
         "name": name, "description": description if isinstance(description, str) else "", "parameters": params}}
-    return original, out
+    return original, out, tuple(sorted(set(fixes)))
 
 
-ToolEntry = tuple[dict[str, Any], str, str, str]  # (tool, tool JSON, name, canonical schema JSON)
+# (tool, tool JSON, name, canonical schema JSON, original name, schema fixes)
+ToolEntry = tuple[dict[str, Any], str, str, str, str, tuple[str, ...]]
 
 
-def tool_entry(tool: dict[str, Any], codec: JsonCodec = STDLIB_JSON) -> ToolEntry:
+def tool_entry(normalized: tuple[str, dict[str, Any], tuple[str, ...]], codec: JsonCodec = STDLIB_JSON) -> ToolEntry:
+    """The pieces of one :func:`normalize_tool` result that a :class:`ToolSet` is built from."""
+    original, tool, fixes = normalized
     fn = tool["function"]
-    return (tool, codec.dumps(tool), fn["name"], codec.dumps_sorted(fn["parameters"]))
+    return (tool, codec.dumps(tool), fn["name"], codec.dumps_sorted(fn["parameters"]), original, fixes)
 
 
 def tool_set(entries: list[ToolEntry]) -> ToolSet:
     if not entries:
         return NO_TOOLS
-    tools, texts, names, schemas = zip(*entries)
+    tools, texts, names, schemas, originals, fixes = zip(*entries)
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
     # Same text as dumps(list_of_tools): compact separators.
-    return ToolSet(tools, "[" + ",".join(texts) + "]", tuple(zip(names, schemas)))
+    return ToolSet(tools, "[" + ",".join(texts) + "]", tuple(zip(names, schemas)), originals,
+                   tuple(sorted({f for per_tool in fixes for f in per_tool})))
 
 
 def normalize_tools(raw_tools: Any, keep_dots: bool, codec: JsonCodec = STDLIB_JSON) -> ToolSet:
     if not isinstance(raw_tools, list):
         raise Drop("bad_tool_schema", "tool list is not a list")
-    return tool_set([tool_entry(normalize_tool(t, keep_dots)[1], codec) for t in raw_tools])
+    return tool_set([tool_entry(normalize_tool(t, keep_dots), codec) for t in raw_tools])
 
 
 _ELEMENT_GAP = re.compile(r"\}\s*,\s*\{")
