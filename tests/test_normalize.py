@@ -420,7 +420,10 @@ def test_fc_zh_hard_writer_renders_parallel_calls_in_the_parallel_form():
         kinds = "".join("c" if m["function_call"] is not None else "f" if m["role"] == "function" else "t"
                         for m in conversation)
         # Never a result between two calls of one turn: calls come in a run, then their results.
-        assert "cfc" not in kinds
+        # (A chain's second call follows the first one's result: a turn of its own.)
+        assert "cfc" not in kinds or sample.case_type == "chain"
+        if sample.case_type == "chain":
+            continue
         if "cc" not in kinds:
             continue
         messages, _, _ = run("fc_zh_hard", sample.row)
