@@ -210,8 +210,13 @@ def chunk_tables(chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFram
     return rows, calls, tool_table
 
 
-# Set before forking workers, so each inherits the kind and name rule instead of a pickle.
+# Set in each worker process by its initializer: the kind and the name rule.
 _WORKER: tuple[str, bool] | None = None
+
+
+def _init_worker(kind: str, keep_dots: bool) -> None:
+    global _WORKER
+    _WORKER = (kind, keep_dots)
 
 
 def _read_in_worker(lines: list[str]) -> _Chunk:
@@ -232,25 +237,25 @@ def _worker_parsers(keep_dots: bool) -> Parsers:
 
 def read_chunks(kind: str, chunks: Iterable[list[str]], parsers: Parsers, workers: int = 1) -> Iterator[_Chunk]:
     """The row pipeline over each chunk, in order. With ``workers`` > 1, chunks are read in that many
-    forked processes, at most two per process in flight (so memory stays bounded), and handed
-    back in input order."""
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    spawned processes, at most two per process in flight (so memory stays bounded), and handed
+    back in input order.
+
+    Spawned, not forked: the workers build polars tables, and a process forked after polars (or
+    torch) started its thread pool can deadlock in the child (seen: this stage's worker test hung
+    inside the full test run, where earlier tests had started those pools)."""
+    if workers <= 1:
         for lines in chunks:
             yield _read_chunk(kind, lines, parsers)
         return
-    global _WORKER
-    _WORKER = (kind, parsers.keep_dots)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pending: deque[Any] = deque()
-            for lines in chunks:
-                pending.append(pool.apply_async(_read_in_worker, (lines,)))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().get()
-            while pending:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(kind, parsers.keep_dots)) as pool:
+        pending: deque[Any] = deque()
+        for lines in chunks:
+            pending.append(pool.apply_async(_read_in_worker, (lines,)))
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
-    finally:
-        _WORKER = None
+        while pending:
+            yield pending.popleft().get()
 
 
 # ----------------------------------------------------------------------------------------------
