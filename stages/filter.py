@@ -31,21 +31,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AnyStr, Callable, NamedTuple
 
 import numpy as np
-import polars as pl
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
 from stages.filter_rules import FIXES, RULES, Drop
-from stages.filter_store import SpilledRows
+from stages.filter_store import FIX_BITS, SpilledRows
 from stages.kinds import Kind
 from stages.parsing.json_codec import arguments_value
 from stages.parsing.parsers import Parsers, cached_parsers
-from stages.row_pipeline import prepare_row
-from stages.schema_validator import compiled_validator, schema_ok
+from stages.row_pipeline import EncodedRow, prepare_encoded
+from stages.schema_validator import compiled_validator
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +90,40 @@ class FilterConfig(StrictModel):
 # Reading: lines in chunks, the row pipeline over each chunk, into tables
 
 
-def iter_lines(path: Path) -> Iterator[str]:
-    """Non-empty lines of a JSONL file, one at a time; lines that are not UTF-8 become "" (counted
-    unparseable)."""
+def iter_lines(path: Path, block: int = 1 << 20) -> Iterator[bytes]:
+    """Non-empty lines of a JSONL file, one at a time, as bytes (the JSON reader decodes them: a
+    line that is not UTF-8 is counted unparseable). Read in blocks: cheaper than line by line."""
+    rest = b""
     with path.open("rb") as fh:
-        for raw in fh:
-            if not raw.strip():
-                continue
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield ""
+        while True:
+            data = fh.read(block)
+            if not data:
+                break
+            lines = (rest + data if rest else data).split(b"\n")
+            rest = lines.pop()
+            for raw in lines:
+                if raw.strip():
+                    yield raw
+    if rest.strip():
+        yield rest
 
 
 def read_lines(path: Path) -> list[str]:
-    """All of :func:`iter_lines` (benchmarks and tests; the stage streams)."""
-    return list(iter_lines(path))
+    """All of :func:`iter_lines` as text; lines that are not UTF-8 become "" (benchmarks and tests
+    hand these to the row-by-row baseline; the stage streams bytes)."""
+    out = []
+    for raw in iter_lines(path):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append("")
+    return out
 
 
-def chunked(lines: Iterable[str], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
+def chunked(lines: Iterable[AnyStr], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[list[AnyStr]]:
     """Runs of consecutive lines, each at most ``max_rows`` lines, ending at the first line that
-    brings it to ``max_bytes`` characters."""
-    chunk: list[str] = []
+    brings it to ``max_bytes`` (bytes of bytes lines, characters of text lines)."""
+    chunk: list[AnyStr] = []
     size = 0
     for line in lines:
         chunk.append(line)
@@ -126,17 +137,10 @@ def chunked(lines: Iterable[str], max_rows: int = CHUNK_ROWS, max_bytes: int = C
 
 @dataclass
 class _Chunk:
-    """What reading a run of raw lines produced; calls refer to rows by index within the chunk."""
+    """What reading a run of raw lines produced: the rows that passed the row pipeline, in order."""
 
     lines: int = 0
-    messages: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
-    keys: list[int] = field(default_factory=list)
-    fixes: list[int] = field(default_factory=list)  # per row, a bit per stages.filter_rules.FIXES entry
-    call_rows: list[int] = field(default_factory=list)
-    call_names: list[str] = field(default_factory=list)
-    call_args: list[str] = field(default_factory=list)
-    tool_lists: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    rows: list[EncodedRow] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
 
 
@@ -156,65 +160,26 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-FIX_BITS = {fix: 1 << i for i, fix in enumerate(FIXES)}
-
-
-def _read_chunk(kind: str, lines: list[str], parsers: Parsers) -> _Chunk:
+def _read_chunk(kind: str, lines: list[str] | list[bytes], parsers: Parsers) -> _Chunk:
     out = _Chunk(lines=len(lines))
+    rows = out.rows
     with _no_cyclic_gc():
         for line in lines:
             try:
-                prepared = prepare_row(kind, line, parsers)
+                rows.append(prepare_encoded(kind, line, parsers))
             except Drop as drop:
                 out.drops[drop.rule] += 1
-                continue
             except Exception as exc:  # noqa: BLE001 - a row must never crash the stage
                 log.debug("unreadable %s row: %r", kind, exc)
                 out.drops["unparseable"] += 1
-                continue
-            row = len(out.messages)
-            tools = prepared.tools
-            out.messages.append(prepared.messages)
-            out.tools.append(tools)
-            out.keys.append(prepared.key)
-            out.fixes.append(sum(FIX_BITS[f] for f in prepared.fixes) if prepared.fixes else 0)
-            if tools not in out.tool_lists:
-                out.tool_lists[tools] = prepared.schemas
-            for name, args in prepared.calls:
-                out.call_rows.append(row)
-                out.call_names.append(name)
-                out.call_args.append(args)
     return out
-
-
-def chunk_tables(chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(rows: row, messages, tools, key, tools_id, fixes), (calls: row, name, arguments), (tool table:
-    tools_id, name, schema for each distinct tools JSON). Rows carry ``tools_id`` so joins run on
-    integers, not long text."""
-    tool_ids = {t: i for i, t in enumerate(chunk.tool_lists)}
-    rows = pl.DataFrame(
-        {"row": np.arange(len(chunk.messages), dtype=np.int64), "messages": chunk.messages, "tools": chunk.tools,
-         "key": np.array(chunk.keys, dtype=np.uint64), "tools_id": [tool_ids[t] for t in chunk.tools],
-         "fixes": np.array(chunk.fixes, dtype=np.uint8)},
-        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64,
-                "fixes": pl.UInt8},
-    )
-    calls = pl.DataFrame({"row": chunk.call_rows, "name": chunk.call_names, "arguments": chunk.call_args},
-                         schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String})
-    tool_table = pl.DataFrame(
-        {"tools_id": [tool_ids[t] for t, schemas in chunk.tool_lists.items() for _ in schemas],
-         "name": [n for s in chunk.tool_lists.values() for n, _ in s],
-         "schema": [k for s in chunk.tool_lists.values() for _, k in s]},
-        schema={"tools_id": pl.Int64, "name": pl.String, "schema": pl.String},
-    )
-    return rows, calls, tool_table
 
 
 # Set before forking workers, so each inherits the kind and name rule instead of a pickle.
 _WORKER: tuple[str, bool] | None = None
 
 
-def _read_in_worker(lines: list[str]) -> _Chunk:
+def _read_in_worker(lines: list[str] | list[bytes]) -> _Chunk:
     assert _WORKER is not None
     kind, keep_dots = _WORKER
     return _read_chunk(kind, lines, _worker_parsers(keep_dots))
@@ -230,7 +195,8 @@ def _worker_parsers(keep_dots: bool) -> Parsers:
     return _WORKER_PARSERS[keep_dots]
 
 
-def read_chunks(kind: str, chunks: Iterable[list[str]], parsers: Parsers, workers: int = 1) -> Iterator[_Chunk]:
+def read_chunks(kind: str, chunks: Iterable[list[str] | list[bytes]], parsers: Parsers,
+                workers: int = 1) -> Iterator[_Chunk]:
     """The row pipeline over each chunk, in order. With ``workers`` > 1, chunks are read in that many
     forked processes, at most two per process in flight (so memory stays bounded), and handed
     back in input order."""
@@ -257,58 +223,60 @@ def read_chunks(kind: str, chunks: Iterable[list[str]], parsers: Parsers, worker
 # Table rules a row passes or fails on its own
 
 
-def _check_schemas(table: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-    """Add schema_id and schema_ok to the tool table; each distinct schema is checked once.
-
-    Returns the table and the distinct schemas (index = schema_id), so later joins and the
-    distinct (schema, arguments) pairs run on integers instead of the long schema texts.
-    """
-    distinct = table.get_column("schema").unique(maintain_order=True).to_list()
-    valid = pl.DataFrame({"schema": distinct, "schema_id": np.arange(len(distinct), dtype=np.int64),
-                          "schema_ok": [schema_ok(s) for s in distinct]},
-                         schema={"schema": pl.String, "schema_id": pl.Int64, "schema_ok": pl.Boolean})
-    return table.join(valid, on="schema", how="left").drop("schema"), distinct
+class _ToolListVerdict(NamedTuple):
+    bad_schema: bool  # an offered tool's parameters are no usable JSON Schema
+    checks: dict[str, Callable[[Any], bool]]  # offered name -> check of argument values
 
 
-def _arguments_ok(schema_ids: list[int], arguments: list[str], schemas: list[str]) -> list[bool]:
-    """Validity of each (schema_id, arguments) pair of valid schemas; one validator lookup per schema."""
-    checks: dict[int, Callable[[Any], bool]] = {}
-    out = []
-    for i, a in zip(schema_ids, arguments):
-        check = checks.get(i)
-        if check is None:
-            check = checks[i] = compiled_validator(schemas[i])
-        out.append(check(arguments_value(a)))
-    return out
+def _verdict(schemas: tuple[tuple[str, str], ...]) -> _ToolListVerdict:
+    checks = {}
+    for name, schema in schemas:
+        try:
+            checks[name] = compiled_validator(schema)
+        except Drop:
+            return _ToolListVerdict(True, {})
+    return _ToolListVerdict(False, checks)
 
 
-def check_rows(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame,
-               max_chars: int) -> tuple[pl.DataFrame, Counter[str]]:
+def _char_length(row: EncodedRow, max_chars: int) -> int:
+    """Characters of the row's two texts; exact when above ``max_chars``. A UTF-8 text has no
+    more characters than bytes, so only rows longer than that in bytes are decoded to count."""
+    size = len(row.messages) + len(row.tools)
+    if size <= max_chars:
+        return size
+    return len(row.messages.decode()) + len(row.tools.decode())
+
+
+def check_rows(rows: list[EncodedRow], max_chars: int) -> tuple[list[EncodedRow], Counter[str]]:
     """The table rules a row passes or fails on its own, in RULES order: bad_tool_schema,
-    unknown_tool, invalid_arguments, too_long. Returns the rows that pass and the drops."""
-    tool_table, schemas = _check_schemas(tool_table)
-    bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools_id").unique()
-    calls = (calls.join(rows.select("row", "tools_id"), on="row", how="left")
-             .join(tool_table, on=["tools_id", "name"], how="left"))
-    unknown_rows = calls.filter(pl.col("schema_id").is_null()).get_column("row").unique()
-    pairs = calls.filter(pl.col("schema_ok").fill_null(False)).select("schema_id", "arguments").unique()
-    pair_ok = pairs.with_columns(args_ok=pl.Series(
-        _arguments_ok(pairs.get_column("schema_id").to_list(), pairs.get_column("arguments").to_list(), schemas),
-        dtype=pl.Boolean))
-    invalid_rows = (calls.join(pair_ok, on=["schema_id", "arguments"], how="inner")
-                    .filter(~pl.col("args_ok")).get_column("row").unique())
-    reason = (
-        pl.when(pl.col("tools_id").is_in(bad_schema_lists.implode())).then(pl.lit("bad_tool_schema"))
-        .when(pl.col("row").is_in(unknown_rows.implode())).then(pl.lit("unknown_tool"))
-        .when(pl.col("row").is_in(invalid_rows.implode())).then(pl.lit("invalid_arguments"))
-        .when(pl.col("messages").str.len_chars() + pl.col("tools").str.len_chars() > max_chars)
-        .then(pl.lit("too_long"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-    rows = rows.with_columns(reason=reason)
-    drops: Counter[str] = Counter(
-        {r: n for r, n in rows.filter(pl.col("reason").is_not_null()).group_by("reason").len().iter_rows()})
-    return rows.filter(pl.col("reason").is_null()).drop("reason"), drops
+    unknown_tool, invalid_arguments, too_long. Returns the rows that pass, in order, and the drops.
+
+    Each distinct tool list is judged once (its schemas checked and compiled once per run,
+    ``compiled_validator``), then each call's arguments against its tool's compiled check.
+    """
+    verdicts: dict[tuple[tuple[str, str], ...], _ToolListVerdict] = {}
+    passed: list[EncodedRow] = []
+    drops: Counter[str] = Counter()
+    for row in rows:
+        verdict = verdicts.get(row.schemas)
+        if verdict is None:
+            verdict = verdicts[row.schemas] = _verdict(row.schemas)
+        if verdict.bad_schema:
+            drops["bad_tool_schema"] += 1
+            continue
+        checks = verdict.checks
+        if row.calls:
+            if not all(name in checks for name, _ in row.calls):
+                drops["unknown_tool"] += 1
+                continue
+            if not all(checks[name](arguments_value(arguments)) for name, arguments in row.calls):
+                drops["invalid_arguments"] += 1
+                continue
+        if _char_length(row, max_chars) > max_chars:
+            drops["too_long"] += 1
+            continue
+        passed.append(row)
+    return passed, drops
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,9 +384,8 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
     try:
         with _no_cyclic_gc(), tqdm(desc=f"filter {desc or kind}", unit="row", mininterval=5.0, leave=False) as bar:
             for chunk in read_chunks(kind, chunked(lines, chunk_rows, chunk_bytes), parsers, workers):
-                rows, calls, tool_table = chunk_tables(chunk)
-                passed, table_drops = check_rows(rows, calls, tool_table, max_chars)
-                store.add(passed, calls)
+                passed, table_drops = check_rows(chunk.rows, max_chars)
+                store.add(passed)
                 drops.update(chunk.drops)
                 drops.update(table_drops)
                 rows_in += chunk.lines

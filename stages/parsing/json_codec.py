@@ -41,13 +41,15 @@ def _std_loads_no_constants(text: str) -> Any:
     return loads_strict(text)
 
 
-def _fast_loads(text: str) -> Any:
+def _fast_loads(text: str | bytes) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         # orjson refuses NaN/Infinity, lone surrogates and depth > 1024, which json accepts; json
-        # also gives the error when both refuse. orjson accepts nothing json refuses.
-        return json.loads(text)
+        # also gives the error when both refuse. orjson accepts nothing json refuses. Bytes are
+        # decoded strictly first (json.loads(bytes) would let UTF-8-encoded surrogates through):
+        # orjson reads UTF-8 bytes exactly as their text.
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
 
 
 def _fast_loads_no_constants(text: str) -> Any:
