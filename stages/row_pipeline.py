@@ -16,7 +16,6 @@ with the plain codec.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any, NamedTuple
 
 import orjson
@@ -165,11 +164,6 @@ def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, s
     return messages_json, tools_json, content_key(messages_json, tools_json)
 
 
-# A call-id placeholder as the messages JSON holds it: only our own "id" / "tool_call_id" keys
-# (a quote inside a string is escaped), "#<n>" written as f"#{n}".
-_PLACEHOLDER = re.compile(rb'"(id|tool_call_id)":"#(0|[1-9][0-9]*)"')
-
-
 def finalize_utf8(conv: Conversation) -> tuple[bytes, bytes, int]:
     """:func:`finalize` on the UTF-8 bytes orjson writes, returned as bytes: each text is encoded
     once and hashed from there, and every placeholder replaced in one pass."""
@@ -178,21 +172,37 @@ def finalize_utf8(conv: Conversation) -> tuple[bytes, bytes, int]:
     except TypeError:  # lone surrogates: json writes them, and encode() below refuses them
         messages = STDLIB_JSON.dumps_text(conv.messages).encode()
     tools = conv.tools.json.encode()
-    n_calls = conv.n_calls
-    if n_calls:
+    if conv.n_calls:
         hasher = hashlib.blake2b(messages, digest_size=8)
         hasher.update(tools)
-        prefix = b'":"call_' + hasher.hexdigest().encode()
-
-        def new_id(m: re.Match[bytes]) -> bytes:
-            i = int(m.group(2))
-            return b'"%s%s%03d"' % (m.group(1), prefix, i) if i < n_calls else m.group(0)
-
-        messages = _PLACEHOLDER.sub(new_id, messages)
+        messages = _replace_placeholders(messages, b'":"call_' + hasher.hexdigest().encode(), conv.n_calls)
     hasher = hashlib.blake2b(messages, digest_size=8)
     hasher.update(b"\x00")
     hasher.update(tools)
     return messages, tools, int.from_bytes(hasher.digest(), "little")
+
+
+def _replace_placeholders(messages: bytes, new_prefix: bytes, n_calls: int) -> bytes:
+    """Each ``"id":"#<i>"`` and ``"tool_call_id":"#<i>"`` (i < n_calls) with ``new_prefix`` and i in
+    three digits: what :func:`finalize` does with one replace per pattern, in one pass.
+
+    In JSON text ``":"#`` is a key's closing quote, the colon and a value that starts with "#"
+    (quotes inside strings are escaped), so cutting there finds every placeholder; the key before
+    it and the number after it are checked as the replace patterns would match them.
+    """
+    parts = messages.split(b'":"#')
+    out = [parts[0]]
+    before = parts[0]
+    for part in parts[1:]:
+        end = part.find(b'"')
+        number = part[:end]
+        if (end > 0 and number.isdigit() and (end == 1 or number[0] != 48)  # 48: b"0"; "#<i>" has no leading zero
+                and (before.endswith(b'"id') or before.endswith(b'"tool_call_id')) and int(number) < n_calls):
+            out.append(b"%s%03d%s" % (new_prefix, int(number), part[end:]))
+        else:
+            out.append(b'":"#' + part)
+        before = part
+    return b"".join(out)
 
 
 def content_key(messages_json: str, tools_json: str) -> int:
