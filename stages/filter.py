@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, AnyStr, Callable, NamedTuple
+from typing import Any, AnyStr, Callable
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -215,19 +215,19 @@ def read_chunks(kind: str, chunks: Iterable[list[str] | list[bytes]], parsers: P
 # Table rules a row passes or fails on its own
 
 
-class _ToolListVerdict(NamedTuple):
-    bad_schema: bool  # an offered tool's parameters are no usable JSON Schema
-    checks: dict[str, Callable[[Any], bool]]  # offered name -> check of argument values
+# What a tool list with an unusable schema gets instead of its checks.
+_BAD_SCHEMA: dict[str, Callable[[Any], bool]] = {}
 
 
-def _verdict(schemas: tuple[tuple[str, str], ...]) -> _ToolListVerdict:
+def _checks(schemas: tuple[tuple[str, str], ...]) -> dict[str, Callable[[Any], bool]]:
+    """Offered name -> check of argument values; :data:`_BAD_SCHEMA` when a schema is unusable."""
     checks = {}
     for name, schema in schemas:
         try:
             checks[name] = compiled_validator(schema)
         except Drop:
-            return _ToolListVerdict(True, {})
-    return _ToolListVerdict(False, checks)
+            return _BAD_SCHEMA
+    return checks
 
 
 def _char_length(row: EncodedRow, max_chars: int) -> int:
@@ -243,31 +243,38 @@ def check_rows(rows: list[EncodedRow], max_chars: int) -> tuple[list[EncodedRow]
     """The table rules a row passes or fails on its own, in RULES order: bad_tool_schema,
     unknown_tool, invalid_arguments, too_long. Returns the rows that pass, in order, and the drops.
 
-    Each distinct tool list is judged once (its schemas checked and compiled once per run,
-    ``compiled_validator``), then each call's arguments against its tool's compiled check.
+    Each distinct tool list is judged once per chunk (its schemas checked and compiled once per
+    run, ``compiled_validator``), then each call's arguments against its tool's compiled check.
     """
-    verdicts: dict[tuple[tuple[str, str], ...], _ToolListVerdict] = {}
+    # Keyed by the schemas tuple's identity: rows of one cached tool list share it, and every row
+    # (so every key) stays alive while the chunk is checked.
+    by_list: dict[int, dict[str, Callable[[Any], bool]]] = {}
     passed: list[EncodedRow] = []
     drops: Counter[str] = Counter()
     for row in rows:
-        verdict = verdicts.get(row.schemas)
-        if verdict is None:
-            verdict = verdicts[row.schemas] = _verdict(row.schemas)
-        if verdict.bad_schema:
+        checks = by_list.get(id(row.schemas))
+        if checks is None:
+            checks = by_list[id(row.schemas)] = _checks(row.schemas)
+        if checks is _BAD_SCHEMA:
             drops["bad_tool_schema"] += 1
             continue
-        checks = verdict.checks
+        rule = None
         if row.calls:
-            if not all(name in checks for name, _ in row.calls):
-                drops["unknown_tool"] += 1
-                continue
-            if not all(checks[name](arguments_value(arguments)) for name, arguments in row.calls):
-                drops["invalid_arguments"] += 1
-                continue
-        if _char_length(row, max_chars) > max_chars:
-            drops["too_long"] += 1
-            continue
-        passed.append(row)
+            for name, _ in row.calls:
+                if name not in checks:
+                    rule = "unknown_tool"
+                    break
+            else:
+                for name, arguments in row.calls:
+                    if not checks[name](arguments_value(arguments)):
+                        rule = "invalid_arguments"
+                        break
+        if rule is None and _char_length(row, max_chars) > max_chars:
+            rule = "too_long"
+        if rule is None:
+            passed.append(row)
+        else:
+            drops[rule] += 1
     return passed, drops
 
 

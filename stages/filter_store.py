@@ -33,7 +33,7 @@ class SpilledRows:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path.open("wb")
+        self._file = path.open("wb", buffering=1 << 20)
         self._size = 0
         self._parts: dict[str, list[np.ndarray]] = {name: [] for name in
                                                    ("key", "offset", "messages_len", "tools_len", "fixes",
@@ -54,8 +54,9 @@ class SpilledRows:
         t_len = np.fromiter((len(r.tools) for r in rows), dtype=np.int64, count=n)
         sizes = m_len + t_len
         offsets = self._size + np.cumsum(sizes) - sizes
-        # One record per row: its messages JSON, then its tools JSON, as UTF-8.
-        self._file.write(b"".join([part for r in rows for part in (r.messages, r.tools)]))
+        # One record per row: its messages JSON, then its tools JSON, as UTF-8 (through the
+        # file's buffer: no joined copy of the chunk).
+        self._file.writelines([part for r in rows for part in (r.messages, r.tools)])
         self._size += int(sizes.sum())
         call_rows: list[int] = []
         call_functions: list[int] = []
