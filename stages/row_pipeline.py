@@ -175,32 +175,34 @@ def finalize_utf8(conv: Conversation) -> tuple[bytes, bytes, int]:
     if conv.n_calls:
         hasher = hashlib.blake2b(messages, digest_size=8)
         hasher.update(tools)
-        messages = _replace_placeholders(messages, b'":"call_' + hasher.hexdigest().encode(), conv.n_calls)
+        messages = _replace_placeholders(messages, hasher.hexdigest().encode(), conv.n_calls)
     hasher = hashlib.blake2b(messages, digest_size=8)
     hasher.update(b"\x00")
     hasher.update(tools)
     return messages, tools, int.from_bytes(hasher.digest(), "little")
 
 
-def _replace_placeholders(messages: bytes, new_prefix: bytes, n_calls: int) -> bytes:
-    """Each ``"id":"#<i>"`` and ``"tool_call_id":"#<i>"`` (i < n_calls) with ``new_prefix`` and i in
-    three digits: what :func:`finalize` does with one replace per pattern, in one pass.
+def _replace_placeholders(messages: bytes, digest: bytes, n_calls: int) -> bytes:
+    """Each ``"id":"#<i>"`` and ``"tool_call_id":"#<i>"`` (i < n_calls) with ``"call_<digest><i in
+    three digits>"``: what :func:`finalize` does with one replace per pattern, in one pass.
 
     In JSON text ``":"#`` is a key's closing quote, the colon and a value that starts with "#"
     (quotes inside strings are escaped), so cutting there finds every placeholder; the key before
     it and the number after it are checked as the replace patterns would match them.
     """
+    new_ids = {b"%d" % i: b'":"call_%s%03d' % (digest, i) for i in range(n_calls)}
     parts = messages.split(b'":"#')
     out = [parts[0]]
     before = parts[0]
     for part in parts[1:]:
         end = part.find(b'"')
-        number = part[:end]
-        if (end > 0 and number.isdigit() and (end == 1 or number[0] != 48)  # 48: b"0"; "#<i>" has no leading zero
-                and (before.endswith(b'"id') or before.endswith(b'"tool_call_id')) and int(number) < n_calls):
-            out.append(b"%s%03d%s" % (new_prefix, int(number), part[end:]))
+        new_id = new_ids.get(part[:end]) if end > 0 else None
+        if new_id is not None and before.endswith((b'"id', b'"tool_call_id')):
+            out.append(new_id)
+            out.append(part[end:])
         else:
-            out.append(b'":"#' + part)
+            out.append(b'":"#')
+            out.append(part)
         before = part
     return b"".join(out)
 
