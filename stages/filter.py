@@ -391,6 +391,7 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
                 bar.update(chunk.lines)
             store.finish()
             kept, source_drops = deduplicate_and_cap(store, max_rows_per_function)
+            parsers.drop_text_caches()
     except BaseException:
         store.close()
         raise
