@@ -404,14 +404,21 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
 
 
 def _unit(keys: np.ndarray, salt: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt)."""
+    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt). In place on one copy of the
+    keys: no temporary array per step (the mix handles several entries per kept row)."""
     with np.errstate(over="ignore"):
-        x = keys.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        x = keys.astype(np.uint64)  # a copy
+        x ^= np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        x >>= np.uint64(11)
+    out = x.astype(np.float64)
+    out *= 1.0 / (1 << 53)
+    return out
 
 
 def _salt(seed: int, *parts: str) -> int:
@@ -449,6 +456,7 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios:
     collision) by source, messages, then copy. Returns the source names (index = ``source``) and
     the entries in output order."""
     names = sorted(ratios)
+    # Source numbers and copy numbers are small: 4 bytes an entry each, not 8.
     src, rows, copy, order = [], [], [], []
     for s, name in enumerate(names):
         source, idx = parts[name]
@@ -457,17 +465,23 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios:
         total = int(n.sum())
         starts = np.cumsum(n) - n
         rows.append(np.repeat(idx, n))
-        copy.append(np.arange(total, dtype=np.int64) - np.repeat(starts, n))
-        src.append(np.full(total, s, dtype=np.int64))
+        copy_number = np.arange(total, dtype=np.int64) - np.repeat(starts, n)
+        src.append(np.full(total, s, dtype=np.int32))
         with np.errstate(over="ignore"):
-            mixed = np.repeat(keys, n) ^ (copy[-1].astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
+            mixed = np.repeat(keys, n) ^ (copy_number.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
         order.append(_unit(mixed, _salt(seed, stage, split, "order")))
-    empty = np.empty(0, dtype=np.int64)
-    m = _Mixed(np.concatenate(src) if src else empty, np.concatenate(rows) if rows else empty,
-               np.concatenate(copy) if copy else empty)
+        copy.append(copy_number.astype(np.int32))
+        del copy_number, mixed
     position = np.concatenate(order) if order else np.empty(0)
-    by = np.lexsort((m.copy, m.source, position))
-    position, m = position[by], _Mixed(m.source[by], m.row[by], m.copy[by])
+    del order
+    source_of = np.concatenate(src) if src else np.empty(0, dtype=np.int32)
+    copy_of = np.concatenate(copy) if copy else np.empty(0, dtype=np.int32)
+    del src, copy
+    by = np.lexsort((copy_of, source_of, position))
+    position, source_of, copy_of = position[by], source_of[by], copy_of[by]
+    row_of = np.concatenate(rows)[by] if rows else np.empty(0, dtype=np.int64)
+    del rows, by
+    m = _Mixed(source_of, row_of, copy_of)
     # Entries sharing (order, source) are rare; they are ordered by their messages, then copy.
     same = np.r_[False, (position[1:] == position[:-1]) & (m.source[1:] == m.source[:-1])]
     if same.any():
@@ -489,16 +503,16 @@ def write_jsonl(names: list[str], mixed: _Mixed, parts: dict[str, tuple[Filtered
     path.parent.mkdir(parents=True, exist_ok=True)
     stores = [parts[name][0].store for name in names]
     sources = [encode_basestring(name) for name in names]
+    block = 1024  # entries turned into Python ints and lines at a time
     with path.open("w", encoding="utf-8", newline="\n") as fh:
-        buffer: list[str] = []
-        for s, row in zip(mixed.source.tolist(), mixed.row.tolist()):
-            messages, tools = stores[s].texts(row)
-            buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
-                          f'"source": {sources[s]}}}\n')
-            if len(buffer) >= 1024:
-                fh.write("".join(buffer))
-                buffer.clear()
-        fh.write("".join(buffer))
+        for start in range(0, len(mixed.row), block):
+            end = start + block
+            buffer: list[str] = []
+            for s, row in zip(mixed.source[start:end].tolist(), mixed.row[start:end].tolist()):
+                messages, tools = stores[s].texts(row)
+                buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
+                              f'"source": {sources[s]}}}\n')
+            fh.write("".join(buffer))
 
 
 # ----------------------------------------------------------------------------------------------
