@@ -9,10 +9,11 @@ tools with valid arguments, length); what passes is spilled to disk (stages/filt
 keeping in memory only what the rules over the whole source need: each row's content key and the
 functions it calls. Then those rules run (duplicates, the per-function cap), the validation split
 is drawn, and the sources are mixed into the two training sets by per-source ratios and written
-row by row. Every rule is named and counted (stages/filter_rules.py). polars does the table work
-of each chunk (joins of calls to offered tools, the distinct (schema, arguments) pairs to
-validate); numpy the whole-source rules. Everything is deterministic and independent of input
-order and chunking: rows are ordered by a hash of their content, never by input order.
+row by row. Every rule is named and counted (stages/filter_rules.py). Rows stay UTF-8 bytes from
+the raw line to the spill (read, hashed and written as bytes, never decoded to be measured);
+the per-row rules are plain Python over each chunk, numpy does the whole-source rules.
+Everything is deterministic and independent of input order and chunking: rows are ordered by a
+hash of their content, never by input order.
 """
 
 from __future__ import annotations
