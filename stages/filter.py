@@ -9,10 +9,11 @@ tools with valid arguments, length); what passes is spilled to disk (stages/filt
 keeping in memory only what the rules over the whole source need: each row's content key and the
 functions it calls. Then those rules run (duplicates, the per-function cap), the validation split
 is drawn, and the sources are mixed into the two training sets by per-source ratios and written
-row by row. Every rule is named and counted (stages/filter_rules.py). polars does the table work
-of each chunk (joins of calls to offered tools, the distinct (schema, arguments) pairs to
-validate); numpy the whole-source rules. Everything is deterministic and independent of input
-order and chunking: rows are ordered by a hash of their content, never by input order.
+row by row. Every rule is named and counted (stages/filter_rules.py). Rows stay UTF-8 bytes from
+the raw line to the spill (read, hashed and written as bytes, never decoded to be measured);
+the per-row rules are plain Python over each chunk, numpy does the whole-source rules.
+Everything is deterministic and independent of input order and chunking: rows are ordered by a
+hash of their content, never by input order.
 """
 
 from __future__ import annotations
@@ -31,21 +32,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AnyStr, Callable
 
 import numpy as np
-import polars as pl
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
 from stages.filter_rules import FIXES, RULES, Drop
-from stages.filter_store import SpilledRows
+from stages.filter_store import FIX_BITS, SpilledRows
 from stages.kinds import Kind
 from stages.parsing.json_codec import arguments_value
 from stages.parsing.parsers import Parsers, cached_parsers
-from stages.row_pipeline import prepare_row
-from stages.schema_validator import compiled_validator, schema_ok
+from stages.row_pipeline import EncodedRow, prepare_encoded
+from stages.schema_validator import compiled_validator
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +91,32 @@ class FilterConfig(StrictModel):
 # Reading: lines in chunks, the row pipeline over each chunk, into tables
 
 
-def iter_lines(path: Path) -> Iterator[str]:
-    """Non-empty lines of a JSONL file, one at a time; lines that are not UTF-8 become "" (counted
-    unparseable)."""
-    with path.open("rb") as fh:
+def iter_lines(path: Path) -> Iterator[bytes]:
+    """Non-empty lines of a JSONL file, one at a time, as bytes (the JSON reader decodes them: a
+    line that is not UTF-8 is counted unparseable)."""
+    with path.open("rb", buffering=1 << 20) as fh:
         for raw in fh:
-            if not raw.strip():
-                continue
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield ""
+            # Same test as `raw.strip()`, without copying the line.
+            if raw and not raw.isspace():
+                yield raw
 
 
 def read_lines(path: Path) -> list[str]:
-    """All of :func:`iter_lines` (benchmarks and tests; the stage streams)."""
-    return list(iter_lines(path))
+    """All of :func:`iter_lines` as text; lines that are not UTF-8 become "" (benchmarks and tests
+    hand these to the row-by-row baseline; the stage streams bytes)."""
+    out = []
+    for raw in iter_lines(path):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append("")
+    return out
 
 
-def chunked(lines: Iterable[str], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
+def chunked(lines: Iterable[AnyStr], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[list[AnyStr]]:
     """Runs of consecutive lines, each at most ``max_rows`` lines, ending at the first line that
-    brings it to ``max_bytes`` characters."""
-    chunk: list[str] = []
+    brings it to ``max_bytes`` (bytes of bytes lines, characters of text lines)."""
+    chunk: list[AnyStr] = []
     size = 0
     for line in lines:
         chunk.append(line)
@@ -126,17 +130,10 @@ def chunked(lines: Iterable[str], max_rows: int = CHUNK_ROWS, max_bytes: int = C
 
 @dataclass
 class _Chunk:
-    """What reading a run of raw lines produced; calls refer to rows by index within the chunk."""
+    """What reading a run of raw lines produced: the rows that passed the row pipeline, in order."""
 
     lines: int = 0
-    messages: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
-    keys: list[int] = field(default_factory=list)
-    fixes: list[int] = field(default_factory=list)  # per row, a bit per stages.filter_rules.FIXES entry
-    call_rows: list[int] = field(default_factory=list)
-    call_names: list[str] = field(default_factory=list)
-    call_args: list[str] = field(default_factory=list)
-    tool_lists: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    rows: list[EncodedRow] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
 
 
@@ -156,58 +153,19 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-FIX_BITS = {fix: 1 << i for i, fix in enumerate(FIXES)}
-
-
-def _read_chunk(kind: str, lines: list[str], parsers: Parsers) -> _Chunk:
+def _read_chunk(kind: str, lines: list[str] | list[bytes], parsers: Parsers) -> _Chunk:
     out = _Chunk(lines=len(lines))
+    rows = out.rows
     with _no_cyclic_gc():
         for line in lines:
             try:
-                prepared = prepare_row(kind, line, parsers)
+                rows.append(prepare_encoded(kind, line, parsers))
             except Drop as drop:
                 out.drops[drop.rule] += 1
-                continue
             except Exception as exc:  # noqa: BLE001 - a row must never crash the stage
                 log.debug("unreadable %s row: %r", kind, exc)
                 out.drops["unparseable"] += 1
-                continue
-            row = len(out.messages)
-            tools = prepared.tools
-            out.messages.append(prepared.messages)
-            out.tools.append(tools)
-            out.keys.append(prepared.key)
-            out.fixes.append(sum(FIX_BITS[f] for f in prepared.fixes) if prepared.fixes else 0)
-            if tools not in out.tool_lists:
-                out.tool_lists[tools] = prepared.schemas
-            for name, args in prepared.calls:
-                out.call_rows.append(row)
-                out.call_names.append(name)
-                out.call_args.append(args)
     return out
-
-
-def chunk_tables(chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(rows: row, messages, tools, key, tools_id, fixes), (calls: row, name, arguments), (tool table:
-    tools_id, name, schema for each distinct tools JSON). Rows carry ``tools_id`` so joins run on
-    integers, not long text."""
-    tool_ids = {t: i for i, t in enumerate(chunk.tool_lists)}
-    rows = pl.DataFrame(
-        {"row": np.arange(len(chunk.messages), dtype=np.int64), "messages": chunk.messages, "tools": chunk.tools,
-         "key": np.array(chunk.keys, dtype=np.uint64), "tools_id": [tool_ids[t] for t in chunk.tools],
-         "fixes": np.array(chunk.fixes, dtype=np.uint8)},
-        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64, "tools_id": pl.Int64,
-                "fixes": pl.UInt8},
-    )
-    calls = pl.DataFrame({"row": chunk.call_rows, "name": chunk.call_names, "arguments": chunk.call_args},
-                         schema={"row": pl.Int64, "name": pl.String, "arguments": pl.String})
-    tool_table = pl.DataFrame(
-        {"tools_id": [tool_ids[t] for t, schemas in chunk.tool_lists.items() for _ in schemas],
-         "name": [n for s in chunk.tool_lists.values() for n, _ in s],
-         "schema": [k for s in chunk.tool_lists.values() for _, k in s]},
-        schema={"tools_id": pl.Int64, "name": pl.String, "schema": pl.String},
-    )
-    return rows, calls, tool_table
 
 
 # Set in each worker process by its initializer: the kind and the name rule.
@@ -219,7 +177,7 @@ def _init_worker(kind: str, keep_dots: bool) -> None:
     _WORKER = (kind, keep_dots)
 
 
-def _read_in_worker(lines: list[str]) -> _Chunk:
+def _read_in_worker(lines: list[str] | list[bytes]) -> _Chunk:
     assert _WORKER is not None
     kind, keep_dots = _WORKER
     return _read_chunk(kind, lines, _worker_parsers(keep_dots))
@@ -235,14 +193,15 @@ def _worker_parsers(keep_dots: bool) -> Parsers:
     return _WORKER_PARSERS[keep_dots]
 
 
-def read_chunks(kind: str, chunks: Iterable[list[str]], parsers: Parsers, workers: int = 1) -> Iterator[_Chunk]:
+def read_chunks(kind: str, chunks: Iterable[list[str] | list[bytes]], parsers: Parsers,
+                workers: int = 1) -> Iterator[_Chunk]:
     """The row pipeline over each chunk, in order. With ``workers`` > 1, chunks are read in that many
     spawned processes, at most two per process in flight (so memory stays bounded), and handed
     back in input order.
 
-    Spawned, not forked: the workers build polars tables, and a process forked after polars (or
-    torch) started its thread pool can deadlock in the child (seen: this stage's worker test hung
-    inside the full test run, where earlier tests had started those pools)."""
+    Spawned, not forked: a process forked after polars or torch started their thread pools can
+    deadlock in the child (seen: this stage's worker test hung inside the full test run, where
+    earlier tests had started those pools)."""
     if workers <= 1:
         for lines in chunks:
             yield _read_chunk(kind, lines, parsers)
@@ -262,58 +221,67 @@ def read_chunks(kind: str, chunks: Iterable[list[str]], parsers: Parsers, worker
 # Table rules a row passes or fails on its own
 
 
-def _check_schemas(table: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-    """Add schema_id and schema_ok to the tool table; each distinct schema is checked once.
-
-    Returns the table and the distinct schemas (index = schema_id), so later joins and the
-    distinct (schema, arguments) pairs run on integers instead of the long schema texts.
-    """
-    distinct = table.get_column("schema").unique(maintain_order=True).to_list()
-    valid = pl.DataFrame({"schema": distinct, "schema_id": np.arange(len(distinct), dtype=np.int64),
-                          "schema_ok": [schema_ok(s) for s in distinct]},
-                         schema={"schema": pl.String, "schema_id": pl.Int64, "schema_ok": pl.Boolean})
-    return table.join(valid, on="schema", how="left").drop("schema"), distinct
+# What a tool list with an unusable schema gets instead of its checks.
+_BAD_SCHEMA: dict[str, Callable[[Any], bool]] = {}
 
 
-def _arguments_ok(schema_ids: list[int], arguments: list[str], schemas: list[str]) -> list[bool]:
-    """Validity of each (schema_id, arguments) pair of valid schemas; one validator lookup per schema."""
-    checks: dict[int, Callable[[Any], bool]] = {}
-    out = []
-    for i, a in zip(schema_ids, arguments):
-        check = checks.get(i)
-        if check is None:
-            check = checks[i] = compiled_validator(schemas[i])
-        out.append(check(arguments_value(a)))
-    return out
+def _checks(schemas: tuple[tuple[str, str], ...]) -> dict[str, Callable[[Any], bool]]:
+    """Offered name -> check of argument values; :data:`_BAD_SCHEMA` when a schema is unusable."""
+    checks = {}
+    for name, schema in schemas:
+        try:
+            checks[name] = compiled_validator(schema)
+        except Drop:
+            return _BAD_SCHEMA
+    return checks
 
 
-def check_rows(rows: pl.DataFrame, calls: pl.DataFrame, tool_table: pl.DataFrame,
-               max_chars: int) -> tuple[pl.DataFrame, Counter[str]]:
+def _char_length(row: EncodedRow, max_chars: int) -> int:
+    """Characters of the row's two texts; exact when above ``max_chars``. A UTF-8 text has no
+    more characters than bytes, so only rows longer than that in bytes are decoded to count."""
+    size = len(row.messages) + len(row.tools)
+    if size <= max_chars:
+        return size
+    return len(row.messages.decode()) + len(row.tools.decode())
+
+
+def check_rows(rows: list[EncodedRow], max_chars: int) -> tuple[list[EncodedRow], Counter[str]]:
     """The table rules a row passes or fails on its own, in RULES order: bad_tool_schema,
-    unknown_tool, invalid_arguments, too_long. Returns the rows that pass and the drops."""
-    tool_table, schemas = _check_schemas(tool_table)
-    bad_schema_lists = tool_table.filter(~pl.col("schema_ok")).get_column("tools_id").unique()
-    calls = (calls.join(rows.select("row", "tools_id"), on="row", how="left")
-             .join(tool_table, on=["tools_id", "name"], how="left"))
-    unknown_rows = calls.filter(pl.col("schema_id").is_null()).get_column("row").unique()
-    pairs = calls.filter(pl.col("schema_ok").fill_null(False)).select("schema_id", "arguments").unique()
-    pair_ok = pairs.with_columns(args_ok=pl.Series(
-        _arguments_ok(pairs.get_column("schema_id").to_list(), pairs.get_column("arguments").to_list(), schemas),
-        dtype=pl.Boolean))
-    invalid_rows = (calls.join(pair_ok, on=["schema_id", "arguments"], how="inner")
-                    .filter(~pl.col("args_ok")).get_column("row").unique())
-    reason = (
-        pl.when(pl.col("tools_id").is_in(bad_schema_lists.implode())).then(pl.lit("bad_tool_schema"))
-        .when(pl.col("row").is_in(unknown_rows.implode())).then(pl.lit("unknown_tool"))
-        .when(pl.col("row").is_in(invalid_rows.implode())).then(pl.lit("invalid_arguments"))
-        .when(pl.col("messages").str.len_chars() + pl.col("tools").str.len_chars() > max_chars)
-        .then(pl.lit("too_long"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-    rows = rows.with_columns(reason=reason)
-    drops: Counter[str] = Counter(
-        {r: n for r, n in rows.filter(pl.col("reason").is_not_null()).group_by("reason").len().iter_rows()})
-    return rows.filter(pl.col("reason").is_null()).drop("reason"), drops
+    unknown_tool, invalid_arguments, too_long. Returns the rows that pass, in order, and the drops.
+
+    Each distinct tool list is judged once per chunk (its schemas checked and compiled once per
+    run, ``compiled_validator``), then each call's arguments against its tool's compiled check.
+    """
+    # Keyed by the schemas tuple's identity: rows of one cached tool list share it, and every row
+    # (so every key) stays alive while the chunk is checked.
+    by_list: dict[int, dict[str, Callable[[Any], bool]]] = {}
+    passed: list[EncodedRow] = []
+    drops: Counter[str] = Counter()
+    for row in rows:
+        checks = by_list.get(id(row.schemas))
+        if checks is None:
+            checks = by_list[id(row.schemas)] = _checks(row.schemas)
+        if checks is _BAD_SCHEMA:
+            drops["bad_tool_schema"] += 1
+            continue
+        rule = None
+        if row.calls:
+            for name, _ in row.calls:
+                if name not in checks:
+                    rule = "unknown_tool"
+                    break
+            else:
+                for name, arguments in row.calls:
+                    if not checks[name](arguments_value(arguments)):
+                        rule = "invalid_arguments"
+                        break
+        if rule is None and _char_length(row, max_chars) > max_chars:
+            rule = "too_long"
+        if rule is None:
+            passed.append(row)
+        else:
+            drops[rule] += 1
+    return passed, drops
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,15 +389,15 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
     try:
         with _no_cyclic_gc(), tqdm(desc=f"filter {desc or kind}", unit="row", mininterval=5.0, leave=False) as bar:
             for chunk in read_chunks(kind, chunked(lines, chunk_rows, chunk_bytes), parsers, workers):
-                rows, calls, tool_table = chunk_tables(chunk)
-                passed, table_drops = check_rows(rows, calls, tool_table, max_chars)
-                store.add(passed, calls)
+                passed, table_drops = check_rows(chunk.rows, max_chars)
+                store.add(passed)
                 drops.update(chunk.drops)
                 drops.update(table_drops)
                 rows_in += chunk.lines
                 bar.update(chunk.lines)
             store.finish()
             kept, source_drops = deduplicate_and_cap(store, max_rows_per_function)
+            parsers.drop_text_caches()
     except BaseException:
         store.close()
         raise
@@ -442,14 +410,21 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
 
 
 def _unit(keys: np.ndarray, salt: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt)."""
+    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt). In place on one copy of the
+    keys: no temporary array per step (the mix handles several entries per kept row)."""
     with np.errstate(over="ignore"):
-        x = keys.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        x = keys.astype(np.uint64)  # a copy
+        x ^= np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        x >>= np.uint64(11)
+    out = x.astype(np.float64)
+    out *= 1.0 / (1 << 53)
+    return out
 
 
 def _salt(seed: int, *parts: str) -> int:
@@ -487,6 +462,7 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios:
     collision) by source, messages, then copy. Returns the source names (index = ``source``) and
     the entries in output order."""
     names = sorted(ratios)
+    # Source numbers and copy numbers are small: 4 bytes an entry each, not 8.
     src, rows, copy, order = [], [], [], []
     for s, name in enumerate(names):
         source, idx = parts[name]
@@ -495,17 +471,23 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios:
         total = int(n.sum())
         starts = np.cumsum(n) - n
         rows.append(np.repeat(idx, n))
-        copy.append(np.arange(total, dtype=np.int64) - np.repeat(starts, n))
-        src.append(np.full(total, s, dtype=np.int64))
+        copy_number = np.arange(total, dtype=np.int64) - np.repeat(starts, n)
+        src.append(np.full(total, s, dtype=np.int32))
         with np.errstate(over="ignore"):
-            mixed = np.repeat(keys, n) ^ (copy[-1].astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
+            mixed = np.repeat(keys, n) ^ (copy_number.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
         order.append(_unit(mixed, _salt(seed, stage, split, "order")))
-    empty = np.empty(0, dtype=np.int64)
-    m = _Mixed(np.concatenate(src) if src else empty, np.concatenate(rows) if rows else empty,
-               np.concatenate(copy) if copy else empty)
+        copy.append(copy_number.astype(np.int32))
+        del copy_number, mixed
     position = np.concatenate(order) if order else np.empty(0)
-    by = np.lexsort((m.copy, m.source, position))
-    position, m = position[by], _Mixed(m.source[by], m.row[by], m.copy[by])
+    del order
+    source_of = np.concatenate(src) if src else np.empty(0, dtype=np.int32)
+    copy_of = np.concatenate(copy) if copy else np.empty(0, dtype=np.int32)
+    del src, copy
+    by = np.lexsort((copy_of, source_of, position))
+    position, source_of, copy_of = position[by], source_of[by], copy_of[by]
+    row_of = np.concatenate(rows)[by] if rows else np.empty(0, dtype=np.int64)
+    del rows, by
+    m = _Mixed(source_of, row_of, copy_of)
     # Entries sharing (order, source) are rare; they are ordered by their messages, then copy.
     same = np.r_[False, (position[1:] == position[:-1]) & (m.source[1:] == m.source[:-1])]
     if same.any():
@@ -527,16 +509,16 @@ def write_jsonl(names: list[str], mixed: _Mixed, parts: dict[str, tuple[Filtered
     path.parent.mkdir(parents=True, exist_ok=True)
     stores = [parts[name][0].store for name in names]
     sources = [encode_basestring(name) for name in names]
+    block = 1024  # entries turned into Python ints and lines at a time
     with path.open("w", encoding="utf-8", newline="\n") as fh:
-        buffer: list[str] = []
-        for s, row in zip(mixed.source.tolist(), mixed.row.tolist()):
-            messages, tools = stores[s].texts(row)
-            buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
-                          f'"source": {sources[s]}}}\n')
-            if len(buffer) >= 1024:
-                fh.write("".join(buffer))
-                buffer.clear()
-        fh.write("".join(buffer))
+        for start in range(0, len(mixed.row), block):
+            end = start + block
+            buffer: list[str] = []
+            for s, row in zip(mixed.source[start:end].tolist(), mixed.row[start:end].tolist()):
+                messages, tools = stores[s].texts(row)
+                buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
+                              f'"source": {sources[s]}}}\n')
+            fh.write("".join(buffer))
 
 
 # ----------------------------------------------------------------------------------------------

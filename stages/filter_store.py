@@ -11,10 +11,21 @@ count towards the process's resident memory).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+
+from stages.filter_rules import FIXES
+from stages.row_pipeline import EncodedRow
+
+
+# A bit per repaired defect, in FIXES order: the per-row record of what was fixed.
+FIX_BITS = {fix: 1 << i for i, fix in enumerate(FIXES)}
+
+
+def _fix_bits(fixes: tuple[str, ...]) -> int:
+    return sum(FIX_BITS[f] for f in fixes) if fixes else 0
 
 
 class SpilledRows:
@@ -22,7 +33,7 @@ class SpilledRows:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path.open("wb")
+        self._file = path.open("wb", buffering=1 << 20)
         self._size = 0
         self._parts: dict[str, list[np.ndarray]] = {name: [] for name in
                                                    ("key", "offset", "messages_len", "tools_len", "fixes",
@@ -33,36 +44,35 @@ class SpilledRows:
         self.key = self.offset = self.messages_len = self.tools_len = self.fixes = np.empty(0, dtype=np.uint64)
         self.call_row = self.call_function = np.empty(0, dtype=np.int64)
 
-    def add(self, passed: pl.DataFrame, calls: pl.DataFrame) -> None:
-        """Append the rows of ``passed`` (columns row, messages, tools, key, and optionally fixes: a
-        bit mask of repaired schema defects) in their order, and the
-        (row, name) pairs of ``calls`` whose row is among them (``row`` is the chunk's row index)."""
-        n = passed.height
+    def add(self, rows: Sequence[EncodedRow]) -> None:
+        """Append ``rows`` in their order: their texts to the spill, and in memory their content
+        keys, fix bits (stages.filter_rules.FIXES) and the distinct functions each calls."""
+        n = len(rows)
         if n == 0:
             return
-        lengths = passed.select(pl.col("messages").str.len_bytes().cast(pl.Int64).alias("m"),
-                                pl.col("tools").str.len_bytes().cast(pl.Int64).alias("t"))
-        m_len = lengths.get_column("m").to_numpy()
-        t_len = lengths.get_column("t").to_numpy()
+        m_len = np.fromiter((len(r.messages) for r in rows), dtype=np.int64, count=n)
+        t_len = np.fromiter((len(r.tools) for r in rows), dtype=np.int64, count=n)
         sizes = m_len + t_len
-        offsets = self._size + np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        # One record per row: its messages JSON, then its tools JSON, as UTF-8.
-        blob = passed.select(pl.concat_str("messages", "tools").str.join("").cast(pl.Binary)).item()
-        self._file.write(blob)
-        self._size += len(blob)
-        pairs = (calls.select("row", "name").unique()
-                 .join(passed.select("row").with_row_index("at"), on="row", how="inner").sort("at", "name"))
-        if pairs.height:
-            names = pairs.get_column("name").to_list()
-            ids = np.fromiter((self._function_id(name) for name in names), dtype=np.int64, count=len(names))
-            self._parts["call_row"].append(self.count + pairs.get_column("at").to_numpy().astype(np.int64))
-            self._parts["call_function"].append(ids)
-        self._parts["key"].append(passed.get_column("key").to_numpy().astype(np.uint64))
-        self._parts["offset"].append(offsets.astype(np.int64))
-        self._parts["messages_len"].append(m_len.astype(np.int64))
-        self._parts["tools_len"].append(t_len.astype(np.int64))
-        self._parts["fixes"].append(passed.get_column("fixes").to_numpy().astype(np.uint8) if "fixes" in passed.columns
-                                    else np.zeros(n, dtype=np.uint8))
+        offsets = self._size + np.cumsum(sizes) - sizes
+        # One record per row: its messages JSON, then its tools JSON, as UTF-8 (through the
+        # file's buffer: no joined copy of the chunk).
+        self._file.writelines([part for r in rows for part in (r.messages, r.tools)])
+        self._size += int(sizes.sum())
+        call_rows: list[int] = []
+        call_functions: list[int] = []
+        for at, row in enumerate(rows, self.count):
+            if row.calls:
+                for name in sorted({name for name, _ in row.calls}):
+                    call_rows.append(at)
+                    call_functions.append(self._function_id(name))
+        if call_rows:
+            self._parts["call_row"].append(np.array(call_rows, dtype=np.int64))
+            self._parts["call_function"].append(np.array(call_functions, dtype=np.int64))
+        self._parts["key"].append(np.fromiter((r.key for r in rows), dtype=np.uint64, count=n))
+        self._parts["offset"].append(offsets)
+        self._parts["messages_len"].append(m_len)
+        self._parts["tools_len"].append(t_len)
+        self._parts["fixes"].append(np.fromiter((_fix_bits(r.fixes) for r in rows), dtype=np.uint8, count=n))
         self.count += n
 
     def _function_id(self, name: str) -> int:

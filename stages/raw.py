@@ -47,6 +47,10 @@ class HubOrigin(StrictModel):
     split: str
     revision: str = Field(description="pinned commit sha or tag, so reruns read the same data")
     max_rows: int | None = Field(default=None, ge=0, description="keep only the first N rows (null: all)")
+    data_file: str | None = Field(default=None, description=(
+        "a file of the dataset repo to download at `revision` and read like a local origin (a .json "
+        "array item by item, e.g. OpenHermes-2.5's openhermes2_5.json, which datasets would parse "
+        "whole); null: the dataset through datasets' streaming"))
 
 
 class LocalOrigin(StrictModel):
@@ -92,13 +96,16 @@ def _limit(rows: Iterable[dict[str, Any]], max_rows: int | None) -> Iterator[dic
     return iter(rows) if max_rows is None else itertools.islice(rows, max_rows)
 
 
-def hub_rows(origin: HubOrigin) -> Iterator[dict[str, Any]]:
-    """Rows of a pinned hub revision, streamed (nothing in a home-directory cache, and only the rows
-    kept are read). Needs network access to the hub; ``datasets`` is imported lazily.
+def hub_rows(origin: HubOrigin, download_dir: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a pinned hub revision, streamed (only the rows kept are read). Needs network access to
+    the hub; ``datasets`` and ``huggingface_hub`` are imported lazily.
 
-    ``datasets`` streams parquet files batch by batch; a data file that is one JSON array (ToolACE,
-    OpenHermes-2.5) it still parses whole, once per run.
+    Without ``data_file``, ``datasets`` streams the dataset (parquet batch by batch; nothing in a
+    home-directory cache); it would parse a data file that is one JSON array whole. With it, that
+    file is downloaded at the revision into ``download_dir`` and read item by item.
     """
+    if origin.data_file is not None:
+        return _limit(file_rows(download_data_file(origin, download_dir)), origin.max_rows)
     import datasets  # heavy, and only hub origins need it
 
     ds = datasets.load_dataset(origin.dataset, origin.config, split=origin.split, revision=origin.revision,
@@ -106,12 +113,28 @@ def hub_rows(origin: HubOrigin) -> Iterator[dict[str, Any]]:
     return _limit(iter(ds), origin.max_rows)
 
 
+def download_data_file(origin: HubOrigin, download_dir: Path) -> Path:
+    """``origin.data_file`` of the dataset repo at ``origin.revision``, downloaded (or found, if
+    complete) under ``download_dir/<dataset>/<revision>/``."""
+    from huggingface_hub import hf_hub_download  # only hub origins need it
+
+    assert origin.data_file is not None
+    local_dir = download_dir / origin.dataset.replace("/", "__") / origin.revision
+    path = hf_hub_download(repo_id=origin.dataset, filename=origin.data_file, repo_type="dataset",
+                           revision=origin.revision, local_dir=local_dir)
+    return Path(path)
+
+
 def local_rows(origin: LocalOrigin) -> Iterator[dict[str, Any]]:
-    """Rows of a local file, read incrementally (memory holds a batch, not the file). Lines or items
-    that are not JSON objects are skipped and counted."""
-    path = Path(origin.path)
+    """Rows of a local file, read incrementally (see :func:`file_rows`)."""
+    return _limit(file_rows(Path(origin.path)), origin.max_rows)
+
+
+def file_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a .json (array), .jsonl or .parquet file, read incrementally (memory holds an item or
+    a batch, not the file). Lines or items that are not JSON objects are skipped and counted."""
     if not path.is_file():
-        raise FileNotFoundError(f"local source file not found: {path}")
+        raise FileNotFoundError(f"source file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         rows: Iterable[dict[str, Any]] = _parquet_rows(path)
@@ -121,7 +144,7 @@ def local_rows(origin: LocalOrigin) -> Iterator[dict[str, Any]]:
         rows = _objects_only(json_array_items(path), str(path))
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl or .parquet)")
-    return _limit(rows, origin.max_rows)
+    return iter(rows)
 
 
 def _parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, Any]]:
@@ -132,73 +155,43 @@ def _parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, Any]
             yield from batch.to_pylist()
 
 
-def json_array_items(path: Path, block_chars: int = 1 << 20) -> Iterator[Any]:
-    """The items of a file holding one JSON array, decoded one at a time (the same values as
-    ``json.load``), so memory holds one item and a block of text, not the whole file."""
-    with path.open(encoding="utf-8") as fh:
-        text = _TextWindow(fh, block_chars)
-        if text.next_char() != "[":
-            raise ValueError(f"{path}: a .json source must hold a JSON array of rows")
-        text.at += 1
-        if text.next_char() != "]":
-            while True:
-                yield text.decode()
-                separator = text.next_char()
-                if separator != ",":
-                    break
-                text.at += 1
-        if text.next_char() != "]":
-            raise ValueError(f"{path}: the JSON array is not closed properly")
-        text.at += 1
-        if text.next_char():
-            raise ValueError(f"{path}: extra data after the JSON array")
+def json_array_items(path: Path, buffer_bytes: int = 1 << 16) -> Iterator[Any]:
+    """The items of a file holding one JSON array, decoded one at a time by ijson's C parser (yajl),
+    so memory holds one item and a buffer, not the file: the values ``json.load`` gives (text with
+    lone surrogates, which has no UTF-8 form to write, reads as "?").
 
+    yajl stops at integers beyond 64 bits and floats beyond a double's range, which ``json``
+    reads; then the file is read again with ijson's pure-Python parser (exact, several times
+    slower, and its buffer is not bounded), from the item where yajl stopped. An error from that
+    parser is a file that is not a JSON array.
+    """
+    import ijson  # only .json sources need it
 
-class _TextWindow:
-    """A window on a text file read block by block: ``buffer[at:]`` is what is left to parse."""
-
-    _DECODER = json.JSONDecoder()
-    _SPACE = frozenset(" \t\n\r")
-    _AFTER_VALUE = frozenset(" \t\n\r,]")
-
-    def __init__(self, fh: Any, block_chars: int) -> None:
-        self.fh, self.block_chars = fh, block_chars
-        self.buffer, self.at, self.eof = "", 0, False
-
-    def _read_more(self) -> None:
-        self.buffer = self.buffer[self.at:]
-        self.at = 0
-        more = self.fh.read(self.block_chars)
-        self.eof = not more
-        self.buffer += more
-
-    def next_char(self) -> str:
-        """The next character that is not JSON whitespace ("" at the end of the file)."""
-        while True:
-            while self.at < len(self.buffer) and self.buffer[self.at] in self._SPACE:
-                self.at += 1
-            if self.at < len(self.buffer) or self.eof:
-                return self.buffer[self.at:self.at + 1]
-            self._read_more()
-
-    def decode(self) -> Any:
-        """The JSON value at ``at``; reads on while it may be cut by the end of the window (a
-        number may go on), doubling the block each time so one huge item costs linear time."""
-        self.next_char()
-        while True:
-            try:
-                value, end = self._DECODER.raw_decode(self.buffer, self.at)
-            except json.JSONDecodeError:
-                if self.eof:
-                    raise
-                end = len(self.buffer)
-            # Complete only if something other than the value follows it: "12" may be "123",
-            # "4.5" may be "4.5e3" (an invalid follower is the caller's error to report).
-            if self.eof or (end < len(self.buffer) and self.buffer[end] in self._AFTER_VALUE):
-                self.at = end
-                return value
-            self.block_chars *= 2
-            self._read_more()
+    with path.open("rb") as fh:
+        start = fh.read(64).lstrip(b" \t\n\r")
+        while not start:
+            more = fh.read(1 << 16)
+            if not more:
+                break
+            start = more.lstrip(b" \t\n\r")
+    if start[:1] != b"[":
+        raise ValueError(f"{path}: a .json source must hold a JSON array of rows")
+    done = 0
+    try:
+        with path.open("rb") as fh:
+            for item in ijson.items(fh, "item", use_float=True, buf_size=buffer_bytes):
+                yield item
+                done += 1
+        return
+    except ijson.JSONError:
+        pass
+    try:
+        with path.open("rb") as fh:
+            items = ijson.get_backend("python").items(fh, "item", use_float=True, buf_size=buffer_bytes)
+            for item in itertools.islice(items, done, None):
+                yield item
+    except ijson.JSONError as exc:
+        raise ValueError(f"{path}: not a well-formed JSON array ({exc})") from None
 
 
 def _objects_only(items: Iterable[Any], where: str) -> Iterator[dict[str, Any]]:
@@ -264,7 +257,8 @@ def build_source(name: str, source: Source, output_dir: Path) -> int:
         log.info("%s: %d synthetic %s rows (seed %d), %d malformed on purpose: %s", name, count, source.kind,
                  origin.seed, sum(defects.values()), json.dumps(dict(sorted(defects.items()))))
     elif isinstance(origin, HubOrigin):
-        count = write_jsonl(hub_rows(origin), out, name)
+        # Downloads go beside the outputs, in the stage's DVC-tracked output directory.
+        count = write_jsonl(hub_rows(origin, output_dir / "hub"), out, name)
         log.info("%s: %d %s rows from hub %s (config %s, split %s, revision %s)", name, count, source.kind,
                  origin.dataset, origin.config, origin.split, origin.revision)
     else:

@@ -41,29 +41,56 @@ class PreparedRow(NamedTuple):
     fixes: tuple[str, ...]  # schema defects repaired in the offered tools (stages.filter_rules.FIXES)
 
 
-def prepare_row(kind: str, line: str, parsers: Parsers) -> PreparedRow:
-    """Read, check, finalize and key one raw line. Raises :class:`Drop`; any other exception
-    means the row is unreadable (the caller counts it as ``unparseable``)."""
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+class EncodedRow(NamedTuple):
+    """A :class:`PreparedRow` with its two texts as UTF-8 bytes: what the filter stage keeps (it
+    hashes, measures and spills bytes, and never needs the texts as ``str``)."""
+
+    messages: bytes
+    tools: bytes
+    calls: list[tuple[str, str]]
+    schemas: tuple[tuple[str, str], ...]
+    key: int
+    fixes: tuple[str, ...]
+
+
+def prepare_row(kind: str, line: str | bytes, parsers: Parsers) -> PreparedRow:
+    """Read, check, finalize and key one raw line (text, or its UTF-8 bytes). Raises :class:`Drop`;
+    any other exception means the row is unreadable (the caller counts it as ``unparseable``)."""
     try:
-        return _prepare(kind, line, parsers)
+        conv = _read_and_check(kind, line, parsers)
     except NeedsStdlibJson:
-        return _prepare(kind, line, stdlib_parsers(parsers))
-
-
-def _prepare(kind: str, line: str, parsers: Parsers) -> PreparedRow:
-    conv = read_conversation(kind, line, parsers)
-    check_structure(conv.messages)
+        parsers = stdlib_parsers(parsers)
+        conv = _read_and_check(kind, line, parsers)
     messages, tools, key = finalize(conv, parsers.json)
     return PreparedRow(messages, tools, conv.calls, conv.tools.schemas, key, conv.tools.fixes)
 
 
-def read_conversation(kind: str, line: str, parsers: Parsers) -> Conversation:
-    """One raw JSONL line -> its normalized :class:`Conversation`. Raises :class:`Drop`."""
+def prepare_encoded(kind: str, line: str | bytes, parsers: Parsers) -> EncodedRow:
+    """:func:`prepare_row` with the texts as UTF-8 bytes (:func:`finalize_utf8`): the same row and key."""
     try:
+        conv = _read_and_check(kind, line, parsers)
+    except NeedsStdlibJson:
+        conv = _read_and_check(kind, line, stdlib_parsers(parsers))
+    messages, tools, key = finalize_utf8(conv)
+    return EncodedRow(messages, tools, conv.calls, conv.tools.schemas, key, conv.tools.fixes)
+
+
+def _read_and_check(kind: str, line: str | bytes, parsers: Parsers) -> Conversation:
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    conv = read_conversation(kind, line, parsers)
+    check_structure(conv.messages)
+    return conv
+
+
+def read_conversation(kind: str, line: str | bytes, parsers: Parsers) -> Conversation:
+    """One raw JSONL line (text, or UTF-8 bytes) -> its normalized :class:`Conversation`. Raises
+    :class:`Drop`; bytes that are not UTF-8 are ``unparseable``."""
+    try:
+        if isinstance(line, bytes) and parsers.json is not FAST_JSON:
+            line = line.decode()  # strict: json.loads(bytes) would let UTF-8-encoded surrogates through
         row = parsers.json.loads(line)
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError included
         raise Drop("unparseable", "line is not JSON") from None
     if not isinstance(row, dict):
         raise Drop("unparseable", "line is not a JSON object")
@@ -120,7 +147,8 @@ def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, s
     for text that has no UTF-8 form (lone surrogates).
     """
     if codec is FAST_JSON:
-        return _finalize_bytes(conv)
+        messages, tools, key = finalize_utf8(conv)
+        return messages.decode(), conv.tools.json, key
     messages_json = codec.dumps_text(conv.messages)
     tools_json = conv.tools.json
     if conv.n_calls:
@@ -136,27 +164,47 @@ def finalize(conv: Conversation, codec: JsonCodec = STDLIB_JSON) -> tuple[str, s
     return messages_json, tools_json, content_key(messages_json, tools_json)
 
 
-def _finalize_bytes(conv: Conversation) -> tuple[str, str, int]:
-    """:func:`finalize` on the UTF-8 bytes orjson writes: each text is encoded once and hashed from
-    there, instead of decoding, replacing, and encoding again to hash."""
+def finalize_utf8(conv: Conversation) -> tuple[bytes, bytes, int]:
+    """:func:`finalize` on the UTF-8 bytes orjson writes, returned as bytes: each text is encoded
+    once and hashed from there, and every placeholder replaced in one pass."""
     try:
         messages = orjson.dumps(conv.messages)
     except TypeError:  # lone surrogates: json writes them, and encode() below refuses them
         messages = STDLIB_JSON.dumps_text(conv.messages).encode()
-    tools_json = conv.tools.json
-    tools = tools_json.encode()
+    tools = conv.tools.json.encode()
     if conv.n_calls:
         hasher = hashlib.blake2b(messages, digest_size=8)
         hasher.update(tools)
-        digest = hasher.hexdigest().encode()
-        for i in range(conv.n_calls):
-            new_id = b'"call_%s%03d"' % (digest, i)
-            messages = (messages.replace(b'"id":"#%d"' % i, b'"id":' + new_id)
-                        .replace(b'"tool_call_id":"#%d"' % i, b'"tool_call_id":' + new_id))
+        messages = _replace_placeholders(messages, hasher.hexdigest().encode(), conv.n_calls)
     hasher = hashlib.blake2b(messages, digest_size=8)
     hasher.update(b"\x00")
     hasher.update(tools)
-    return messages.decode(), tools_json, int.from_bytes(hasher.digest(), "little")
+    return messages, tools, int.from_bytes(hasher.digest(), "little")
+
+
+def _replace_placeholders(messages: bytes, digest: bytes, n_calls: int) -> bytes:
+    """Each ``"id":"#<i>"`` and ``"tool_call_id":"#<i>"`` (i < n_calls) with ``"call_<digest><i in
+    three digits>"``: what :func:`finalize` does with one replace per pattern, in one pass.
+
+    In JSON text ``":"#`` is a key's closing quote, the colon and a value that starts with "#"
+    (quotes inside strings are escaped), so cutting there finds every placeholder; the key before
+    it and the number after it are checked as the replace patterns would match them.
+    """
+    new_ids = {b"%d" % i: b'":"call_%s%03d' % (digest, i) for i in range(n_calls)}
+    parts = messages.split(b'":"#')
+    out = [parts[0]]
+    before = parts[0]
+    for part in parts[1:]:
+        end = part.find(b'"')
+        new_id = new_ids.get(part[:end]) if end > 0 else None
+        if new_id is not None and before.endswith((b'"id', b'"tool_call_id')):
+            out.append(new_id)
+            out.append(part[end:])
+        else:
+            out.append(b'":"#')
+            out.append(part)
+        before = part
+    return b"".join(out)
 
 
 def content_key(messages_json: str, tools_json: str) -> int:

@@ -174,7 +174,7 @@ def kept_and_drops(kind: str, lines, max_chars: int, cap: int | None, **kwargs) 
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 4096])
-def test_polars_path_and_row_by_row_baseline_keep_the_same_rows(chunk_rows):
+def test_chunked_path_and_row_by_row_baseline_keep_the_same_rows(chunk_rows):
     for name, lines in raw_lines().items():
         kind = KINDS[name]
         kept, drops = kept_and_drops(kind, lines, 4000, 2, chunk_rows=chunk_rows)
@@ -431,17 +431,14 @@ def test_arguments_are_read_as_json_reads_them():
 
 
 def test_rows_sharing_a_content_key_are_only_merged_when_identical(tmp_path):
-    import polars as pl
-
     from stages.filter import deduplicate_and_cap
     from stages.filter_store import SpilledRows
+    from stages.row_pipeline import EncodedRow
 
     store = SpilledRows(tmp_path / "rows.spill")
-    rows = pl.DataFrame({"row": [0, 1, 2, 3, 4], "messages": ["[2]", "[1]", "[1]", "[3]", "[1]"],
-                         "tools": ["[]", "[]", "[]", "[]", '[{"x":1}]'], "key": [7, 7, 7, 9, 7]},
-                        schema={"row": pl.Int64, "messages": pl.String, "tools": pl.String, "key": pl.UInt64})
-    calls = pl.DataFrame({"row": [0, 1, 2, 3, 4], "name": ["f"] * 5}, schema={"row": pl.Int64, "name": pl.String})
-    store.add(rows, calls)
+    texts = [("[2]", "[]"), ("[1]", "[]"), ("[1]", "[]"), ("[3]", "[]"), ("[1]", '[{"x":1}]')]
+    store.add([EncodedRow(m.encode(), t.encode(), [("f", "{}")], (), key, ())
+               for (m, t), key in zip(texts, [7, 7, 7, 9, 7])])
     store.finish()
     try:
         kept, drops = deduplicate_and_cap(store, None)
@@ -462,6 +459,93 @@ def test_a_row_with_text_that_has_no_utf8_form_is_dropped_not_fatal():
     kept, drops = kept_and_drops("wildchat", lines, 16000, None)
     assert len(kept) == 1 and drops == Counter({"unparseable": 1})
     assert "\\ud800" not in kept[0][0]
+
+
+def test_lines_are_read_as_bytes_and_bytes_that_are_not_utf8_are_unparseable(tmp_path):
+    from stages.filter import iter_lines, read_lines
+    from stages.parsing.parsers import Parsers
+    from stages.row_pipeline import prepare_encoded, prepare_row
+
+    good = [json.dumps(_wild(i), ensure_ascii=False).replace("prime", "质数").encode() for i in range(3)]
+    not_utf8 = good[0].replace("质数".encode(), b"\xff\xfe")
+    surrogate = good[0].replace("质数".encode(), b"\xed\xa0\x80")  # a UTF-16 surrogate, UTF-8-encoded
+    path = tmp_path / "w.jsonl"
+    path.write_bytes(b"\n".join([good[0], not_utf8, b"  \t", good[1], surrogate, b"", good[2]]))  # no final newline
+    lines = list(iter_lines(path))
+    assert [line.rstrip(b"\n") for line in lines] == [good[0], not_utf8, good[1], surrogate, good[2]]
+    assert read_lines(path)[1] == read_lines(path)[3] == ""  # text for the baseline: not UTF-8 -> ""
+    kept, drops = kept_and_drops("wildchat", lines, 16000, None)
+    assert len(kept) == 3 and drops == Counter({"unparseable": 2})
+    # Bytes and their text give the same row, with either reader.
+    for raw in good:
+        text = raw.decode()
+        expected = prepare_row("wildchat", text, Parsers())
+        assert prepare_row("wildchat", raw, Parsers()) == expected
+        assert prepare_row("wildchat", raw, cached_parsers()) == expected
+        encoded = prepare_encoded("wildchat", raw, cached_parsers())
+        assert (encoded.messages.decode(), encoded.tools.decode(), encoded.key) == (expected.messages, expected.tools,
+                                                                                    expected.key)
+
+
+def test_call_ids_replace_only_their_placeholders():
+    from stages.parsing.conversation import Conversation
+    from stages.parsing.json_codec import FAST_JSON, STDLIB_JSON
+    from stages.row_pipeline import finalize
+
+    call = lambda i, name: {"id": f"#{i}", "type": "function",  # noqa: E731
+                            "function": {"name": name, "arguments": '{"id":"#0","q":"\\":\\"#1"}'}}
+    messages = [
+        {"role": "user", "content": 'look up "id":"#0" and "tool_call_id":"#1", "#05", #12'},
+        {"role": "assistant", "content": "#0", "tool_calls": [call(0, "f"), call(1, "g")]},
+        {"role": "tool", "tool_call_id": "#1", "content": '":"#1"'},
+        {"role": "tool", "tool_call_id": "#0", "content": "#0"},
+        {"role": "assistant", "content": None, "tool_calls": [call(2, "f")]},
+        {"role": "tool", "tool_call_id": "#2", "content": "{}"},
+        {"role": "assistant", "content": "done"},
+    ]
+    conv = Conversation(messages, n_calls=3)
+    fast, plain = finalize(conv, FAST_JSON), finalize(conv, STDLIB_JSON)
+    assert fast == plain
+    finalized = json.loads(fast[0])
+    ids = [c["id"] for m in finalized if m.get("tool_calls") for c in m["tool_calls"]]
+    assert [i[-3:] for i in ids] == ["000", "001", "002"] and len({i[:-3] for i in ids}) == 1
+    assert [m["tool_call_id"] for m in finalized if m["role"] == "tool"] == [ids[1], ids[0], ids[2]]
+    # Text that only looks like a placeholder stays as it was.
+    assert finalized[0] == messages[0] and finalized[1]["content"] == "#0" and finalized[2]["content"] == '":"#1"'
+    assert finalized[1]["tool_calls"][0]["function"] == messages[1]["tool_calls"][0]["function"]
+
+
+def test_too_long_counts_characters_not_bytes():
+    # Two rows of the same length in characters; in UTF-8 the Chinese one is about three times longer.
+    rows = [hermes_row(HERMES_CALL, HERMES_RESULT, "好" * 1500), hermes_row(HERMES_CALL, HERMES_RESULT, "x" * 1500),
+            hermes_row(HERMES_CALL, HERMES_RESULT, "好" * 2600)]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    from stages.parsing.parsers import Parsers
+    from stages.row_pipeline import prepare_row
+
+    prepared = [prepare_row("hermes_fc", line, Parsers()) for line in lines]
+    chars = [len(r.messages) + len(r.tools) for r in prepared]
+    max_chars = max(chars[:2]) + 10  # above the two short rows in characters, far below the first in bytes
+    assert len(prepared[0].messages.encode()) > 2 * max_chars and chars[2] > max_chars
+    kept, drops = kept_and_drops("hermes_fc", [line.encode() for line in lines], max_chars, None)
+    assert len(kept) == 2 and drops == Counter({"too_long": 1})
+    assert (kept, drops) == kept_and_drops("hermes_fc", lines, max_chars, None)
+    base_kept, base_drops = filter_rowwise("hermes_fc", lines, False, max_chars, None)
+    assert kept == base_kept and +drops == +base_drops
+
+
+def test_a_sources_prompt_and_tool_list_caches_are_dropped_when_it_is_done():
+    parsers = cached_parsers()
+    lines = raw_lines()["toolace"]
+    kept, _ = kept_and_drops("toolace", lines, 4000, None)
+    source = filter_source("toolace", lines, parsers, 4000, None)
+    try:
+        assert list(source.rows()) == kept
+    finally:
+        source.close()
+    assert all(cached.cache_info().currsize == 0 for cached in parsers._bound.values())
+    assert parsers.tools_json.cache_info().currsize == 0
+    assert parsers.tool_element.cache_info().currsize > 0  # tools repeat across sources: kept
 
 
 def test_fast_and_plain_codecs_give_the_same_prepared_row_and_key():

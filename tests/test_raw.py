@@ -150,6 +150,72 @@ def test_json_arrays_and_parquet_are_read_incrementally_with_the_same_values(tmp
         pa.Table.from_pylist(rows).to_pylist()
 
 
+def _openhermes_like_rows(n: int) -> list[dict[str, Any]]:
+    return [{"conversations": [{"from": "human", "value": f"question {i} " + "x" * 600, "weight": None},
+                               {"from": "gpt", "value": f"answer {i} é 你好", "weight": 1.0}],
+             "source": "s", "idx": i} for i in range(n)]
+
+
+def test_a_large_json_array_is_read_item_by_item_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    rows = _openhermes_like_rows(4000)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+    size = path.stat().st_size
+    assert size > 3_000_000
+    origin = raw.LocalOrigin(type="local", path=str(path))
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in raw.local_rows(origin))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == len(rows)
+    # Loaded whole, the rows alone would take several times the file's size.
+    assert peak < size / 10, (peak, size)
+    assert list(raw.local_rows(origin)) == rows
+
+
+def test_hub_data_file_is_downloaded_at_the_revision_and_streamed(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+    import huggingface_hub
+
+    hub_file = tmp_path / "hub_copy" / "openhermes2_5.json"  # stands in for the file on the hub
+    hub_file.parent.mkdir()
+    rows = _openhermes_like_rows(50)
+    hub_file.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    downloads: list[dict[str, Any]] = []
+
+    def fake_download(**kwargs: Any) -> str:
+        downloads.append(kwargs)
+        target = Path(kwargs["local_dir"]) / kwargs["filename"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(hub_file.read_bytes())
+        return str(target)
+
+    def no_datasets(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a data file is read by the stage, not through datasets")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(datasets, "load_dataset", no_datasets)
+    origin = {"type": "hub", "dataset": "teknium/OpenHermes-2.5", "config": None, "split": "train",
+              "revision": "0123abcd", "data_file": "openhermes2_5.json"}
+    sources = {"oh": {"kind": "openhermes", "origin": origin},
+               "oh_head": {"kind": "openhermes", "origin": dict(origin, max_rows=7)}}
+    config = load_section("raw", raw.RawConfig, _params(tmp_path, sources))
+    assert raw.run(config) == {"oh": 50, "oh_head": 7}
+    out = tmp_path / "out"
+    local_dir = out / "hub" / "teknium__OpenHermes-2.5" / "0123abcd"
+    assert downloads[0] == {"repo_id": "teknium/OpenHermes-2.5", "filename": "openhermes2_5.json",
+                            "repo_type": "dataset", "revision": "0123abcd", "local_dir": local_dir}
+    # Downloaded into the stage's DVC-tracked output directory, beside the rows written from it.
+    assert (local_dir / "openhermes2_5.json").is_file()
+    assert _read_jsonl(out / "oh.jsonl") == rows
+    assert _read_jsonl(out / "oh_head.jsonl") == rows[:7]
+
+
 def test_local_origin_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("a,b\n", encoding="utf-8")
     (tmp_path / "obj.json").write_text('{"a": 1}', encoding="utf-8")

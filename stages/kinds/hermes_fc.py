@@ -196,7 +196,7 @@ def normalize(row: dict[str, Any], p: Parsers) -> Conversation:
             parsed = p.cached(_read_system)(value) if i == 0 else None
             if parsed is not None:
                 system, block_tools = parsed
-                tools = tools if tools.tools else block_tools
+                tools = tools if tools.schemas else block_tools
                 if system:
                     b.text("system", system)
             elif value.strip():

@@ -203,7 +203,10 @@ _CALL_FORMAT_LINE = re.compile(r"\[\s*func(?:_name)?1\s*\(|Should you decide to 
 
 def _without_call_format(text: str) -> str:
     """``text`` less the lines that teach ToolACE's call syntax, stripped."""
-    if _CALL_FORMAT_LINE.search(text) is None:
+    # Each alternative of _CALL_FORMAT_LINE holds one of these: without them (most prompt heads)
+    # the regex, which has no literal prefix to search for, need not scan the text.
+    if (("[" not in text and "Should you decide" not in text and "NO other text" not in text
+         and "其他" not in text) or _CALL_FORMAT_LINE.search(text) is None):
         return text.strip()
     return "\n".join(line for line in text.splitlines() if _CALL_FORMAT_LINE.search(line) is None).strip()
 

@@ -265,6 +265,9 @@ LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[^\[\]\"'(){}=,]+\(")
 
 
 def _starts_with_known_call(text: str, names: Sequence[str]) -> bool:
+    first = text[:1]
+    if first != "[" and not first.isspace():
+        return False  # the usual answer: no copy of it stripped
     at = len(text) - len(text.lstrip())
     if text[at:at + 1] != "[":
         return False
@@ -283,7 +286,7 @@ def trailing_call_list(text: str, names: Sequence[str]) -> int | None:
     """Where a call list closing ``text`` starts, after prose ("Let's proceed:\\n\\n[F(a=1)]"):
     the first "[" that opens with a call of an offered tool and whose rest of the text reads as
     calls. None if there is none (prose that only mentions brackets stays text)."""
-    if not names or not text.rstrip().endswith("]"):
+    if not names or not (text.endswith("]") or (text[-1:].isspace() and text.rstrip().endswith("]"))):
         return None
     at = text.find("[")
     while at >= 0:

@@ -47,6 +47,15 @@ class Parsers:
             bound = self._bound[parse] = self._maybe(partial(parse, self), size)
         return bound
 
+    def drop_text_caches(self) -> None:
+        """Forget the cached whole prompts and tool lists (tools and names, which other sources
+        share, stay). One source's prompts rarely come back in the next one; dropped while the
+        garbage collector is paused, they never cost it a pass over thousands of live entries."""
+        if self.cache:
+            self.tools_json.cache_clear()  # type: ignore[attr-defined]
+            for bound in self._bound.values():
+                bound.cache_clear()  # type: ignore[attr-defined]
+
     def _tool_element(self, body: str) -> ToolEntry:
         return tool_entry(normalize_tool(parse_loose("{" + body + "}", self.json), self.keep_dots), self.json)
 

@@ -22,15 +22,15 @@ _NAME_BAD_RUN_NODOT = re.compile(r"[^a-zA-Z0-9_-]+")
 
 
 class ToolSet(NamedTuple):
-    """A row's OpenAI tools, their JSON text, (name, canonical schema JSON) per tool, each tool's
+    """A row's OpenAI tools as JSON text, (name, canonical schema JSON) per tool, each tool's
     name as the source wrote it, and the schema defects fixed in them.
 
     Built from per-tool pieces, so a tool repeated across rows is encoded once. A named tuple
     rather than a frozen dataclass: one is built per distinct tool list, and frozen dataclasses
-    are several times slower to construct.
+    are several times slower to construct. Only texts and tuples: cached tool lists hold no
+    dicts for the garbage collector to walk.
     """
 
-    tools: tuple[dict[str, Any], ...] = ()
     json: str = "[]"
     schemas: tuple[tuple[str, str], ...] = ()
     originals: tuple[str, ...] = ()  # call lists name tools this way (stages/parsing/call_list.py)
@@ -161,26 +161,28 @@ def normalize_tool(tool: Any, keep_dots: bool) -> tuple[str, dict[str, Any], tup
     return original, out, tuple(sorted(set(fixes)))
 
 
-# (tool, tool JSON, name, canonical schema JSON, original name, schema fixes)
-ToolEntry = tuple[dict[str, Any], str, str, str, str, tuple[str, ...]]
+# (tool JSON, name, (name, canonical schema JSON), original name, schema fixes): what a ToolSet
+# takes from each tool, with the (name, schema) pair built once per distinct tool.
+ToolEntry = tuple[str, str, tuple[str, str], str, tuple[str, ...]]
 
 
 def tool_entry(normalized: tuple[str, dict[str, Any], tuple[str, ...]], codec: JsonCodec = STDLIB_JSON) -> ToolEntry:
     """The pieces of one :func:`normalize_tool` result that a :class:`ToolSet` is built from."""
     original, tool, fixes = normalized
     fn = tool["function"]
-    return (tool, codec.dumps(tool), fn["name"], codec.dumps_sorted(fn["parameters"]), original, fixes)
+    name = fn["name"]
+    return (codec.dumps(tool), name, (name, codec.dumps_sorted(fn["parameters"])), original, fixes)
 
 
 def tool_set(entries: list[ToolEntry]) -> ToolSet:
     if not entries:
         return NO_TOOLS
-    tools, texts, names, schemas, originals, fixes = zip(*entries)
+    texts, names, schemas, originals, fixes = zip(*entries)
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
     # Same text as dumps(list_of_tools): compact separators.
-    return ToolSet(tools, "[" + ",".join(texts) + "]", tuple(zip(names, schemas)), originals,
-                   tuple(sorted({f for per_tool in fixes for f in per_tool})))
+    return ToolSet("[" + ",".join(texts) + "]", schemas, originals,
+                   tuple(sorted({f for per_tool in fixes for f in per_tool})) if any(fixes) else ())
 
 
 def normalize_tools(raw_tools: Any, keep_dots: bool, codec: JsonCodec = STDLIB_JSON) -> ToolSet:
