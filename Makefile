@@ -25,7 +25,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # dvc.yaml stages call `python -m stages.<name>`: make that the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-gpu bfcl-venv vllm-venv repro compare test test-slow test-vllm bench serve clean
+.PHONY: setup setup-gpu bfcl-venv vllm-venv repro compare lint test test-slow test-vllm bench serve clean
 
 setup: $(STAMP)
 
@@ -74,7 +74,10 @@ compare: setup $(BFCL_STAMP)
 
 # The smoke pipeline test runs the real bfcl-eval, so the test run builds its environment too and
 # fails (rather than skips) when it is missing.
-test: setup $(BFCL_STAMP)
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup $(BFCL_STAMP) lint
 	OCTUPUS_REQUIRE_BFCL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup

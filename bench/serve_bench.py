@@ -205,8 +205,10 @@ def bench_prefix_cache(backend: Any, fmt: Any, steps: int, rounds: int) -> dict[
                 "function": {"name": "get_weather_0", "arguments": json.dumps({"city": f"City {step}"})}}
         messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
                      {"role": "tool", "tool_call_id": f"call_{step}",
-                      "content": json.dumps({"forecast": [{"day": d, "temp_c": 10 + d, "sky": "clear"} for d in range(6)]})},
-                     {"role": "user", "content": f"Thanks. Now the same for city number {step + 1}, please, in detail."}]
+                      "content": json.dumps({"forecast": [{"day": d, "temp_c": 10 + d, "sky": "clear"}
+                                                          for d in range(6)]})},
+                     {"role": "user",
+                      "content": f"Thanks. Now the same for city number {step + 1}, please, in detail."}]
     saved = backend.prefix_cache
     totals: dict[str, list[float]] = {"off": [], "on": []}
     try:
@@ -252,7 +254,7 @@ def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
                 bare.append(time.perf_counter() - start)
     finally:
         server.stop()
-    ratio = statistics.median(s / b for s, b in zip(served, bare))
+    ratio = statistics.median(s / b for s, b in zip(served, bare, strict=True))
     return {"completion_tokens": produced, "server_p50_s": round(statistics.median(served), 3),
             "bare_generate_p50_s": round(statistics.median(bare), 3), "ratio_p50": round(ratio, 3)}
 

@@ -16,8 +16,17 @@ from serve.core import Prepared, ServingCore
 from serve.errors import APIError, error_response
 from serve.events import ArgsDelta, CallStart, ContentDelta, Failed, Finished, assemble
 from serve.inputs import GenerationInputs, ToolChoice
-from serve.protocol import (AssistantMessage, ChatCompletionRequest, ChatCompletionResponse, Choice, FunctionCall,
-                            ToolCallOut, UsageInfo, new_id, now)
+from serve.protocol import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    FunctionCall,
+    ToolCallOut,
+    UsageInfo,
+    new_id,
+    now,
+)
 from serve.sse import GenerationStream
 
 ENDPOINT = "chat_completions"

@@ -27,12 +27,12 @@ import shutil
 import tempfile
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, AnyStr, Callable
+from typing import Any, AnyStr
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -77,7 +77,7 @@ class FilterConfig(StrictModel):
     mix: MixConfig
 
     @model_validator(mode="after")
-    def _mix_names_known(self) -> "FilterConfig":
+    def _mix_names_known(self) -> FilterConfig:
         for stage in STAGES:
             for name, ratio in getattr(self.mix, stage).items():
                 if name not in self.sources:
@@ -113,7 +113,8 @@ def read_lines(path: Path) -> list[str]:
     return out
 
 
-def chunked(lines: Iterable[AnyStr], max_rows: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> Iterator[list[AnyStr]]:
+def chunked(lines: Iterable[AnyStr], max_rows: int = CHUNK_ROWS,
+            max_bytes: int = CHUNK_BYTES) -> Iterator[list[AnyStr]]:
     """Runs of consecutive lines, each at most ``max_rows`` lines, ending at the first line that
     brings it to ``max_bytes`` (bytes of bytes lines, characters of text lines)."""
     chunk: list[AnyStr] = []
@@ -309,7 +310,7 @@ def deduplicate_and_cap(store: SpilledRows, max_rows_per_function: int | None) -
     # Equal rows have equal content keys, so only rows sharing a key are compared by their texts;
     # which copy of identical rows survives cannot change the output. Rows that only share a key
     # (a hash collision) are ordered by their messages, as everywhere the key is the order.
-    for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist()):
+    for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
         members = by_key[start:start + length].tolist()
         texts = {}
         for i in members:
@@ -492,10 +493,10 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios:
     same = np.r_[False, (position[1:] == position[:-1]) & (m.source[1:] == m.source[:-1])]
     if same.any():
         starts, lengths = _runs(np.cumsum(~same))
-        for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist()):
+        for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
             span = slice(start, start + length)
             store = parts[names[int(m.source[start])]][0].store
-            entries = sorted(zip(m.row[span].tolist(), m.copy[span].tolist()),
+            entries = sorted(zip(m.row[span].tolist(), m.copy[span].tolist(), strict=True),
                              key=lambda e: (store.messages(e[0]), e[1]))
             m.row[span] = [r for r, _ in entries]
             m.copy[span] = [c for _, c in entries]
@@ -514,7 +515,7 @@ def write_jsonl(names: list[str], mixed: _Mixed, parts: dict[str, tuple[Filtered
         for start in range(0, len(mixed.row), block):
             end = start + block
             buffer: list[str] = []
-            for s, row in zip(mixed.source[start:end].tolist(), mixed.row[start:end].tolist()):
+            for s, row in zip(mixed.source[start:end].tolist(), mixed.row[start:end].tolist(), strict=True):
                 messages, tools = stores[s].texts(row)
                 buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
                               f'"source": {sources[s]}}}\n')
@@ -565,7 +566,7 @@ def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUN
                 counts = np.bincount(mixed.source, minlength=len(names))
                 metrics["outputs"][f"{stage}/{split}"] = {
                     "rows": len(mixed.row),
-                    "per_source": {name: int(n) for name, n in zip(names, counts.tolist()) if n},
+                    "per_source": {name: int(n) for name, n in zip(names, counts.tolist(), strict=True) if n},
                 }
                 log.info("wrote %s: %d rows", path, len(mixed.row))
     finally:

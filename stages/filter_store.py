@@ -19,7 +19,6 @@ import numpy as np
 from stages.filter_rules import FIXES
 from stages.row_pipeline import EncodedRow
 
-
 # A bit per repaired defect, in FIXES order: the per-row record of what was fixed.
 FIX_BITS = {fix: 1 << i for i, fix in enumerate(FIXES)}
 

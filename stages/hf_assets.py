@@ -136,7 +136,8 @@ def load_gguf_tokenizer(package: str = SMOLLM2_PACKAGE, file: str = SMOLLM2_GGUF
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
-def load_gguf_model(package: str = SMOLLM2_PACKAGE, file: str = SMOLLM2_GGUF, dtype: str = "float32") -> PreTrainedModel:
+def load_gguf_model(package: str = SMOLLM2_PACKAGE, file: str = SMOLLM2_GGUF,
+                    dtype: str = "float32") -> PreTrainedModel:
     """A GGUF model dequantised by transformers (needs the ``gguf`` package), ready to save."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -164,7 +165,8 @@ def load_smollm2_model(dtype: str = "float32") -> PreTrainedModel:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     chars = printable[:]
     extra = 0
     for b in range(256):

@@ -7,7 +7,8 @@ such test through the vLLM backend instead of transformers: the same tests, the 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import openai
 

@@ -9,9 +9,9 @@ import pytest
 
 from stages.evaluation.dev import CATEGORIES, TEXT_CATEGORIES, DevCase, build_devset, score_case, summarize
 from stages.kinds import SOURCE_KINDS
-from stages.synthetic.generator import generate_samples
 from stages.synthetic.cases import CASE_TYPES, make_case
 from stages.synthetic.function_bank import BANK, HELDOUT, HELDOUT_DOMAINS, TRAIN
+from stages.synthetic.generator import generate_samples
 from stages.synthetic.rng import FastRandom
 
 

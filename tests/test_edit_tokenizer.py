@@ -153,8 +153,9 @@ def tiny_base_section(tmp_path: Path) -> dict:
 
 def test_stages_run_from_params(tmp_path: Path) -> None:
     """python -m stages.base_model then stages.edit_tokenizer on a tiny source: the user's view."""
-    from stages import base_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages import base_model
 
     params = write_params(tmp_path, tiny_base_section(tmp_path), edit_section(tmp_path))
     base_model.main(["--params", str(params)])

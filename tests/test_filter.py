@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_normalize import HERMES_CALL, HERMES_RESULT, OPENHERMES, WILDCHAT, hermes_row, toolace_row, zh_row
 
 from bench.filter_rowwise import filter_rowwise
 from stages.config import ConfigError, load_section
 from stages.filter import FilterConfig, filter_source, run
 from stages.filter_rules import RULES
 from stages.parsing.parsers import cached_parsers
-from test_normalize import (HERMES_CALL, HERMES_RESULT, OPENHERMES, WILDCHAT, hermes_row, toolace_row,
-                            zh_row)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,7 +241,7 @@ def test_synthetic_rows_defects_dropped_and_good_rows_kept():
         kept, drops = kept_and_drops(kind, lines, 10**6, None, chunk_rows=64)
         base_kept, base_drops = filter_rowwise(kind, lines, False, 10**6, None)
         assert kept == base_kept and +drops == +base_drops, kind
-        good = [line for line, s in zip(lines, samples) if s.defect is None]
+        good = [line for line, s in zip(lines, samples, strict=True) if s.defect is None]
         bad = len(samples) - len(good)
         # Every malformed row is dropped; good rows only go as duplicates of other good rows.
         assert sum(drops.values()) - drops["duplicate"] == bad, (kind, drops)
@@ -438,7 +437,7 @@ def test_rows_sharing_a_content_key_are_only_merged_when_identical(tmp_path):
     store = SpilledRows(tmp_path / "rows.spill")
     texts = [("[2]", "[]"), ("[1]", "[]"), ("[1]", "[]"), ("[3]", "[]"), ("[1]", '[{"x":1}]')]
     store.add([EncodedRow(m.encode(), t.encode(), [("f", "{}")], (), key, ())
-               for (m, t), key in zip(texts, [7, 7, 7, 9, 7])])
+               for (m, t), key in zip(texts, [7, 7, 7, 9, 7], strict=True)])
     store.finish()
     try:
         kept, drops = deduplicate_and_cap(store, None)

@@ -483,7 +483,7 @@ def test_cached_and_plain_parsers_give_identical_rows():
     rows = [hermes_row(HERMES_CALL, HERMES_RESULT), toolace_row('[Get Stock Quote(symbol="AAPL")]')]
     kinds = ["hermes_fc", "toolace"]
     cached = cached_parsers()
-    for kind, row in zip(kinds * 2, rows * 2):
+    for kind, row in zip(kinds * 2, rows * 2, strict=True):
         assert run(kind, row, cached) == run(kind, row, Parsers())
 
 

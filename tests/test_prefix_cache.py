@@ -15,11 +15,10 @@ import torch
 from transformers import DynamicCache
 
 from serve.backends.base import GenerationState, SamplingParams
-from serve.backends.prefix_cache import PrefixCache, common_prefix
 from serve.backends.kv_cache import GrowingLayer
+from serve.backends.prefix_cache import PrefixCache, common_prefix
 from serve.backends.transformers_backend import TransformersBackend
 from serve.backends.transformers_batched import BatchedTransformersBackend
-
 
 # Tiny models: intra-op threads only add contention on a busy 2-core machine (conftest).
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,12 +17,20 @@ from typing import Any
 
 import pytest
 import yaml
-
 from loopback_server import LoopbackServer
+
 from serve.process import free_loopback_port
 from stages.config import ConfigError, load_section
-from stages.reanswer import (CACHE_FILE, AnswerFailed, ReanswerConfig, ReanswerError, TeacherConfig, cache_key,
-                             reanswer_row, run)
+from stages.reanswer import (
+    CACHE_FILE,
+    AnswerFailed,
+    ReanswerConfig,
+    ReanswerError,
+    TeacherConfig,
+    cache_key,
+    reanswer_row,
+    run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "teacher"
@@ -112,13 +120,13 @@ def test_answers_replaced_by_the_teacher_and_a_rerun_costs_nothing(tmp_path: Pat
     assert [r["source"] for r in train] == [r["source"] for r in original]  # order kept
     db = sqlite3.connect(tmp_path / "cache" / CACHE_FILE)
     sampling = TeacherConfig.model_validate(teacher([server.base + "/v1"])).sampling()
-    for new, old in zip(train, original):
+    for new, old in zip(train, original, strict=True):
         new_messages, old_messages = json.loads(new["messages"]), json.loads(old["messages"])
         assert [m["role"] for m in new_messages] == [m["role"] for m in old_messages]
         if new["source"] == "wildchat":
             assert new == old  # passed through
             continue
-        for i, (m, o) in enumerate(zip(new_messages, old_messages)):
+        for i, (m, o) in enumerate(zip(new_messages, old_messages, strict=True)):
             if m["role"] != "assistant":
                 assert m == o
                 continue

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from loopback_server import LoopbackServer
+
 from stages import recipe
 
 ROOT = Path(__file__).resolve().parents[1]

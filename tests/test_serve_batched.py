@@ -17,8 +17,8 @@ from typing import Any
 import jsonschema
 import pytest
 import torch
-
 from loopback_server import LoopbackServer as Server
+
 from serve.backends.base import GenerationState, SamplingParams
 from serve.backends.transformers_backend import TransformersBackend
 from serve.backends.transformers_batched import BatchedTransformersBackend
@@ -65,10 +65,10 @@ def test_concurrent_greedy_equals_one_at_a_time(backend: BatchedTransformersBack
     prompts = _ids(backend)
     # Different lengths, so rows join and leave the batch at different steps, and more requests than slots.
     lengths = [40, 7, 25, 60, 3, 33]
-    expected = [_sequential(backend, p, n) for p, n in zip(prompts, lengths)]
+    expected = [_sequential(backend, p, n) for p, n in zip(prompts, lengths, strict=True)]
     steps_before = backend.steps
     with ThreadPoolExecutor(len(prompts)) as pool:
-        got = list(pool.map(lambda a: _batched(backend, *a), zip(prompts, lengths)))
+        got = list(pool.map(lambda a: _batched(backend, *a), zip(prompts, lengths, strict=True)))
     assert got == expected
     assert [len(tokens) for tokens, _ in got] == lengths
     assert backend.max_rows_seen > 1, "requests were never batched together"
@@ -139,7 +139,7 @@ def test_server_with_batching_answers_like_the_sequential_server(servers: tuple[
     assert got == expected
     calls = [call for _, _, cs in got for call in cs]
     assert calls, "the tiny model made no call at all: the grammar path was not exercised"
-    for name, arguments in calls:
+    for _name, arguments in calls:
         jsonschema.validate(json.loads(arguments), WEATHER)
 
 

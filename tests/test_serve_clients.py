@@ -15,7 +15,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-
 from loopback_server import LoopbackServer as Server
 
 MODEL = "tiny"

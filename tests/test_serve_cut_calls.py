@@ -19,7 +19,6 @@ import httpx
 import jsonschema
 import openai
 import pytest
-
 from loopback_server import LoopbackServer as Server
 from loopback_server import save_hermes_model
 from responses_sse import assembled, stream_events, without_ids

@@ -21,7 +21,6 @@ import httpx
 import jsonschema
 import openai
 import pytest
-
 from loopback_server import TEST_BACKEND, save_hermes_model, scripted_output
 from loopback_server import LoopbackServer as Server
 

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import torch
-
 from loopback_server import LoopbackServer
 
 MODEL = "tiny"

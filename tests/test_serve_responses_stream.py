@@ -17,7 +17,6 @@ import httpx
 import jsonschema
 import openai
 import pytest
-
 from loopback_server import LoopbackServer as Server
 from responses_sse import assembled, stream_events, without_ids
 

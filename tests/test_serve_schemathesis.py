@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import schemathesis
 import torch
-
+from loopback_server import LoopbackServer
 from responses_sse import check_sequence, sdk_event_types
 
 from serve.app import create_app
-from loopback_server import LoopbackServer
 
 MODEL = "tiny"
 # Building the app does not build the serving core (that happens at start-up), so its schema is free.

@@ -16,10 +16,9 @@ import jsonschema
 import pytest
 
 from stages.kinds import KINDS
-from stages.synthetic.generator import (CASE_TYPES, CHAT_DEFECTS, DEFECTS, KIND_DEFECTS, generate_rows,
-                                        generate_samples)
 from stages.synthetic.chat import qa
 from stages.synthetic.function_bank import BANK, DOMAINS
+from stages.synthetic.generator import CASE_TYPES, CHAT_DEFECTS, DEFECTS, KIND_DEFECTS, generate_rows, generate_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -63,7 +62,7 @@ def _node_value(node: ast.AST) -> Any:
     if isinstance(node, ast.List):
         return [_node_value(e) for e in node.elts]
     if isinstance(node, ast.Dict):
-        return {_node_value(k): _node_value(v) for k, v in zip(node.keys, node.values)}
+        return {_node_value(k): _node_value(v) for k, v in zip(node.keys, node.values, strict=True)}
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -_node_value(node.operand)
     raise ValueError(f"unexpected node {ast.dump(node)}")

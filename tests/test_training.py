@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from stages.config import ConfigError, load_section
-from stages.training import checkpoints, data, launcher, trainer
+from stages.training import checkpoints, data, launcher
 from stages.training.config import Stage1Config, Stage2Config
 from toolcall.chat_template import render_assistant
 from toolcall.messages import canonicalize_messages

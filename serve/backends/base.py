@@ -55,6 +55,6 @@ class Backend(ABC):
         """The engine the core should use with this backend (vLLM wraps it to send grammars along)."""
         return engine
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
         """Release what the backend holds outside this process (vLLM's engine processes)."""
 

@@ -65,7 +65,7 @@ class TransformersBackend(Backend):
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, max_context: int | None = None,
-                   prefix_cache_mb: float = 0) -> "TransformersBackend":
+                   prefix_cache_mb: float = 0) -> TransformersBackend:
         """Wrap an already loaded model (tests, benchmarks)."""
         self = cls.__new__(cls)
         self.model = model.eval()

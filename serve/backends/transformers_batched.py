@@ -44,7 +44,7 @@ _END = object()
 class _Sequence:
     prompt_ids: list[int]
     row: DecodeRow
-    out: "queue.SimpleQueue[object]" = field(default_factory=queue.SimpleQueue)
+    out: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
     position: int = 0  # this row's next position id (its own token count)
 
     @property
@@ -67,7 +67,7 @@ class BatchedTransformersBackend(TransformersBackend):
 
     @classmethod
     def from_model(cls, model, tokenizer, max_context: int | None = None, max_batch: int = 8,  # type: ignore[override]
-                   max_batch_tokens: int = 32768, prefix_cache_mb: float = 0) -> "BatchedTransformersBackend":
+                   max_batch_tokens: int = 32768, prefix_cache_mb: float = 0) -> BatchedTransformersBackend:
         self = super().from_model(model, tokenizer, max_context=max_context, prefix_cache_mb=prefix_cache_mb)
         assert isinstance(self, BatchedTransformersBackend)
         self._init_engine(max_batch, max_batch_tokens)

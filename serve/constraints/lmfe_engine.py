@@ -23,8 +23,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lmformatenforcer import (CharacterLevelParser, CharacterLevelParserConfig, JsonSchemaParser, SequenceParser,
-                              StringParser, TokenEnforcer, TokenEnforcerTokenizerData, UnionParser)
+from lmformatenforcer import (
+    CharacterLevelParser,
+    CharacterLevelParserConfig,
+    JsonSchemaParser,
+    SequenceParser,
+    StringParser,
+    TokenEnforcer,
+    TokenEnforcerTokenizerData,
+    UnionParser,
+)
 from lmformatenforcer.tokenlist import TokenList
 
 from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher

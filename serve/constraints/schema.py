@@ -63,7 +63,8 @@ def _bound(node: Any, limits: JsonLimits) -> None:
         return
     kinds = _types(node)
     fixed = "enum" in node or "const" in node
-    if "string" in kinds and not fixed and "pattern" not in node and "format" not in node and limits.max_string_length > 0:
+    free_string = "string" in kinds and not fixed and "pattern" not in node and "format" not in node
+    if free_string and limits.max_string_length > 0:
         node["maxLength"] = min(int(node.get("maxLength", limits.max_string_length)), limits.max_string_length)
     if kinds & {"integer", "number"} and not fixed and limits.max_integer_digits > 0:
         bound = 10 ** limits.max_integer_digits - 1

@@ -17,8 +17,14 @@ from typing import Any
 from stages.evaluation import EvalError
 from stages.evaluation.categories import SCORING_CATEGORIES
 from stages.evaluation.config import EvaluateConfig, ModelEntry
-from stages.evaluation.results import (Outcomes, check_validity, cut_calls_per_case, find_errors, read_outcomes,
-                                      read_results)
+from stages.evaluation.results import (
+    Outcomes,
+    check_validity,
+    cut_calls_per_case,
+    find_errors,
+    read_outcomes,
+    read_results,
+)
 from stages.evaluation.scores import aggregate, read_scores
 
 RESPONSES_LOG = "responses.jsonl"  # written by stages/bfcl_runner.py (record_response_outcomes)

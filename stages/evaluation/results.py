@@ -66,8 +66,7 @@ def iter_calls(result: Any) -> Iterator[tuple[str, Any]]:
         for item in result:
             yield from iter_calls(item)
     elif isinstance(result, dict):
-        for name, arguments in result.items():
-            yield name, arguments
+        yield from result.items()
 
 
 @dataclass

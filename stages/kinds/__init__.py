@@ -12,8 +12,9 @@ synthetic writer and its normalizer. This registry is the one list of kinds (the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from stages.kinds import fc_zh_hard, hermes_fc, openhermes, toolace, wildchat
 from stages.parsing.conversation import Conversation

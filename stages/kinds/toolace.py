@@ -247,7 +247,8 @@ def _read_system(p: Parsers, system: str) -> tuple[str, ToolSet]:
     return _prompt(system[:at], system[end:]), p.tool_list(system[start:end])
 
 
-def _calls(value: str, codec: JsonCodec, names: tuple[str, ...]) -> tuple[str | None, list[tuple[str, dict[str, Any]]]] | None:
+def _calls(value: str, codec: JsonCodec,
+           names: tuple[str, ...]) -> tuple[str | None, list[tuple[str, dict[str, Any]]]] | None:
     """(prose before the calls or None, the calls) of an assistant turn, or None for a plain answer.
 
     A turn that starts like a call list must read as one (else ``bad_call``); a turn of prose that

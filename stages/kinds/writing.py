@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from stages.synthetic.function_bank import Function
 

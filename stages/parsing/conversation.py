@@ -73,7 +73,7 @@ class ConversationBuilder:
         if name is not None:
             # Results may come back in any order; a named one answers the first open call of that name.
             clean = self.p.name(name)
-            for at, (_, call_name) in enumerate(self._open):
+            for at, (_, call_name) in enumerate(self._open):  # noqa: B007 (read after the break)
                 if call_name == clean:
                     break
             else:

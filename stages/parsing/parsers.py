@@ -9,14 +9,23 @@ pieces (a system prompt holding the tool list) in the same caches through :meth:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache, partial
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from stages.filter_rules import Drop
 from stages.parsing.json_codec import FAST_JSON, STDLIB_JSON
 from stages.parsing.literals import parse_loose
-from stages.parsing.tools import (ToolEntry, ToolSet, normalize_tool, normalize_tools, sanitize_name, split_elements,
-                                  tool_entry, tool_set)
+from stages.parsing.tools import (
+    ToolEntry,
+    ToolSet,
+    normalize_tool,
+    normalize_tools,
+    sanitize_name,
+    split_elements,
+    tool_entry,
+    tool_set,
+)
 
 T = TypeVar("T")
 

@@ -177,7 +177,7 @@ def tool_entry(normalized: tuple[str, dict[str, Any], tuple[str, ...]], codec: J
 def tool_set(entries: list[ToolEntry]) -> ToolSet:
     if not entries:
         return NO_TOOLS
-    texts, names, schemas, originals, fixes = zip(*entries)
+    texts, names, schemas, originals, fixes = zip(*entries, strict=True)
     if len(set(names)) != len(names):
         raise Drop("invalid_name", "two tools share a (sanitised) name")
     # Same text as dumps(list_of_tools): compact separators.

@@ -159,8 +159,9 @@ def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: boo
     if zh:
         body = named_arguments(rng, fn, args, zh)
         tail = f"，{body}" if body else ""
-        return rng.choice(["请帮我{r}{t}。", "能不能{r}？{t2}", "我想{r}{t}。", "麻烦{r}{t}，谢谢！", "帮忙{r}一下{t}。"]).format(
-            r=fn.request_zh, t=tail, t2=(body + "。") if body else "")
+        pattern = rng.choice(["请帮我{r}{t}。", "能不能{r}？{t2}", "我想{r}{t}。",
+                              "麻烦{r}{t}，谢谢！", "帮忙{r}一下{t}。"])
+        return pattern.format(r=fn.request_zh, t=tail, t2=(body + "。") if body else "")
     if fn.verb in ("get", "check", "estimate") and args and rng.random() < 0.3:
         return rng.choice(_QUESTION).format(e=fn.entity.en, m=mentions(rng, args))
     return _sentence(rng, clause(rng, fn, args))
@@ -409,8 +410,9 @@ def _chain(rng: random.Random, bank: BankView, zh: bool) -> Case | None:
         args1 = named_arguments(rng, f1, first.args, zh)
         text = f"请先{f1.request_zh}{'，' + args1 if args1 else ''}，然后针对第一个结果{f2.request_zh}{tail}。"
     else:
-        text = _sentence(rng, f"{clause(rng, f1, first.args)}, then {action(rng, f2)} for the "
-                              f"{rng.choice(['first one', 'first result', 'top result'])} {mentions(rng, rest)}".rstrip())
+        head = f"{clause(rng, f1, first.args)}, then {action(rng, f2)} for the "
+        which = rng.choice(['first one', 'first result', 'top result'])
+        text = _sentence(rng, f"{head}{which} {mentions(rng, rest)}".rstrip())
     second = Call(f2.name, second_args)
     turns = [Turn("user", text), Turn("assistant", calls=[first]), Turn("tool", results=[(f1.name, result)]),
              Turn("assistant", calls=[second])]
@@ -460,7 +462,7 @@ def _session(rng: random.Random, bank: BankView, fn: Function, zh: bool, execute
         elif kind == "parallel_multiple" and len(tools) > 1:
             fns = rng.sample(tools, 2)
             calls = [_call(rng, g, zh) for g in fns]
-            text = _joined_requests(rng, [clause(rng, g, c.args) for g, c in zip(fns, calls)])
+            text = _joined_requests(rng, [clause(rng, g, c.args) for g, c in zip(fns, calls, strict=True)])
         else:
             call = _call(rng, f, zh)
             calls, text = [call], request_text(rng, f, call.args, zh)
@@ -492,9 +494,9 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float, ba
         if zh:
             text = "我有几件事：" + "；".join(
                 f"{'先' if i == 0 else '再'}{f.request_zh}，{named_arguments(rng, f, c.args, zh)}"
-                for i, (f, c) in enumerate(zip(fns, calls))) + "。"
+                for i, (f, c) in enumerate(zip(fns, calls, strict=True))) + "。"
         else:
-            text = _joined_requests(rng, [clause(rng, f, c.args) for f, c in zip(fns, calls)])
+            text = _joined_requests(rng, [clause(rng, f, c.args) for f, c in zip(fns, calls, strict=True)])
         turns = [Turn("user", text), Turn("assistant", calls=calls)]
     elif case_type == "irrelevance":
         wanted, tools = _near_miss(rng, bank, zh)

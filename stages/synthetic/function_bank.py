@@ -108,7 +108,8 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("flights", "Air travel", "航班", "Flights", (
         _e("flight", "flight", "航班", "origin destination date cabin_class guests refundable_only",
            "flight_number:word price:price departure_time:time"),
-        _e("boarding_pass", "boarding pass", "登机牌", "person_name date seat_numbers", "gate:count boarding_time:time"),
+        _e("boarding_pass", "boarding pass", "登机牌", "person_name date seat_numbers",
+           "gate:count boarding_time:time"),
         _e("baggage_allowance", "baggage allowance", "行李额度", "cabin_class weight_kg", "allowed:bool fee:price"),
     )),
     Domain("hotels", "Lodging", "酒店", "Lodging", (
@@ -128,7 +129,8 @@ DOMAINS: tuple[Domain, ...] = (
         _e("stock_price", "stock price", "股价", "ticker currency", "price:price change_percent:percent", "get"),
         _e("stock_price_history", "stock price history", "股价历史", "ticker start_date end_date interval",
            "open:price close:price", "get"),
-        _e("portfolio", "portfolio", "投资组合", "tickers currency include_details", "total_value:price positions:count"),
+        _e("portfolio", "portfolio", "投资组合", "tickers currency include_details",
+           "total_value:price positions:count"),
     )),
     Domain("banking", "Banking", "银行", "Banking", (
         _e("account_balance", "account balance", "账户余额", "person_name currency", "balance:price"),
@@ -225,7 +227,8 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("health", "Health", "健康", "Health", (
         _e("appointment", "doctor appointment", "门诊预约", "person_name date city", "appointment_id:word time:time"),
         _e("medication_reminder", "medication reminder", "用药提醒", "title schedule", "reminder_id:word"),
-        _e("sleep_report", "sleep report", "睡眠报告", "person_name start_date end_date", "hours:count quality:percent"),
+        _e("sleep_report", "sleep report", "睡眠报告", "person_name start_date end_date",
+           "hours:count quality:percent"),
     )),
     Domain("currency", "Currency exchange", "汇率", "FX", (
         _e("exchange_rate", "exchange rate", "汇率", "currency target_currency date", "rate:price", "get"),

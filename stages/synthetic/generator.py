@@ -41,7 +41,7 @@ class Sample:
 def _chat_turns(rng: random.Random, zh: bool, defect: str | None) -> tuple[list[tuple[str, str]], str]:
     turns: list[tuple[str, str]] = []
     topic = ""
-    for i in range(rng.choices([1, 2, 3], weights=[60, 28, 12])[0]):
+    for _ in range(rng.choices([1, 2, 3], weights=[60, 28, 12])[0]):
         name, (question, answer) = topical_qa(rng, zh)
         topic = topic or name
         turns += [("user", question), ("assistant", answer)]

@@ -45,7 +45,7 @@ def find_resumable_checkpoint(checkpoint_dir: Path, remove_incomplete: bool = Tr
         ((step, p) for p in checkpoint_dir.iterdir() if (step := _checkpoint_step(p)) is not None),
         reverse=True,
     )
-    for step, path in found:
+    for _step, path in found:
         if (path / "trainer_state.json").is_file():
             return path
         if not remove_incomplete:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stages.config import ConfigError
+from stages.training.config import SFTStageConfig
 from toolcall.arguments import ArgumentsError
 from toolcall.messages import canonicalize_messages
-from stages.training.config import SFTStageConfig
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     from transformers import PreTrainedTokenizerBase
