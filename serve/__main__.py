@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model id(s) clients send, e.g. a BFCL model name (default: the folder name)")
     p.add_argument("--default-max-tokens", type=int, default=1024,
                    help="output cap when a request sets none (BFCL sets none)")
+    p.add_argument("--default-max-text-tokens", type=int, default=0,
+                   help="when a request sets no max_tokens, end a text answer (no call can follow text) after "
+                        "this many tokens; 0 = off")
     p.add_argument("--repetition-window", type=int, default=64,
                    help="stop when this many tokens repeat one short cycle (0 = off)")
     p.add_argument("--max-string-length", type=int, default=512,
@@ -115,7 +118,8 @@ def build_core(args: argparse.Namespace) -> Any:
     config = ServerConfig(
         model_name=(args.served_model_name or [Path(args.model).resolve().name])[0],
         aliases=tuple((args.served_model_name or [])[1:]),
-        default_max_tokens=args.default_max_tokens, repetition_window=args.repetition_window,
+        default_max_tokens=args.default_max_tokens, default_max_text_tokens=args.default_max_text_tokens,
+        repetition_window=args.repetition_window,
         limits=JsonLimits(max_whitespace=args.max_whitespace, max_string_length=args.max_string_length,
                           max_integer_digits=args.max_integer_digits,
                           forbid_extra_properties=not args.allow_extra_properties),

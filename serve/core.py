@@ -47,6 +47,10 @@ class ServerConfig:
     model_name: str
     aliases: tuple[str, ...] = ()  # further names accepted in requests (e.g. BFCL's model names)
     default_max_tokens: int = 1024
+    # For a request that sets no max_tokens: a text answer ends after this many tokens (0 = off).
+    # Every format's grammar lets no call follow text, so past this point the answer can only be
+    # more text: an evaluation that scores calls (BFCL sends no max_tokens) loses nothing by it.
+    default_max_text_tokens: int = 0
     repetition_window: int = 64
     limits: JsonLimits = field(default_factory=JsonLimits)
     api_key: str | None = None
@@ -64,6 +68,7 @@ class Prepared:
     calls_allowed: bool
     sampling: SamplingParams
     stop: list[str]
+    text_cap: int = 0  # tokens after which a text answer ends ("length"); 0 = none
 
 
 @dataclass
@@ -200,8 +205,9 @@ class ServingCore:
                                   top_p=1.0 if inputs.top_p is None else inputs.top_p, seed=inputs.seed,
                                   stop_token_ids=self.stop_token_ids,
                                   repetition_window=self.config.repetition_window)
+        text_cap = self.config.default_max_text_tokens if not inputs.max_tokens else 0
         return Prepared(prompt_ids=prompt_ids, tools=schemas, compiled=compiled, calls_allowed=calls_allowed,
-                        sampling=sampling, stop=[s for s in inputs.stop if s])
+                        sampling=sampling, stop=[s for s in inputs.stop if s], text_cap=text_cap)
 
     def _refuse_far_too_long(self, text: str) -> None:
         """Refuse a prompt far over the context from a prefix: tokenizing megabytes takes seconds (8 s for
@@ -246,6 +252,7 @@ class ServingCore:
         sent_content = 0
         sent_calls: list[SentCall] = []
         stopped_by_string = False
+        cut_as_text = False
 
         def diff(parsed: ParsedOutput, final: bool) -> Iterator[Event]:
             nonlocal sent_content
@@ -283,9 +290,15 @@ class ServingCore:
             gen = self.backend.generate(prep.prompt_ids, params, matcher, cancel, state)
             for token in gen:
                 ids.append(token)
-                if not (incremental or prep.stop):
+                at_text_cap = len(ids) == prep.text_cap
+                if not (incremental or prep.stop or at_text_cap):
                     continue
                 parsed = self._parse(prep, self._decode(ids, False), False)
+                if at_text_cap and parsed.content is not None and not parsed.calls:
+                    cut_as_text = True
+                    gen.close()
+                    yield from diff(parsed, True)
+                    break
                 if prep.stop and parsed.content is not None and not parsed.calls:
                     cut = min((p for p in (parsed.content.find(s) for s in prep.stop) if p >= 0), default=-1)
                     if cut >= 0:
@@ -299,6 +312,10 @@ class ServingCore:
             if stopped_by_string:
                 self._observe(state, "stop")
                 yield Finished(reason="stop", completion_tokens=state.completion_tokens)
+                return
+            if cut_as_text:
+                self._observe(state, "length")
+                yield Finished(reason="length", completion_tokens=state.completion_tokens)
                 return
             if state.finish_reason == "error":
                 self.metrics.invalid_tool_calls.labels(self.engine.name).inc()

@@ -46,7 +46,7 @@ def evaluate_section(**overrides: object) -> dict:
         "work_dir": "eval/bfcl",
         "metrics_dir": "metrics/bfcl",
         "concurrency": 2,
-        "server": {"backend": "transformers", "engine": "llguidance", "max_output_tokens": 64,
+        "server": {"backend": "transformers", "engine": "llguidance", "max_output_tokens": 64, "max_text_tokens": 0,
                    "max_context": None, "threads": None, "max_batch": 2, "prefix_cache_mb": 256,
                    "startup_timeout_s": 120,
                    "extra_args": []},

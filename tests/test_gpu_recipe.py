@@ -170,6 +170,7 @@ def test_evaluation_server_command_is_vllm(name: str, tmp_path: Path) -> None:
     assert args.backend == "vllm" and args.format == "octupus" and args.model == "models/stage2"
     assert args.tensor_parallel_size == 1 and args.max_context == 32768 and args.threads is None
     assert args.default_max_tokens == config.server.max_output_tokens
+    assert args.default_max_text_tokens == 0  # text runs to the cap on GPUs, as the original's
 
 
 @pytest.mark.parametrize("stage", ["train_stage1", "train_stage2"])
@@ -187,7 +188,10 @@ def test_gpu_8x_v1_is_v1_data_on_the_gpu_8x_machine() -> None:
     v1 = apply_overrides(params, load_recipe("v1", RECIPES))
     gpu = apply_overrides(params, load_recipe("gpu-8x", RECIPES))
     gpu_v1 = apply_overrides(params, load_recipe("gpu-8x-v1", RECIPES))
-    assert gpu_v1["filter"] == {**gpu["filter"], "mix": v1["filter"]["mix"]}
+    # v1's mix at the original's values: on the CPU fc_zh_hard runs at a quarter (V2 1.0, V1 0.5).
+    v1_mix = {**v1["filter"]["mix"], "stage2": {**v1["filter"]["mix"]["stage2"], "fc_zh_hard": 2.0}}
+    assert gpu_v1["filter"] == {**gpu["filter"], "mix": v1_mix}
+    assert gpu["filter"]["mix"]["stage2"]["fc_zh_hard"] == 4.0 and params["filter"]["mix"]["stage2"]["fc_zh_hard"] == 1.0
     assert gpu_v1["train_stage2"]["tool_format"] == "v1"
     assert {k: v for k, v in gpu_v1.items() if k not in ("filter", "train_stage2")} == {
         k: v for k, v in gpu.items() if k not in ("filter", "train_stage2")}

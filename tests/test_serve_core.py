@@ -116,3 +116,53 @@ def test_assemble_returns_a_cut_call_marked_incomplete() -> None:
     assert [(c.id, c.arguments, c.complete) for c in result.calls] == [
         ("call_a", '{"city": "Oslo"}', True), ("call_b", '{"ci', False)]
     assert result.content is None and result.finish_reason == "length"
+
+
+def test_default_text_cap_ends_text_answers_only(tiny_model_dir: Path) -> None:
+    """--default-max-text-tokens ends a text answer when the request sets no max_tokens; a call, or a
+    request with its own max_tokens, is generated as without it."""
+    capped = build_core(build_parser().parse_args(["--model", str(tiny_model_dir), "--default-max-tokens", "24",
+                                                   "--default-max-text-tokens", "5"]))
+    plain = build_core(build_parser().parse_args(["--model", str(tiny_model_dir), "--default-max-tokens", "24"]))
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": WEATHER}}]
+
+    def inputs(choice: str, max_tokens: int | None) -> GenerationInputs:
+        return GenerationInputs(model=capped.config.model_name, messages=[{"role": "user", "content": "Hello there"}],
+                                tools=tools, tool_choice=ToolChoice(choice), max_tokens=max_tokens, temperature=0.0)
+
+    async def disconnected() -> bool:
+        return False
+
+    async def answer(core: Any, request: GenerationInputs, stream: bool) -> Any:
+        prep = await core.prepare(request)
+        if stream:
+            return assemble([ev async for ev in core.stream(prep, 0, threading.Event())])
+        return assemble(await core.collect(prep, 0, disconnected))
+
+    async def run() -> dict[str, Any]:
+        return {
+            "text": await answer(plain, inputs("none", None), False),
+            "text_capped": await answer(capped, inputs("none", None), False),
+            "text_capped_streamed": await answer(capped, inputs("none", None), True),
+            "text_own_cap": await answer(capped, inputs("none", 24), False),
+            "call": await answer(plain, inputs("required", None), False),
+            "call_capped": await answer(capped, inputs("required", None), False),
+        }
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        capped.executor.shutdown()
+        plain.executor.shutdown()
+    assert got["text"].completion_tokens > 5, "the tiny model stopped early: the cap was not exercised"
+    cut = got["text_capped"]
+    assert cut.finish_reason == "length" and cut.completion_tokens == 5 and not cut.calls
+    assert cut.content and got["text"].content.startswith(cut.content)
+    assert got["text_capped_streamed"] == cut
+    assert got["text_own_cap"] == got["text"]
+    assert got["call"].calls and got["call"].completion_tokens > 5
+
+    def without_ids(result: Any) -> Any:
+        return dataclasses.replace(result, calls=[dataclasses.replace(c, id="") for c in result.calls])
+
+    assert without_ids(got["call_capped"]) == without_ids(got["call"])

@@ -23,6 +23,8 @@ class ServerSettings(StrictModel):
     engine: Literal["llguidance", "lm-format-enforcer"]
     # BFCL sends no max_tokens: this is the server's default output cap for every request.
     max_output_tokens: int
+    # A text answer ends after this many tokens (0 = at max_output_tokens): no call can follow text.
+    max_text_tokens: int = Field(ge=0)
     # null: the model's own context (SmolLM2: 8,192; some multi-turn cases need > 4,096).
     max_context: int | None
     threads: int | None

@@ -27,6 +27,8 @@ def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_
     flags = ["--model", entry.path, "--format", entry.format, "--backend", server.backend, "--engine", server.engine,
              "--served-model-name", served_name, "--api-key", api_key,
              "--default-max-tokens", str(server.max_output_tokens)]
+    if server.max_text_tokens:
+        flags += ["--default-max-text-tokens", str(server.max_text_tokens)]
     if server.max_context is not None:
         flags += ["--max-context", str(server.max_context)]
     if server.threads is not None:
