@@ -1,1 +1,1 @@
-"""Model backends behind one interface (:mod:`serve.backends.base`): transformers here; vLLM is a separate issue."""
+"""Model backends behind one interface (:mod:`serve.backends.base`): transformers (CPU) and vLLM (GPU)."""
