@@ -251,8 +251,7 @@ class ServingCore:
         ids: list[int] = []
         sent_content = 0
         sent_calls: list[SentCall] = []
-        stopped_by_string = False
-        cut_as_text = False
+        ended_early: str | None = None  # the finish reason when a stop string or the text cap ended it
 
         def diff(parsed: ParsedOutput, final: bool) -> Iterator[Event]:
             nonlocal sent_content
@@ -294,28 +293,21 @@ class ServingCore:
                 if not (incremental or prep.stop or at_text_cap):
                     continue
                 parsed = self._parse(prep, self._decode(ids, False), False)
-                if at_text_cap and parsed.content is not None and not parsed.calls:
-                    cut_as_text = True
-                    gen.close()
-                    yield from diff(parsed, True)
-                    break
-                if prep.stop and parsed.content is not None and not parsed.calls:
+                if parsed.content is not None and not parsed.calls:
                     cut = min((p for p in (parsed.content.find(s) for s in prep.stop) if p >= 0), default=-1)
-                    if cut >= 0:
-                        stopped_by_string = True
+                    if cut >= 0 or at_text_cap:
+                        ended_early = "stop" if cut >= 0 else "length"
                         gen.close()
-                        if cut > sent_content:
+                        if cut < 0:
+                            yield from diff(parsed, True)
+                        elif cut > sent_content:
                             yield ContentDelta(parsed.content[sent_content:cut])
                         break
                 if incremental:
                     yield from diff(parsed, False)
-            if stopped_by_string:
-                self._observe(state, "stop")
-                yield Finished(reason="stop", completion_tokens=state.completion_tokens)
-                return
-            if cut_as_text:
-                self._observe(state, "length")
-                yield Finished(reason="length", completion_tokens=state.completion_tokens)
+            if ended_early is not None:
+                self._observe(state, ended_early)
+                yield Finished(reason=ended_early, completion_tokens=state.completion_tokens)
                 return
             if state.finish_reason == "error":
                 self.metrics.invalid_tool_calls.labels(self.engine.name).inc()

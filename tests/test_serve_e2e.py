@@ -21,7 +21,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from loopback_server import TEST_BACKEND, save_hermes_model, scripted_output
+from loopback_server import TEST_BACKEND, is_cut, save_hermes_model, scripted_output
 from loopback_server import LoopbackServer as Server
 
 MODEL = "tiny"
@@ -81,15 +81,6 @@ def server(model_dir: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def client(server: Server) -> openai.OpenAI:
     return server.client()
-
-
-def is_cut(arguments: str) -> bool:
-    """Arguments cut by max_tokens: the object never closed, so they are not JSON."""
-    try:
-        json.loads(arguments)
-    except ValueError:
-        return True
-    return False
 
 
 def check_calls(choice: Any, allowed: set[str]) -> list[tuple[str, dict[str, Any]]]:

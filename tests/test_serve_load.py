@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from loopback_server import is_cut
 
 from serve.process import ServerProcess, free_loopback_port, running_server, serve_command
 
@@ -140,15 +141,6 @@ class Outcome:
 def check_call(name: str, arguments: str, offered: set[str]) -> None:
     assert name in offered, f"call to {name!r}, which was not offered ({sorted(offered)})"
     jsonschema.validate(json.loads(arguments), SCHEMAS[name])
-
-
-def is_cut(arguments: str) -> bool:
-    """Arguments cut by max_tokens: the object never closed, so they are not JSON."""
-    try:
-        json.loads(arguments)
-    except ValueError:
-        return True
-    return False
 
 
 def check_chat_body(body: dict[str, Any], offered: set[str]) -> int:
