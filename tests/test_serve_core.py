@@ -166,3 +166,49 @@ def test_default_text_cap_ends_text_answers_only(tiny_model_dir: Path) -> None:
         return dataclasses.replace(result, calls=[dataclasses.replace(c, id="") for c in result.calls])
 
     assert without_ids(got["call_capped"]) == without_ids(got["call"])
+
+
+def test_a_stop_string_on_the_text_caps_token_wins(tiny_model_dir: Path) -> None:
+    """A stop string completed by the very token that reaches the text cap ends the answer as a stop:
+    finish "stop", the content cut before the stop string, in both the collected and streamed paths."""
+
+    def core_capped_at(cap: int) -> Any:
+        return build_core(build_parser().parse_args(["--model", str(tiny_model_dir), "--default-max-tokens", "24",
+                                                     "--default-max-text-tokens", str(cap)]))
+
+    def inputs(core: Any, stop: tuple[str, ...]) -> GenerationInputs:
+        return GenerationInputs(model=core.config.model_name, messages=[{"role": "user", "content": "Hello there"}],
+                                tools=[], tool_choice=ToolChoice("none"), max_tokens=None, temperature=0.0,
+                                stop=stop)
+
+    async def answer(core: Any, request: GenerationInputs, stream: bool) -> Any:
+        prep = await core.prepare(request)
+        if stream:
+            return assemble([ev async for ev in core.stream(prep, 0, threading.Event())])
+
+        async def disconnected() -> bool:
+            return False
+
+        return assemble(await core.collect(prep, 0, disconnected))
+
+    def run(cap: int, stop: tuple[str, ...], stream: bool = False) -> Any:
+        core = core_capped_at(cap)
+        try:
+            return asyncio.run(answer(core, inputs(core, stop), stream))
+        finally:
+            core.executor.shutdown()
+
+    # The first cap whose last token adds text not seen before: that text becomes the stop string.
+    before = run(1, ()).content
+    for cap in range(2, 16):
+        cap_only = run(cap, ())
+        assert cap_only.finish_reason == "length", "the tiny model stopped early: the cap was not exercised"
+        stop = cap_only.content[len(before):]
+        if stop.strip() and cap_only.content.find(stop) == len(before):
+            break
+        before = cap_only.content
+    else:
+        pytest.fail("no token of the tiny model's answer brought new text")
+    got = run(cap, (stop,))
+    assert got.finish_reason == "stop" and got.content == before and not got.calls
+    assert run(cap, (stop,), stream=True) == got
