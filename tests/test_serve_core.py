@@ -118,6 +118,18 @@ def test_assemble_returns_a_cut_call_marked_incomplete() -> None:
     assert result.content is None and result.finish_reason == "length"
 
 
+async def _answer(core: Any, request: GenerationInputs, stream: bool) -> Any:
+    """One choice of REQUEST from CORE, streamed or collected, assembled into its result."""
+    prep = await core.prepare(request)
+    if stream:
+        return assemble([ev async for ev in core.stream(prep, 0, threading.Event())])
+
+    async def disconnected() -> bool:
+        return False
+
+    return assemble(await core.collect(prep, 0, disconnected))
+
+
 def test_default_text_cap_ends_text_answers_only(tiny_model_dir: Path) -> None:
     """--default-max-text-tokens ends a text answer when the request sets no max_tokens; a call, or a
     request with its own max_tokens, is generated as without it."""
@@ -130,23 +142,14 @@ def test_default_text_cap_ends_text_answers_only(tiny_model_dir: Path) -> None:
         return GenerationInputs(model=capped.config.model_name, messages=[{"role": "user", "content": "Hello there"}],
                                 tools=tools, tool_choice=ToolChoice(choice), max_tokens=max_tokens, temperature=0.0)
 
-    async def disconnected() -> bool:
-        return False
-
-    async def answer(core: Any, request: GenerationInputs, stream: bool) -> Any:
-        prep = await core.prepare(request)
-        if stream:
-            return assemble([ev async for ev in core.stream(prep, 0, threading.Event())])
-        return assemble(await core.collect(prep, 0, disconnected))
-
     async def run() -> dict[str, Any]:
         return {
-            "text": await answer(plain, inputs("none", None), False),
-            "text_capped": await answer(capped, inputs("none", None), False),
-            "text_capped_streamed": await answer(capped, inputs("none", None), True),
-            "text_own_cap": await answer(capped, inputs("none", 24), False),
-            "call": await answer(plain, inputs("required", None), False),
-            "call_capped": await answer(capped, inputs("required", None), False),
+            "text": await _answer(plain, inputs("none", None), False),
+            "text_capped": await _answer(capped, inputs("none", None), False),
+            "text_capped_streamed": await _answer(capped, inputs("none", None), True),
+            "text_own_cap": await _answer(capped, inputs("none", 24), False),
+            "call": await _answer(plain, inputs("required", None), False),
+            "call_capped": await _answer(capped, inputs("required", None), False),
         }
 
     try:
@@ -181,20 +184,10 @@ def test_a_stop_string_on_the_text_caps_token_wins(tiny_model_dir: Path) -> None
                                 tools=[], tool_choice=ToolChoice("none"), max_tokens=None, temperature=0.0,
                                 stop=stop)
 
-    async def answer(core: Any, request: GenerationInputs, stream: bool) -> Any:
-        prep = await core.prepare(request)
-        if stream:
-            return assemble([ev async for ev in core.stream(prep, 0, threading.Event())])
-
-        async def disconnected() -> bool:
-            return False
-
-        return assemble(await core.collect(prep, 0, disconnected))
-
     def run(cap: int, stop: tuple[str, ...], stream: bool = False) -> Any:
         core = core_capped_at(cap)
         try:
-            return asyncio.run(answer(core, inputs(core, stop), stream))
+            return asyncio.run(_answer(core, inputs(core, stop), stream))
         finally:
             core.executor.shutdown()
 
