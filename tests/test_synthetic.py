@@ -140,6 +140,46 @@ def test_bank_is_large_varied_and_schemas_are_valid() -> None:
     assert any(not f.required for f in BANK)  # some take no required argument
 
 
+def test_calculation_functions_require_every_input_and_return_the_computed_answer() -> None:
+    import math
+    import random
+
+    from stages.synthetic.function_bank import CALCULATION_DOMAINS, FORMULAS
+
+    calc = [f for f in BANK if f.domain.key in CALCULATION_DOMAINS]
+    assert len({f.domain.key for f in calc}) == len(CALCULATION_DOMAINS) and len(calc) >= 20
+    rng = random.Random(0)
+    for fn in calc:
+        assert fn.entity.key in FORMULAS
+        for _ in range(5):
+            args = fn.arguments(rng, zh=False)
+            result = fn.result(rng, args, zh=False)
+            assert set(result) == {n for n, v in args.items() if not isinstance(v, list)} | {fn.entity.results[0][0]}
+            value = result[fn.entity.results[0][0]]
+            assert isinstance(value, (int, float)) and math.isfinite(value)
+            assert args.get("from_unit") is None or args["from_unit"] != args["to_unit"]
+    by = {f.entity.key: f for f in calc}
+    assert by["triangle_area"].result(rng, {"base": 10, "height": 5}, False)["area"] == 25
+    assert by["factorial"].result(rng, {"number": 5}, False)["factorial"] == 120
+    assert by["length"].result(rng, {"value": 2, "from_unit": "km", "to_unit": "m"}, False)["converted"] == 2000
+    assert by["median"].result(rng, {"numbers": [3, 1, 4, 2]}, False)["median"] == 2.5
+
+
+def test_cases_draw_each_domain_about_equally_whatever_its_number_of_functions() -> None:
+    import random
+
+    from stages.synthetic.function_bank import TRAIN
+
+    rng = random.Random(1)
+    draws = Counter(TRAIN.draw(rng).domain.key for _ in range(20000))
+    sizes = {k: len(v) for k, v in TRAIN.by_domain.items()}
+    assert max(sizes.values()) >= 3 * min(sizes.values())  # domains differ in size ...
+    expected = 20000 / len(TRAIN.domains)
+    assert all(abs(n - expected) < 0.15 * expected for n in draws.values())  # ... not in weight
+    assert set(draws) == set(sizes)
+    assert all(TRAIN.draw(rng, lambda f: bool(f.required)).required for _ in range(200))
+
+
 # ----------------------------------------------------------------------------- determinism
 
 

@@ -117,6 +117,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "estimate": ("estimate", "work out"),
     "book": ("book", "reserve"),
     "track": ("track", "follow"),
+    "calculate": ("calculate", "work out", "compute", "find"),
+    "convert": ("convert",),
 }
 
 
@@ -162,7 +164,7 @@ def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: boo
         pattern = rng.choice(["请帮我{r}{t}。", "能不能{r}？{t2}", "我想{r}{t}。",
                               "麻烦{r}{t}，谢谢！", "帮忙{r}一下{t}。"])
         return pattern.format(r=fn.request_zh, t=tail, t2=(body + "。") if body else "")
-    if fn.verb in ("get", "check", "estimate") and args and rng.random() < 0.3:
+    if fn.verb in ("get", "check", "estimate", "calculate") and args and rng.random() < 0.3:
         return rng.choice(_QUESTION).format(e=fn.entity.en, m=mentions(rng, args))
     return _sentence(rng, clause(rng, fn, args))
 
@@ -301,7 +303,7 @@ def _joined_requests(rng: random.Random, parts: list[str]) -> str:
 def _near_miss(rng: random.Random, bank: BankView, zh: bool) -> tuple[Function, list[Function]]:
     """A wanted function and offered tools that look related but cannot do it."""
     for _ in range(50):
-        wanted = rng.choice(bank.functions)
+        wanted = bank.draw(rng)
         same_domain = [f for f in bank.by_domain[wanted.domain.key] if f.entity is not wanted.entity]
         same_entity = [f for f in bank.by_domain[wanted.domain.key]
                        if f.entity is wanted.entity and f.verb != wanted.verb and f.verb not in ("get", "search")]
@@ -344,7 +346,7 @@ def _ask_missing(rng: random.Random, fn: Function, missing: str) -> str:
 
 
 def _missing_info(rng: random.Random, bank: BankView, zh: bool, execute_p: float) -> Case:
-    fn = rng.choice([f for f in bank.functions if f.required])
+    fn = bank.draw(rng, lambda f: bool(f.required))
     missing = rng.choice(fn.required)
     partial = fn.arguments(rng, zh, omit=missing)
     spec = next(p for p in fn.params if p.name == missing)
@@ -474,7 +476,7 @@ def _session(rng: random.Random, bank: BankView, fn: Function, zh: bool, execute
 
 
 def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float, bank: BankView = TRAIN) -> Case:
-    fn = rng.choice(bank.functions)
+    fn = bank.draw(rng)
     turns: list[Turn] = []
     if case_type in ("single", "multiple"):
         extra = 0 if case_type == "single" else rng.randint(1, 3)

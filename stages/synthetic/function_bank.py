@@ -10,7 +10,9 @@ Nothing here is taken from any benchmark: the domains, entities and names are ou
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -31,6 +33,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "estimate": ("Estimates", "estimate", "估算"),
     "book": ("Books", "book", "预订"),
     "track": ("Tracks", "track", "跟踪"),
+    "calculate": ("Calculates", "calculate", "计算"),
+    "convert": ("Converts", "convert", "换算"),
 }
 
 # Result field kinds -> generator; the result of a call is built from the entity's fields.
@@ -68,6 +72,8 @@ def _result_value(kind: str, rng: random.Random, zh: bool) -> Any:
         return rng.choice(LANG_CODES)
     if kind == "level":
         return rng.choice(["偏低", "正常", "偏高"] if zh else ["low", "normal", "high"])
+    if kind == "number":
+        return round(rng.uniform(0, 1000), 2)
     if kind == "status":
         return rng.choice(["已发货", "处理中", "已送达"] if zh else ["shipped", "processing", "delivered"])
     raise ValueError(f"unknown result kind {kind}")
@@ -239,7 +245,112 @@ DOMAINS: tuple[Domain, ...] = (
         _e("ride", "ride", "行程", "origin destination guests", "driver:person eta_minutes:count"),
         _e("fare", "fare", "车费", "origin destination distance_km", "fare:price"),
     )),
+    # Calculations: what a user asks a calculator-like tool, every value stated in the request.
+    # Their results are computed from the arguments (FORMULAS below), not drawn at random.
+    Domain("geometry", "Geometry", "几何", "Geometry", (
+        _e("triangle_area", "triangle area", "三角形面积", "base height shape_unit", "area:number"),
+        _e("circle_area", "circle area", "圆面积", "radius shape_unit", "area:number"),
+        _e("rectangle_perimeter", "rectangle perimeter", "矩形周长", "length width shape_unit", "perimeter:number"),
+        _e("square_diagonal", "square diagonal", "正方形对角线", "side_length shape_unit", "diagonal:number"),
+    )),
+    Domain("physics", "Physics", "物理", "Physics", (
+        _e("final_velocity", "final velocity", "末速度", "initial_velocity acceleration time_s", "velocity:number"),
+        _e("kinetic_energy", "kinetic energy", "动能", "mass_kg velocity", "joules:number"),
+        _e("free_fall_time", "free fall time", "自由落体时间", "drop_height", "seconds:number"),
+        _e("momentum", "momentum", "动量", "mass_kg velocity", "momentum:number"),
+    )),
+    Domain("statistics", "Statistics", "统计", "Stats", (
+        _e("mean", "mean", "平均值", "numbers decimals", "mean:number"),
+        _e("median", "median", "中位数", "numbers", "median:number"),
+        _e("standard_deviation", "standard deviation", "标准差", "numbers decimals", "std:number"),
+        _e("value_range", "range of values", "极差", "numbers", "range:number"),
+    )),
+    Domain("investment", "Investment math", "投资计算", "Invest", (
+        _e("compound_interest", "compound interest", "复利", "principal rate years compounds_per_year",
+           "final_amount:number"),
+        _e("simple_interest", "simple interest", "单利", "principal rate years", "interest:number"),
+        _e("doubling_time", "doubling time", "翻倍时间", "rate", "years:number"),
+        _e("monthly_savings", "monthly savings target", "每月储蓄目标", "principal years", "monthly:number"),
+    )),
+    Domain("unit_conversion", "Unit conversion", "单位换算", "Units", (
+        _e("length", "length", "长度", "value from_unit to_unit", "converted:number"),
+        _e("temperature_reading", "temperature reading", "温度读数", "celsius", "fahrenheit:number"),
+        _e("weight", "weight", "重量", "kilograms", "pounds:number"),
+    )),
+    Domain("chemistry", "Chemistry", "化学", "Chem", (
+        _e("molar_mass", "molar mass", "摩尔质量", "formula", "grams_per_mole:number"),
+        _e("sample_mass", "sample mass", "样品质量", "formula moles", "grams:number"),
+        _e("atom_count", "atom count", "原子数", "formula", "atoms:number"),
+    )),
+    Domain("arithmetic", "Arithmetic", "算术", "MathUtils", (
+        _e("factorial", "factorial", "阶乘", "number", "factorial:number"),
+        _e("greatest_common_divisor", "greatest common divisor", "最大公约数", "number_a number_b", "gcd:number"),
+        _e("power", "power", "幂", "number_a exponent", "result:number"),
+        _e("fibonacci_sequence", "Fibonacci sequence", "斐波那契数列", "n_terms", "last_term:number"),
+    )),
 )
+
+
+CALCULATION_DOMAINS = {"geometry", "physics", "statistics", "investment", "unit_conversion", "chemistry",
+                       "arithmetic"}
+CONVERSIONS = {"length", "temperature_reading", "weight"}
+_CALCULATION_ENTITIES = {e.key for d in DOMAINS if d.key in CALCULATION_DOMAINS for e in d.entities}
+
+# Grams per mole of the formulas values.FORMULAS offers, and their atom counts.
+_MOLAR_MASS = {"H2O": 18.015, "CO2": 44.009, "NaCl": 58.44, "C6H12O6": 180.156, "NH3": 17.031, "CH4": 16.043,
+               "C2H5OH": 46.069, "CaCO3": 100.086}
+_ATOMS = {"H2O": 3, "CO2": 3, "NaCl": 2, "C6H12O6": 24, "NH3": 4, "CH4": 5, "C2H5OH": 9, "CaCO3": 5}
+_METRES = {"mm": 0.001, "cm": 0.01, "m": 1.0, "km": 1000.0, "in": 0.0254, "ft": 0.3048, "mi": 1609.344}
+
+
+def _fib(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n - 1):
+        a, b = b, a + b
+    return b if n > 0 else 0
+
+
+def _std(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
+# entity key -> its result computed from the arguments (the required ones are always present).
+FORMULAS: dict[str, Any] = {
+    "triangle_area": lambda a: a["base"] * a["height"] / 2,
+    "circle_area": lambda a: math.pi * a["radius"] ** 2,
+    "rectangle_perimeter": lambda a: 2 * (a["length"] + a["width"]),
+    "square_diagonal": lambda a: a["side_length"] * math.sqrt(2),
+    "final_velocity": lambda a: a["initial_velocity"] + a["acceleration"] * a["time_s"],
+    "kinetic_energy": lambda a: 0.5 * a["mass_kg"] * a["velocity"] ** 2,
+    "free_fall_time": lambda a: math.sqrt(2 * a["drop_height"] / 9.81),
+    "momentum": lambda a: a["mass_kg"] * a["velocity"],
+    "mean": lambda a: sum(a["numbers"]) / len(a["numbers"]),
+    "median": lambda a: _median(a["numbers"]),
+    "standard_deviation": lambda a: _std(a["numbers"]),
+    "value_range": lambda a: max(a["numbers"]) - min(a["numbers"]),
+    "compound_interest": lambda a: a["principal"] * (1 + a["rate"] / 100 / a.get("compounds_per_year", 1)) ** (
+        a.get("compounds_per_year", 1) * a["years"]),
+    "simple_interest": lambda a: a["principal"] * a["rate"] / 100 * a["years"],
+    "doubling_time": lambda a: math.log(2) / math.log(1 + a["rate"] / 100),
+    "monthly_savings": lambda a: a["principal"] / (12 * a["years"]),
+    "length": lambda a: a["value"] * _METRES[a["from_unit"]] / _METRES[a["to_unit"]],
+    "temperature_reading": lambda a: a["celsius"] * 9 / 5 + 32,
+    "weight": lambda a: a["kilograms"] * 2.20462,
+    "molar_mass": lambda a: _MOLAR_MASS[a["formula"]],
+    "sample_mass": lambda a: _MOLAR_MASS[a["formula"]] * a["moles"],
+    "atom_count": lambda a: _ATOMS[a["formula"]],
+    "factorial": lambda a: math.factorial(a["number"]),
+    "greatest_common_divisor": lambda a: math.gcd(a["number_a"], a["number_b"]),
+    "power": lambda a: a["number_a"] ** a["exponent"],
+    "fibonacci_sequence": lambda a: _fib(a["n_terms"]),
+}
 
 
 def _in_order(args: dict[str, Any]) -> None:
@@ -247,6 +358,8 @@ def _in_order(args: dict[str, Any]) -> None:
     for a, b in (("start_date", "end_date"), ("check_in", "check_out")):
         if a in args and b in args and args[a] > args[b]:
             args[a], args[b] = args[b], args[a]
+    if args.get("from_unit") is not None and args.get("from_unit") == args.get("to_unit"):
+        args["to_unit"] = "m" if args["from_unit"] != "m" else "ft"  # a conversion to the same unit is no request
     for value in args.values():
         if isinstance(value, dict):
             _in_order(value)
@@ -327,6 +440,9 @@ class Function:
     def result(self, rng: random.Random, args: dict[str, Any], zh: bool) -> dict[str, Any]:
         """A plausible result consistent with the call: it echoes the arguments it was asked for."""
         fields = {name: _result_value(kind, rng, zh) for name, kind in self.entity.results}
+        if self.entity.key in FORMULAS:  # a calculation's one result field is its answer
+            answer = FORMULAS[self.entity.key](args)
+            fields = {self.entity.results[0][0]: answer if isinstance(answer, int) else round(answer, 4)}
         echo = {k: v for k, v in args.items() if not isinstance(v, (dict, list))}
         if self.verb in ("search", "list"):
             # Never more results than the call's own limit allows.
@@ -350,6 +466,8 @@ VERB_CLASSES: dict[str, list[str]] = {
     "record": ["get", "search", "list", "create", "update", "cancel"],
     "booking": ["get", "search", "list", "book", "cancel", "check"],
     "device": ["get", "update", "check", "list"],
+    "calculation": ["calculate"],  # one function per entity: calculate_triangle_area
+    "conversion": ["convert"],
 }
 RECORDS = {"event", "meeting", "reminder", "email", "mail_draft", "order", "playlist", "application",
            "transfer", "portfolio", "medication_reminder", "shopping_list", "quiz", "news_digest", "wallet"}
@@ -359,6 +477,10 @@ DEVICES = {"thermostat", "light", "door_lock"}
 
 
 def _entity_class(entity: Entity) -> str:
+    if entity.key in CONVERSIONS:
+        return "conversion"
+    if entity.key in _CALCULATION_ENTITIES:
+        return "calculation"
     if entity.key in RECORDS:
         return "record"
     if entity.key in BOOKINGS:
@@ -381,10 +503,18 @@ def _name(verb: str, entity: Entity, domain: Domain, style: str) -> str:
     return f"{domain.namespace}.{_camel(words)}"
 
 
+_OPTIONAL_INPUTS = {"shape_unit", "decimals", "compounds_per_year"}
+
+
 def _choose_params(verb: str, entity: Entity, rng: random.Random) -> tuple[list[ParamSpec], list[str]]:
     pool = [P[k] for k in entity.params]
     key, rest = pool[0], pool[1:]
-    if verb in ("get", "check", "track", "cancel"):
+    if verb in ("calculate", "convert"):
+        # Every input of the formula is required; units, rounding and compounding are optional
+        # (and sometimes not offered at all).
+        chosen = [p for p in pool if p.name not in _OPTIONAL_INPUTS or rng.random() < 0.7]
+        required = [p.name for p in chosen if p.name not in _OPTIONAL_INPUTS]
+    elif verb in ("get", "check", "track", "cancel"):
         chosen = [key, *rng.sample(rest, min(len(rest), rng.randint(0, 2)))]
         required = [key.name] + ([chosen[1].name] if len(chosen) > 1 and rng.random() < 0.3 else [])
     elif verb in ("search", "list"):
@@ -482,7 +612,8 @@ for _f in BANK:
 # Domains whose functions never reach the training data: the development evaluation
 # (stages/dev_eval.py) is built from them only, so it measures behaviour on tools the model has
 # never seen, the way BFCL does — without ever looking at BFCL.
-HELDOUT_DOMAINS: frozenset[str] = frozenset({"crypto", "real_estate", "education", "rideshare", "health"})
+HELDOUT_DOMAINS: frozenset[str] = frozenset({"crypto", "real_estate", "education", "rideshare", "health",
+                                                "physics", "statistics"})
 
 
 @dataclass(frozen=True)
@@ -498,6 +629,17 @@ class BankView:
         keys = {d.key for d in domains}
         fns = tuple(f for f in BANK if f.domain.key in keys)
         return cls(fns, {k: v for k, v in BY_DOMAIN.items() if k in keys}, tuple(domains))
+
+    def draw(self, rng: random.Random, keep: Callable[[Function], bool] | None = None) -> Function:
+        """The function a case is about: a domain first (each equally likely), then one of its
+        functions, so that a domain's weight does not grow with its number of verbs (a calculator
+        domain has one function per entity, a booking domain five)."""
+        while True:
+            pool = self.by_domain[rng.choice(self.domains).key]
+            if keep is not None:
+                pool = [f for f in pool if keep(f)]
+            if pool:
+                return rng.choice(pool)
 
 
 TRAIN = BankView.of([d for d in DOMAINS if d.key not in HELDOUT_DOMAINS])

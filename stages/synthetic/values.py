@@ -70,6 +70,8 @@ WORDS = ["sunrise", "harbor", "velvet", "maple", "orbit", "lantern", "meadow", "
 WORDS_ZH = ["日出", "港湾", "丝绒", "枫叶", "轨道", "灯笼", "草地", "余烬", "钴蓝", "柳树"]
 TITLES = [("Silent Harbor", "寂静港湾"), ("The Glass Orchard", "玻璃果园"), ("Northbound", "北行"),
           ("Paper Lanterns", "纸灯笼"), ("Midnight Atlas", "午夜地图集"), ("Copper Rain", "铜色的雨")]
+FORMULAS = ["H2O", "CO2", "NaCl", "C6H12O6", "NH3", "CH4", "C2H5OH", "CaCO3"]
+LENGTH_UNITS = ["mm", "cm", "m", "km", "in", "ft", "mi"]
 TEAMS = [("Riverside Falcons", "河畔猎鹰"), ("Harbor City Waves", "港城浪潮"), ("Summit Bears", "山巅熊"),
          ("Desert Comets", "沙漠彗星"), ("Lakeside Owls", "湖畔猫头鹰")]
 
@@ -107,6 +109,17 @@ def integer(name: str, en: str, zh: str, lo: int, hi: int) -> ParamSpec:
 def number(name: str, en: str, zh: str, lo: float, hi: float) -> ParamSpec:
     return ParamSpec(name, {"type": "number", "description": f"The {en}.", "minimum": lo, "maximum": hi},
                      en, zh, lambda rng, zh_: round(rng.uniform(lo, hi), 2))
+
+
+def num_array(name: str, en: str, zh: str, lo: int, hi: int) -> ParamSpec:
+    """A list of 3-6 numbers (a data series); whole numbers or one decimal place."""
+
+    def gen(rng: random.Random, zh_: bool) -> list[float]:
+        whole = rng.random() < 0.6
+        return [rng.randint(lo, hi) if whole else round(rng.uniform(lo, hi), 1) for _ in range(rng.randint(3, 6))]
+
+    return ParamSpec(name, {"type": "array", "description": f"The list of {en}.", "items": {"type": "number"}},
+                     en, zh, gen)
 
 
 def boolean(name: str, en: str, zh: str) -> ParamSpec:
@@ -236,6 +249,41 @@ _reg(
     str_array("amenities", "required amenities", "设施要求", ["wifi", "pool", "parking", "gym", "breakfast"]),
     int_array("seat_numbers", "seat numbers", "座位号", 1, 60),
     int_array("weekdays", "weekdays as numbers 1-7", "星期几（1-7）", 1, 7),
+)
+_reg(
+    # Calculation parameters (the geometry, physics, statistics, investment, conversion, chemistry and
+    # arithmetic domains): numbers the user states, units, data series.
+    integer("base", "base length", "底边长度", 1, 100),
+    integer("height", "height", "高", 1, 100),
+    number("radius", "radius", "半径", 0.5, 50),
+    integer("side_length", "side length", "边长", 1, 100),
+    integer("length", "length", "长度", 1, 200),
+    integer("width", "width", "宽度", 1, 200),
+    enum("shape_unit", "unit of length", "长度单位", ["cm", "m", "in", "ft"]),
+    integer("initial_velocity", "initial velocity in m/s", "初速度（米/秒）", 0, 60),
+    integer("acceleration", "acceleration in m/s^2", "加速度（米/秒²）", 1, 20),
+    integer("time_s", "time in seconds", "时间（秒）", 1, 120),
+    integer("mass_kg", "mass in kilograms", "质量（千克）", 1, 2000),
+    integer("velocity", "velocity in m/s", "速度（米/秒）", 1, 120),
+    integer("drop_height", "height in metres", "高度（米）", 1, 500),
+    num_array("numbers", "numbers", "数值", 1, 200),
+    integer("decimals", "number of decimal places", "小数位数", 0, 4),
+    integer("principal", "principal amount", "本金", 100, 100000),
+    integer("years", "number of years", "年数", 1, 40),
+    integer("compounds_per_year", "number of times interest compounds per year", "每年复利次数", 1, 12),
+    number("value", "value to convert", "待换算的数值", 0.5, 1000),
+    enum("from_unit", "unit to convert from", "原单位", LENGTH_UNITS),
+    enum("to_unit", "unit to convert to", "目标单位", LENGTH_UNITS),
+    integer("celsius", "temperature in Celsius", "摄氏温度", -40, 120),
+    number("kilograms", "mass in kilograms", "千克数", 0.1, 500),
+    string("formula", "chemical formula", "化学式", "The chemical formula.",
+           lambda rng, zh: rng.choice(FORMULAS)),
+    number("moles", "amount in moles", "物质的量（摩尔）", 0.1, 20),
+    integer("number", "number", "数字", 1, 30),
+    integer("number_a", "first number", "第一个数", 2, 500),
+    integer("number_b", "second number", "第二个数", 2, 500),
+    integer("exponent", "exponent", "指数", 2, 10),
+    integer("n_terms", "number of terms", "项数", 1, 40),
 )
 _reg(
     obj("price_range", "price range", "价格区间",
