@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -310,17 +311,6 @@ def _fib(n: int) -> int:
     return b if n > 0 else 0
 
 
-def _std(xs: list[float]) -> float:
-    m = sum(xs) / len(xs)
-    return (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
-
-
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    mid = len(ys) // 2
-    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
-
-
 # entity key -> its result computed from the arguments (the required ones are always present).
 FORMULAS: dict[str, Any] = {
     "triangle_area": lambda a: a["base"] * a["height"] / 2,
@@ -331,9 +321,9 @@ FORMULAS: dict[str, Any] = {
     "kinetic_energy": lambda a: 0.5 * a["mass_kg"] * a["velocity"] ** 2,
     "free_fall_time": lambda a: math.sqrt(2 * a["drop_height"] / 9.81),
     "momentum": lambda a: a["mass_kg"] * a["velocity"],
-    "mean": lambda a: sum(a["numbers"]) / len(a["numbers"]),
-    "median": lambda a: _median(a["numbers"]),
-    "standard_deviation": lambda a: _std(a["numbers"]),
+    "mean": lambda a: statistics.fmean(a["numbers"]),
+    "median": lambda a: statistics.median(a["numbers"]),
+    "standard_deviation": lambda a: statistics.pstdev(a["numbers"]),
     "value_range": lambda a: max(a["numbers"]) - min(a["numbers"]),
     "compound_interest": lambda a: a["principal"] * (1 + a["rate"] / 100 / a.get("compounds_per_year", 1)) ** (
         a.get("compounds_per_year", 1) * a["years"]),
