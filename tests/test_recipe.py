@@ -48,6 +48,19 @@ def test_v1_and_v2_differ_where_the_original_recipes_differ() -> None:
                for name in ("v1", "v2") for k in recipe.load_recipe(name, RECIPES))
 
 
+def test_make_compare_runs_the_default_recipe_first_and_restores_it() -> None:
+    """After `make repro` the workspace is V2 (params.yaml), so its experiment must run first to
+    rerun nothing (train_stage2 has a `cache: false` output: DVC's run cache cannot restore it
+    once V1 has run), and the workspace must end on V2's params again."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    body = makefile.split("\ncompare:", 1)[1].split("\n\n", 1)[0]
+    commands = [line.strip() for line in body.splitlines()[1:] if line.startswith("\t")]
+    assert [c.split("stages.recipe ", 1)[1] for c in commands if "stages.recipe exp" in c] == ["exp v2", "exp v1"]
+    assert any(c.endswith("dvc exp apply v2") for c in commands)
+    applied = next(i for i, c in enumerate(commands) if c.endswith("dvc exp apply v2"))
+    assert applied > max(i for i, c in enumerate(commands) if "stages.recipe exp" in c)
+
+
 @pytest.mark.parametrize("name", ["v1", "v2"])
 def test_dvc_applies_the_set_args_to_the_same_params(tmp_path: Path, name: str) -> None:
     """The `-S` arguments, parsed by DVC's own override code, give the params `write` produces."""
