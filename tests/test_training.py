@@ -630,3 +630,25 @@ def test_drop_system_prompt_removes_it_from_tool_rows_only(tmp_path: Path, tiny_
     some = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0, drop_system_prompt=0.5)
     again = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", 4096, None, 0, drop_system_prompt=0.5)
     assert some.input_ids == again.input_ids  # drawn from the seed: the same rows every run
+
+
+def test_resumed_curves_survive_a_summary_torn_by_a_kill(tmp_path: Path) -> None:
+    """A run killed while dvclive rewrote metrics.json leaves it empty; the resumed run must still
+    log (the summary is rebuilt), and curve rows logged after the resumed checkpoint are dropped."""
+    from types import SimpleNamespace
+
+    from stages.training.curves import make_dvclive_callback
+
+    live_dir = tmp_path / "dvclive"
+    first = make_dvclive_callback(str(live_dir), None)
+    for step in (1, 2, 3):
+        first.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=step), None, logs={"loss": 1.0 / step})
+    (live_dir / "metrics.json").write_text("", encoding="utf-8")  # the kill, mid-write
+
+    resumed = make_dvclive_callback(str(live_dir), 2)
+    resumed.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=3), None, logs={"loss": 0.25})
+    resumed.close({"data": {"rows": 1}})
+    summary = json.loads((live_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["train"]["loss"] == 0.25 and summary["data"] == {"rows": 1}
+    steps = [line.split("\t")[0] for line in (live_dir / "plots/metrics/train/loss.tsv").read_text().splitlines()]
+    assert steps[0] == "step" and [int(s) for s in steps[1:]] == [1, 2, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,19 @@ def _trim_dvclive_history(dvclive_dir: Path, last_step: int) -> None:
         tsv.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
 
 
+def _drop_torn_summary(dvclive_dir: Path) -> None:
+    """A run killed while dvclive rewrote its summary (``metrics.json``, not written atomically)
+    leaves it empty or cut, and ``Live(resume=True)`` fails reading it. The summary is derived:
+    the next logged step writes it again, so a torn one is removed rather than read."""
+    summary = dvclive_dir / "metrics.json"
+    try:
+        json.loads(summary.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary.unlink()
+
+
 def make_dvclive_callback(dvclive_dir: str, resume_step: int | None) -> Any:
     """A TrainerCallback that writes train/eval curves to ``dvclive_dir`` on the main process."""
     from transformers import TrainerCallback
@@ -43,6 +57,7 @@ def make_dvclive_callback(dvclive_dir: str, resume_step: int | None) -> Any:
                 resume = resume_step is not None and Path(dvclive_dir).is_dir()
                 if resume:
                     _trim_dvclive_history(Path(dvclive_dir), resume_step)
+                    _drop_torn_summary(Path(dvclive_dir))
                 self.live = Live(dir=dvclive_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)
             return self.live
 
