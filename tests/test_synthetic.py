@@ -180,6 +180,38 @@ def test_cases_draw_each_domain_about_equally_whatever_its_number_of_functions()
     assert all(TRAIN.draw(rng, lambda f: bool(f.required)).required for _ in range(200))
 
 
+def test_call_requests_often_name_the_entity_in_other_words_than_the_tools() -> None:
+    """A request that fits a tool often says it in other words; a near-miss request keeps its own
+    entity's noun, so that a paraphrase never reads as a reason to refuse."""
+    import random
+
+    from stages.synthetic.cases import make_case
+    from stages.synthetic.function_bank import TRAIN
+    from stages.synthetic.phrasing import ENTITY_ALIASES
+
+    entities = {e.key: e for d in DOMAINS for e in d.entities}
+    assert set(ENTITY_ALIASES) == set(entities)
+    for key, aliases in ENTITY_ALIASES.items():
+        assert aliases and all(a.lower() != entities[key].en.lower() for a in aliases), key
+    rng = random.Random(5)
+    for case_type in ("single", "irrelevance"):
+        own = other = 0
+        for _ in range(300):
+            case = make_case(rng, case_type, False, 0.5, TRAIN)
+            text = case.turns[0].text.lower()
+            wanted = [e for e in entities.values() if e.en.lower() in text
+                      or any(a.lower() in text for a in ENTITY_ALIASES[e.key])]
+            assert wanted, text
+            if any(e.en.lower() in text for e in wanted):
+                own += 1
+            else:
+                other += 1
+        if case_type == "single":
+            assert own > 60 and other > 60, (own, other)
+        else:
+            assert other == 0, other
+
+
 # ----------------------------------------------------------------------------- determinism
 
 

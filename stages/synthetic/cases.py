@@ -31,7 +31,7 @@ from typing import Any
 
 from stages.synthetic.chat import qa
 from stages.synthetic.function_bank import BY_NAME, TRAIN, VERBS, BankView, Function
-from stages.synthetic.phrasing import can_mention_many, join_words, mention, mention_many, spoken
+from stages.synthetic.phrasing import can_mention_many, entity_words, join_words, mention, mention_many, spoken
 
 CASE_TYPES = ("single", "parallel", "multiple", "parallel_multiple", "irrelevance", "general", "missing_info",
               "multi_turn", "chain")
@@ -122,12 +122,12 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def action(rng: random.Random, fn: Function) -> str:
+def action(rng: random.Random, fn: Function, aliases: bool = True) -> str:
     verb = rng.choice(ACTIONS.get(fn.verb, (VERBS[fn.verb][1],)))
     article = "a" if fn.verb in ("search", "create", "book") and rng.random() < 0.5 else "the"
     if fn.verb == "list":
         article = rng.choice(["the", "all"])
-    return f"{verb} {article} {fn.entity.en}"
+    return f"{verb} {article} {_entity(rng, fn, aliases)}"
 
 
 def mentions(rng: random.Random, args: dict[str, Any]) -> str:
@@ -139,12 +139,16 @@ def mentions(rng: random.Random, args: dict[str, Any]) -> str:
     return " ".join(mention(rng, k, v) for k, v in items)
 
 
-def clause(rng: random.Random, fn: Function, args: dict[str, Any]) -> str:
+def _entity(rng: random.Random, fn: Function, aliases: bool) -> str:
+    return entity_words(rng, fn.entity.key, fn.entity.en) if aliases else fn.entity.en
+
+
+def clause(rng: random.Random, fn: Function, args: dict[str, Any], aliases: bool = True) -> str:
     """What to do, in a user's words: "book a hotel in Lima for 2 people" (no leading capital)."""
     if rng.random() < NAMED_SHARE and args:
         return f"{fn.request_en} with {named_arguments(rng, fn, args, False)}"
     said = mentions(rng, args)
-    return f"{action(rng, fn)} {said}".rstrip()
+    return f"{action(rng, fn, aliases)} {said}".rstrip()
 
 
 _ASK = ("Could you {c}?", "Please {c}.", "I need to {c}.", "Can you {c} for me?", "I'd like to {c}.", "{C}.",
@@ -156,8 +160,10 @@ def _sentence(rng: random.Random, text: str) -> str:
     return rng.choice(_ASK).format(c=text, C=text[:1].upper() + text[1:])
 
 
-def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: bool) -> str:
-    """A user request that carries every argument value, so the call is grounded in the text."""
+def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: bool, aliases: bool = True) -> str:
+    """A user request that carries every argument value, so the call is grounded in the text.
+    ``aliases``: the entity may be named in other words than the tool description's (call
+    requests); a near-miss request keeps the entity's own noun (see ``phrasing.ENTITY_ALIASES``)."""
     if zh:
         body = named_arguments(rng, fn, args, zh)
         tail = f"，{body}" if body else ""
@@ -165,8 +171,8 @@ def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: boo
                               "麻烦{r}{t}，谢谢！", "帮忙{r}一下{t}。"])
         return pattern.format(r=fn.request_zh, t=tail, t2=(body + "。") if body else "")
     if fn.verb in ("get", "check", "estimate", "calculate") and args and rng.random() < 0.3:
-        return rng.choice(_QUESTION).format(e=fn.entity.en, m=mentions(rng, args))
-    return _sentence(rng, clause(rng, fn, args))
+        return rng.choice(_QUESTION).format(e=_entity(rng, fn, aliases), m=mentions(rng, args))
+    return _sentence(rng, clause(rng, fn, args, aliases))
 
 
 def _words(name: str) -> str:
@@ -455,7 +461,7 @@ def _session(rng: random.Random, bank: BankView, fn: Function, zh: bool, execute
             continue
         if kind == "near_miss":
             wanted = _near_miss_for(rng, bank, tools)
-            turns += [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh)),
+            turns += [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh, aliases=False)),
                       Turn("assistant", text=_refusal(rng, wanted, tools, zh))]
             continue
         f = rng.choice(tools)
@@ -502,7 +508,7 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float, ba
         turns = [Turn("user", text), Turn("assistant", calls=calls)]
     elif case_type == "irrelevance":
         wanted, tools = _near_miss(rng, bank, zh)
-        turns = [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh)),
+        turns = [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh, aliases=False)),
                  Turn("assistant", text=_refusal(rng, wanted, tools, zh))]
         return Case(case_type, tools, turns, zh)
     elif case_type == "general":
