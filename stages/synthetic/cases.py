@@ -127,7 +127,7 @@ def action(rng: random.Random, fn: Function, aliases: bool = True) -> str:
     article = "a" if fn.verb in ("search", "create", "book") and rng.random() < 0.5 else "the"
     if fn.verb == "list":
         article = rng.choice(["the", "all"])
-    return f"{verb} {article} {_entity(rng, fn, aliases)}"
+    return f"{verb} {article} {entity_words(rng, fn.entity, aliases)}"
 
 
 def mentions(rng: random.Random, args: dict[str, Any]) -> str:
@@ -137,10 +137,6 @@ def mentions(rng: random.Random, args: dict[str, Any]) -> str:
         rng.shuffle(rest)
         items = head + rest
     return " ".join(mention(rng, k, v) for k, v in items)
-
-
-def _entity(rng: random.Random, fn: Function, aliases: bool) -> str:
-    return entity_words(rng, fn.entity.key, fn.entity.en) if aliases else fn.entity.en
 
 
 def clause(rng: random.Random, fn: Function, args: dict[str, Any], aliases: bool = True) -> str:
@@ -171,7 +167,7 @@ def request_text(rng: random.Random, fn: Function, args: dict[str, Any], zh: boo
                               "麻烦{r}{t}，谢谢！", "帮忙{r}一下{t}。"])
         return pattern.format(r=fn.request_zh, t=tail, t2=(body + "。") if body else "")
     if fn.verb in ("get", "check", "estimate", "calculate") and args and rng.random() < 0.3:
-        return rng.choice(_QUESTION).format(e=_entity(rng, fn, aliases), m=mentions(rng, args))
+        return rng.choice(_QUESTION).format(e=entity_words(rng, fn.entity, aliases), m=mentions(rng, args))
     return _sentence(rng, clause(rng, fn, args, aliases))
 
 

@@ -18,7 +18,10 @@ Nothing here names a parameter. The older, named phrasing ("the city set to Lima
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stages.synthetic.function_bank import Entity
 
 # Spoken forms of codes and enum values.
 LANGUAGES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "zh": "Chinese",
@@ -323,8 +326,9 @@ ENTITY_ALIASES: dict[str, tuple[str, ...]] = {
 ALIAS_SHARE = 0.5
 
 
-def entity_words(rng: random.Random, key: str, own: str) -> str:
-    """How a request names an entity: its own noun (``own``) or, at ``ALIAS_SHARE``, an alias."""
-    if rng.random() < ALIAS_SHARE:
-        return rng.choice(ENTITY_ALIASES[key])
-    return own
+def entity_words(rng: random.Random, entity: Entity, aliases: bool = True) -> str:
+    """How a request names an entity: its own noun or, at ``ALIAS_SHARE`` when ``aliases`` (a
+    request that fits a tool; a near-miss request keeps the own noun), one of its aliases."""
+    if aliases and rng.random() < ALIAS_SHARE:
+        return rng.choice(ENTITY_ALIASES[entity.key])
+    return entity.en
