@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
 
-from stages.evaluation.dev import CATEGORIES, TEXT_CATEGORIES, DevCase, build_devset, score_case, summarize
+from stages.evaluation.dev import (
+    CATEGORIES,
+    MANY_TOOLS,
+    TEXT_CATEGORIES,
+    DevCase,
+    build_devset,
+    score_case,
+    summarize,
+)
 from stages.kinds import SOURCE_KINDS
-from stages.synthetic.cases import CASE_TYPES, make_case
+from stages.synthetic.cases import CASE_TYPES, make_case, offer_more
 from stages.synthetic.function_bank import BANK, HELDOUT, HELDOUT_DOMAINS, TRAIN
 from stages.synthetic.generator import generate_samples
 from stages.synthetic.rng import FastRandom
@@ -78,6 +87,23 @@ def test_devset_is_deterministic_balanced_and_held_out() -> None:
         assert {c["name"] for c in case.expected_calls} <= names
         assert case.messages[0]["role"] == "user"  # like BFCL: no system message
     assert build_devset(4, seed=2)[0].to_json() != cases[0].to_json()
+    many = [c for c in cases if c.category == "many_tools"]
+    assert many and all(MANY_TOOLS[0] <= len(c.tools) <= MANY_TOOLS[1] and len(c.expected_calls) == 1
+                        for c in many)
+
+
+def test_a_long_tool_list_adds_distractors_that_never_do_what_an_offered_tool_does() -> None:
+    """many_tools' distractors: the offered tools stay, and no added tool shares an entity with
+    another tool (two tools for one thing would make the expected call ambiguous)."""
+    rng = random.Random(4)
+    for _ in range(100):
+        base = rng.sample(HELDOUT.functions, rng.randint(1, 3))
+        total = rng.randint(5, 12)
+        grown = offer_more(rng, HELDOUT, base, total)
+        assert len(grown) == total and all(f in grown for f in base)
+        added = [f.entity.key for f in grown if f not in base]
+        assert len(set(added)) == len(added)
+        assert not set(added) & {f.entity.key for f in base}
 
 
 def _case(category: str, expected: list[dict], shown: dict | None = None) -> DevCase:

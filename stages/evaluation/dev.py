@@ -18,6 +18,7 @@ missing_info   a required value is missing                                  text
 after_result   a call was made and its result came back                     text (the answer)
 chain_next     a result came back; the request needs a second call with it  one call
 multi_turn     a second request in a session after a finished first one     call(s)
+many_tools     7-10 tools, one fits (a client's whole tool list)            one call
 ============== ============================================================ ===============
 
 Each case is generated through the project's own server (the same path BFCL takes: constrained
@@ -50,7 +51,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "general", "missing_info",
-              "after_result", "chain_next", "multi_turn")
+              "after_result", "chain_next", "multi_turn", "many_tools")
 TEXT_CATEGORIES = frozenset({"irrelevance", "general", "missing_info", "after_result"})
 TEXT_STOPS = [". ", ".\n"]
 
@@ -103,7 +104,7 @@ def _cut(category: str, case: Any) -> int | None:
     """Index of the assistant turn a category asks the model to produce."""
     assistant = [i for i, t in enumerate(case.turns) if t.role == "assistant"]
     if category in ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "general",
-                    "missing_info"):
+                    "missing_info", "many_tools"):
         return assistant[0]
     if category == "after_result":
         return assistant[1] if len(assistant) > 1 and not case.turns[assistant[1]].calls else None
@@ -121,12 +122,15 @@ def _cut(category: str, case: Any) -> int | None:
 _GENERATOR_TYPE = {"simple": "single", "multiple": "multiple", "parallel": "parallel",
                    "parallel_multiple": "parallel_multiple", "irrelevance": "irrelevance", "general": "general",
                    "missing_info": "missing_info", "after_result": "single", "chain_next": "chain",
-                   "multi_turn": "multi_turn"}
+                   "multi_turn": "multi_turn", "many_tools": "single"}
+# many_tools: one fitting tool among this many (real clients send their whole tool list; about
+# 1,000-1,400 prompt tokens, where the other categories stay under 900).
+MANY_TOOLS = (7, 10)
 
 
 def build_devset(per_category: int, seed: int) -> list[DevCase]:
     """``per_category`` cases of each category from the held-out domains; same arguments, same cases."""
-    from stages.synthetic.cases import make_case
+    from stages.synthetic.cases import make_case, offer_more
     from stages.synthetic.function_bank import BY_NAME, HELDOUT, openai_tool
     from stages.synthetic.rng import FastRandom
 
@@ -148,8 +152,11 @@ def build_devset(per_category: int, seed: int) -> list[DevCase]:
             expected = [{"name": c.name, "arguments": c.args} for c in target.calls]
             if (category in TEXT_CATEGORIES) == bool(expected):
                 continue
-            tools = [openai_tool(f) for f in case.tools]
-            shown = {f.name: list(f.shown.values()) for f in case.tools}
+            offered = case.tools
+            if category == "many_tools":
+                offered = offer_more(rng, HELDOUT, offered, rng.randint(*MANY_TOOLS))
+            tools = [openai_tool(f) for f in offered]
+            shown = {f.name: list(f.shown.values()) for f in offered}
             cases.append(DevCase(f"{category}_{made}", category, messages, tools, expected, shown))
             made += 1
     names = {c["function"]["name"] for case in cases for c in case.tools}

@@ -227,6 +227,23 @@ def _pick_tools(rng: random.Random, bank: BankView, main: list[Function], extra:
     return tools
 
 
+def offer_more(rng: random.Random, bank: BankView, tools: list[Function], total: int) -> list[Function]:
+    """``tools`` grown to ``total`` with other functions of the bank, at random places (a client
+    that sends its whole tool list). Distractors never share an entity with an offered tool, so no
+    second tool does the same thing."""
+    taken = {f.entity.key for f in tools}
+    pool = [f for f in bank.functions if f.entity.key not in taken]
+    rng.shuffle(pool)
+    out = list(tools)
+    for f in pool:
+        if len(out) >= total:
+            break
+        if f.entity.key not in taken:
+            taken.add(f.entity.key)
+            out.insert(rng.randint(0, len(out)), f)
+    return out
+
+
 def _execute(rng: random.Random, calls: list[Call], zh: bool) -> tuple[Turn, Turn]:
     results = [(c.name, BY_NAME[c.name].result(rng, c.args, zh)) for c in calls]
     answer = " ".join(answer_text(BY_NAME[n], r, zh) for n, r in results)
