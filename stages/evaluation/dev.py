@@ -123,8 +123,8 @@ _GENERATOR_TYPE = {"simple": "single", "multiple": "multiple", "parallel": "para
                    "parallel_multiple": "parallel_multiple", "irrelevance": "irrelevance", "general": "general",
                    "missing_info": "missing_info", "after_result": "single", "chain_next": "chain",
                    "multi_turn": "multi_turn", "many_tools": "single"}
-# many_tools: one fitting tool among this many (real clients send their whole tool list; about
-# 1,000-1,400 prompt tokens, where the other categories stay under 900).
+# many_tools: one fitting tool among this many (real clients send their whole tool list; 930 to
+# 1,600 tokens of tools, where the other categories stay under 900).
 MANY_TOOLS = (7, 10)
 
 
