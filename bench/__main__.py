@@ -13,6 +13,7 @@ import sys
 BENCHMARKS = {
     "filter": "bench.filter_bench",
     "serve": "bench.serve_bench",
+    "tools": "bench.tools_bench",
 }
 
 

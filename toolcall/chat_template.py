@@ -3,15 +3,18 @@ every edited tokenizer) and renderers that need no tokenizer.
 
 Rendered conversation (``eos`` is the tokenizer's ``eos_token``)::
 
-    <|SYSTEM|>{system}\\n# Tools\\n{function JSON, one per line}{eos}
+    <|SYSTEM|>{system}\\n# Tools\\n{the tools}{eos}
     <|USER|>{text}{eos}
     <|ASSISTANT|><|CONTENT|>{text}{eos}
     <|ASSISTANT|><|FUNCTION_CALL|>{name}<|PARAMETERS|>{json}[<|FUNCTION_CALL|>...]{eos}
     <|FUNCTION_OUTPUT|>{name}\\n{result}{eos}
 
-Recipes: the template variable ``tool_format`` selects ``"v2"`` (default: one
-``<|FUNCTION_OUTPUT|>`` per tool message) or ``"v1"`` (the original project's legacy recipe: the
-results answering one assistant turn merged into one ``<|FUNCTION_OUTPUT|>``). Both recipes accept
+Recipes: the template variable ``tool_format`` selects ``"v2"`` (default: tools as compact
+signature blocks, one line per parameter, at 0.57x the tokens of JSON lines on the generator's and
+real rows' tool lists (``python -m bench tools``); one ``<|FUNCTION_OUTPUT|>`` per tool message) or
+``"v1"`` (the original project's legacy recipe: each tool a JSON line; the results answering one
+assistant turn merged into one ``<|FUNCTION_OUTPUT|>``). The template's header comment shows the
+compact layout. Both recipes accept
 OpenAI messages (``tool_calls`` / role ``tool``) and legacy ones (``function_call`` / role
 ``function``). An assistant message with ``tool_calls`` renders its calls only: the format has one
 decision per turn, so text sent alongside calls is not part of the turn.
