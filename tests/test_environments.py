@@ -14,8 +14,7 @@ import pytest
 
 from stages.synthetic.environments import environments, heldout_environments, training_environments
 from stages.synthetic.environments.base import ToolError
-from stages.synthetic.environments.sessions import (SessionDropped, World, build_session, replay, run_plan,
-                                                    world_of)
+from stages.synthetic.environments.sessions import SessionDropped, World, build_session, replay, run_plan, world_of
 from stages.synthetic.function_bank import HELDOUT, TRAIN
 from stages.synthetic.rng import FastRandom
 

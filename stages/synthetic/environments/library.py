@@ -5,8 +5,18 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from stages.synthetic.environments.base import (Environment, Plan, Request, ToolError, boolean, integer, number,
-                                                 pick, string, tool)
+from stages.synthetic.environments.base import (
+    Environment,
+    Plan,
+    Request,
+    ToolError,
+    boolean,
+    integer,
+    number,
+    pick,
+    string,
+    tool,
+)
 
 TODAY = "2026-03-02"
 _TITLES = ["The Glass Orchard", "Silent Harbor", "A Map of Small Rivers", "The Copper Lantern", "Northern Salt",
@@ -203,7 +213,8 @@ class Library(Environment):
             found = yield [("search_catalog", {"query": q1}), ("search_catalog", {"query": q2})]
             ids = [r["results"][0]["book_id"] for r in found]
             loans = yield [("borrow_book", {"member_id": member_id, "book_id": b}) for b in ids]
-            return f"Both are yours until {loans[0]['due']}: '{t1}' ({loans[0]['loan_id']}) and '{t2}' ({loans[1]['loan_id']})."
+            first, second = loans[0]["loan_id"], loans[1]["loan_id"]
+            return f"Both are yours until {loans[0]['due']}: '{t1}' ({first}) and '{t2}' ({second})."
 
         return Request(f"Member {member_id} here. I want to take out '{t1}' and '{t2}'.", plan())
 
@@ -261,8 +272,8 @@ class Library(Environment):
             return f"All copies of '{title}' are out, so I placed hold {hold[0]['hold_id']} for you."
 
         return Request(f"Could you reserve '{title}' for member {member_id}? All copies seem to be out.", plan(),
-                       partial=(f"Please put a hold on '{title}'.", "I can do that. Which member ID should the hold be on?",
-                                f"{member_id}, please."))
+                       partial=(f"Please put a hold on '{title}'.",
+                                "I can do that. Which member ID should the hold be on?", f"{member_id}, please."))
 
     def ask_pay(self, rng: random.Random) -> Request | None:
         member_id = pick(rng, sorted(m for m, v in self.state["members"].items() if v["fines"] > 0))
@@ -291,5 +302,5 @@ class Library(Environment):
                 return f"Nothing by {book['author']} is on the shelf right now."
             return f"On the shelf by {book['author']}: " + ", ".join(f"'{t}'" for t in titles) + "."
 
-        return Request(rng.choice(["Which books by {a} are on the shelf now?", "Is anything by {a} available to borrow?"])
-                       .format(a=book["author"]), plan())
+        ask = rng.choice(["Which books by {a} are on the shelf now?", "Is anything by {a} available to borrow?"])
+        return Request(ask.format(a=book["author"]), plan())
