@@ -71,6 +71,9 @@ class FilterConfig(StrictModel):
     keep_dots: bool = Field(description="keep '.' in function names (OpenAI's API rejects them)")
     max_chars: int = Field(gt=0, description="longest row kept: chars of messages + tools JSON")
     max_rows_per_function: int | None = Field(gt=0, description="rows kept per called function; null: no cap")
+    function_cap_by_source: dict[str, int | None] = Field(default_factory=dict, description=(
+        "source name -> its own cap (null: none), in place of max_rows_per_function; e.g. environment "
+        "sessions, which call their environment's few functions in every row by design"))
     validation_fraction: float = Field(ge=0.0, lt=1.0)
     seed: int
     workers: int = Field(ge=1, description="processes that read rows (the per-row Python part)")
@@ -84,7 +87,15 @@ class FilterConfig(StrictModel):
                     raise ValueError(f"mix.{stage}.{name}: not a declared source ({', '.join(self.sources)})")
                 if not (ratio >= 0 and math.isfinite(ratio)):
                     raise ValueError(f"mix.{stage}.{name}: ratio must be a finite number >= 0")
+        for name, cap in self.function_cap_by_source.items():
+            if name not in self.sources:
+                raise ValueError(f"function_cap_by_source.{name}: not a declared source ({', '.join(self.sources)})")
+            if cap is not None and cap <= 0:
+                raise ValueError(f"function_cap_by_source.{name}: a cap must be > 0 or null")
         return self
+
+    def function_cap(self, source: str) -> int | None:
+        return self.function_cap_by_source.get(source, self.max_rows_per_function)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,7 +553,7 @@ def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUN
     try:
         for name, kind in sorted(cfg.sources.items()):
             source = filtered[name] = filter_source(
-                kind, iter_lines(raw_dir / f"{name}.jsonl"), parsers, cfg.max_chars, cfg.max_rows_per_function,
+                kind, iter_lines(raw_dir / f"{name}.jsonl"), parsers, cfg.max_chars, cfg.function_cap(name),
                 spill_dir, desc=name, workers=cfg.workers, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)
             total.update(source.drops)
             fixed.update(source.fixed())

@@ -70,6 +70,9 @@ class Source(StrictModel):
 class RawConfig(StrictModel):
     output_dir: str
     sources: dict[str, Source]
+    metrics_file: str | None = Field(default=None, description=(
+        "per source: rows written, rows made malformed on purpose, and generated sessions dropped "
+        "(a call the environment refused, a replay that differed), by reason; null: not written"))
 
     @field_validator("sources")
     @classmethod
@@ -241,14 +244,16 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path, desc: str, total: in
     return count
 
 
-def build_source(name: str, source: Source, output_dir: Path) -> int:
+def build_source(name: str, source: Source, output_dir: Path) -> dict[str, Any]:
+    """Write one source; returns its counts (rows, and for synthetic rows what was broken or dropped)."""
     out = output_dir / f"{name}.jsonl"
     origin = source.origin
     if isinstance(origin, SyntheticOrigin):
         defects: Counter[str] = Counter()
+        dropped: Counter[str] = Counter()
 
         def rows() -> Iterator[dict[str, Any]]:
-            for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction):
+            for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction, dropped):
                 if sample.defect:
                     defects[sample.defect] += 1
                 yield sample.row
@@ -256,6 +261,11 @@ def build_source(name: str, source: Source, output_dir: Path) -> int:
         count = write_jsonl(rows(), out, name, total=origin.rows)
         log.info("%s: %d synthetic %s rows (seed %d), %d malformed on purpose: %s", name, count, source.kind,
                  origin.seed, sum(defects.values()), json.dumps(dict(sorted(defects.items()))))
+        if dropped:
+            log.info("%s: %d generated sessions dropped: %s", name, sum(dropped.values()),
+                     json.dumps(dict(sorted(dropped.items()))))
+        return {"rows": count, "malformed": dict(sorted(defects.items())),
+                "sessions_dropped": dict(sorted(dropped.items()))}
     elif isinstance(origin, HubOrigin):
         # Downloads go beside the outputs, in the stage's DVC-tracked output directory.
         count = write_jsonl(hub_rows(origin, output_dir / "hub"), out, name)
@@ -264,13 +274,18 @@ def build_source(name: str, source: Source, output_dir: Path) -> int:
     else:
         count = write_jsonl(local_rows(origin), out, name)
         log.info("%s: %d %s rows from %s", name, count, source.kind, origin.path)
-    return count
+    return {"rows": count}
 
 
 def run(config: RawConfig) -> dict[str, int]:
     output_dir = Path(config.output_dir)
-    counts = {name: build_source(name, source, output_dir) for name, source in config.sources.items()}
+    stats = {name: build_source(name, source, output_dir) for name, source in config.sources.items()}
+    counts = {name: s["rows"] for name, s in stats.items()}
     log.info("raw rows per source: %s (total %d)", json.dumps(counts), sum(counts.values()))
+    if config.metrics_file:
+        path = Path(config.metrics_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"sources": stats}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return counts
 
 

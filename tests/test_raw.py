@@ -19,7 +19,7 @@ from stages import raw
 from stages.config import ConfigError, load_section
 
 ROOT = Path(__file__).resolve().parents[1]
-KIND_ROWS = {"hermes_fc": 40, "toolace": 40, "fc_zh_hard": 30, "openhermes": 40, "wildchat": 20}
+KIND_ROWS = {"hermes_fc": 40, "toolace": 40, "fc_zh_hard": 30, "openhermes": 40, "wildchat": 20, "apigen_mt": 12}
 
 
 def _params(tmp_path: Path, sources: dict[str, Any], **extra: Any) -> Path:
@@ -245,6 +245,17 @@ def test_failing_source_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyte
         raw.run(config)
     assert out.read_text(encoding="utf-8") == '{"id": 0}\n'
     assert [p.name for p in out.parent.iterdir()] == ["h.jsonl"]
+
+
+def test_metrics_count_rows_defects_and_dropped_sessions(tmp_path: Path) -> None:
+    sources = {"s": {"kind": "apigen_mt", "origin": {"type": "synthetic", "rows": 30, "seed": 4,
+                                                     "malformed_fraction": 0.2}}}
+    config = load_section("raw", raw.RawConfig, _params(tmp_path, sources, metrics_file=str(tmp_path / "m.json")))
+    raw.run(config)
+    metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["sources"]["s"]
+    assert metrics["rows"] == 30 and sum(metrics["malformed"].values()) == 6
+    assert set(metrics["sessions_dropped"]) <= {"call_failed", "replay_failed", "replay_mismatch", "too_few_turns",
+                                                "empty_step"}
 
 
 def test_default_params_section_is_valid_and_offline() -> None:

@@ -44,6 +44,8 @@ class DevSettings(StrictModel):
     cases_per_category: int = Field(ge=0)
     # of those, how many get the teacher-forced decision margins (a forward pass each; octupus only)
     margin_cases_per_category: int = Field(ge=0)
+    # multi-turn sessions against held-out stateful environments (the ``sessions`` category; 0: off)
+    sessions: int = Field(default=0, ge=0)
     seed: int
     max_output_tokens: int = Field(ge=1)
     metrics_dir: str

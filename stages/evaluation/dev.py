@@ -221,7 +221,10 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(scored: list[dict[str, Any]], margins: dict[str, dict[str, list[float]]] | None) -> dict[str, Any]:
+def summarize(scored: list[dict[str, Any]], margins: dict[str, dict[str, list[float]]] | None,
+              sessions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-category scores and their unweighted means; ``sessions`` is the multi-turn environment
+    category's summary (:func:`stages.evaluation.dev_sessions.summarize_sessions`), when it ran."""
     per: dict[str, Any] = {}
     for category in CATEGORIES:
         rows = [s for s in scored if s["category"] == category]
@@ -249,15 +252,20 @@ def summarize(scored: list[dict[str, Any]], margins: dict[str, dict[str, list[fl
         per[category] = entry
     call_cats = [c for c in per if c not in TEXT_CATEGORIES]
     text_cats = [c for c in per if c in TEXT_CATEGORIES]
+    if sessions is not None:
+        per["sessions"] = sessions
     summary = {
         # Unweighted means over categories, so a category's case count does not set its weight.
         "full_match": _mean([per[c]["full_match"] for c in per]),
         "decision_accuracy": _mean([per[c]["decision_accuracy"] for c in per]),
         "call_categories_full_match": _mean([per[c]["full_match"] for c in call_cats]),
         "text_categories_full_match": _mean([per[c]["full_match"] for c in text_cats]),
-        "copied_values": sum(per[c]["copied_values"] for c in per),
-        "incomplete": sum(per[c]["incomplete"] for c in per),
+        "copied_values": sum(per[c].get("copied_values", 0) for c in per),
+        "incomplete": sum(per[c].get("incomplete", 0) for c in per),
     }
+    if sessions is not None:
+        summary["sessions_full_match"] = sessions["full_match"]
+        summary["sessions_turn_accuracy"] = sessions["turn_accuracy"]
     return {"summary": summary, "categories": per}
 
 
@@ -358,6 +366,27 @@ def generate_and_score(cases: list[DevCase], base_url: str, api_key: str, model:
     return scored
 
 
+def play_and_record(n: int, seed: int, base_url: str, api_key: str, model: str, max_tokens: int, concurrency: int,
+                    work_dir: Path) -> dict[str, Any] | None:
+    """The ``sessions`` category (``n`` held-out environment sessions; None when 0): played through
+    the running server, sessions and outcomes kept in ``work_dir``, summarized."""
+    from stages.evaluation.dev_sessions import build_sessions, play_all, summarize_sessions
+
+    if not n:
+        return None
+    sessions = build_sessions(n, seed)
+    start = time.monotonic()
+    played = play_all(sessions, base_url, api_key, model, max_tokens, concurrency)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with (work_dir / "sessions.jsonl").open("w", encoding="utf-8") as fh:
+        for session, outcome in zip(sessions, played, strict=True):
+            fh.write(json.dumps({**session.to_json(), "outcome": outcome}, ensure_ascii=False) + "\n")
+    summary = summarize_sessions(played)
+    assert summary is not None
+    summary["seconds"] = round(time.monotonic() - start, 1)
+    return summary
+
+
 def margin_subset(cases: list[DevCase], per_category: int) -> list[DevCase]:
     """The first ``per_category`` cases of each category (the margins need a forward pass each)."""
     seen: Counter[str] = Counter()
@@ -378,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--format", default="octupus", choices=["octupus", "hermes"])
     parser.add_argument("--per-category", type=int, default=12)
+    parser.add_argument("--sessions", type=int, default=12, help="held-out environment sessions (0: none)")
     parser.add_argument("--margin-cases", type=int, default=4, help="cases per category for the margins")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128)
@@ -396,10 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     with running_server(serve_command(port, flags), port, work / "server.log", 600) as server:
         scored = generate_and_score(cases, server.base_url + "/v1", api_key, "dev", args.max_tokens,
                                     args.concurrency, work)
+        sessions = play_and_record(args.sessions, args.seed, server.base_url + "/v1", api_key, "dev",
+                                   args.max_tokens, args.concurrency, work)
     margins = None
     if args.format == "octupus" and args.margin_cases:
         margins = decision_margins(args.model, margin_subset(cases, args.margin_cases))
-    result = summarize(scored, margins)
+    result = summarize(scored, margins, sessions)
     result["seconds"] = round(time.monotonic() - start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -12,7 +12,14 @@ from serve.process import free_loopback_port
 from stages.evaluation import EvalError
 from stages.evaluation.bfcl import bfcl_python, run_bfcl
 from stages.evaluation.config import EvaluateConfig, ModelEntry
-from stages.evaluation.dev import build_devset, decision_margins, generate_and_score, margin_subset, summarize
+from stages.evaluation.dev import (
+    build_devset,
+    decision_margins,
+    generate_and_score,
+    margin_subset,
+    play_and_record,
+    summarize,
+)
 from stages.evaluation.metrics import build_metrics
 from stages.evaluation.server import running_server, save_server_metrics, server_command
 
@@ -31,13 +38,15 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> tuple
     port = free_loopback_port()
     cmd = server_command(entry, config.server, port, config.api_model_name, api_key)
     dev = config.dev
-    dev_cases = dev_scored = None
+    dev_cases = dev_scored = dev_sessions = None
     start = time.monotonic()
     with running_server(cmd, port, config.server.startup_timeout_s, bfcl_root / "server.log") as base_url:
         if dev.cases_per_category:
             dev_cases = build_devset(dev.cases_per_category, dev.seed)
             dev_scored = generate_and_score(dev_cases, base_url, api_key, config.api_model_name,
                                             dev.max_output_tokens, config.concurrency, bfcl_root / "dev")
+            dev_sessions = play_and_record(dev.sessions, dev.seed, base_url, api_key, config.api_model_name,
+                                           dev.max_output_tokens, config.concurrency, bfcl_root / "dev")
         dev_seconds = time.monotonic() - start
         cases_doc = run_bfcl(config, python, bfcl_root, base_url, api_key)
         save_server_metrics(base_url.removesuffix("/v1") + "/metrics", bfcl_root / "server_metrics.txt")
@@ -50,6 +59,6 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> tuple
         if entry.format == "octupus" and dev.margin_cases_per_category:
             # After the server stopped: the forward passes would otherwise compete with it for the cores.
             margins = decision_margins(entry.path, margin_subset(dev_cases, dev.margin_cases_per_category))
-        dev_metrics = {"model": model_key, "format": entry.format, **summarize(dev_scored, margins),
+        dev_metrics = {"model": model_key, "format": entry.format, **summarize(dev_scored, margins, dev_sessions),
                        "seconds": round(dev_seconds + time.monotonic() - margins_start, 1)}
     return metrics, dev_metrics

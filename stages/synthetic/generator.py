@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stages.kinds import KINDS, SOURCE_KINDS
+from stages.kinds.apigen_mt import SESSION_DEFECTS
 from stages.synthetic.cases import CASE_TYPES, CASE_WEIGHTS, DEFECTS, make_case, make_malformed
 from stages.synthetic.chat import topical_qa
 from stages.synthetic.rng import FastRandom
@@ -28,13 +29,17 @@ CHAT_DEFECTS = ("empty_turn", "wrong_role_order", "no_answer")
 EXECUTE_P = {"hermes_fc": 0.7, "toolace": 0.35, "fc_zh_hard": 0.6}
 # ToolACE also has rows whose tools and calls use a row-specific non-JSON syntax
 # ("(Name=>['k'--'v'])"); a normalizer cannot read them, so they count as malformed here.
-KIND_DEFECTS = {"hermes_fc": DEFECTS, "toolace": (*DEFECTS, "foreign_call_format"), "fc_zh_hard": DEFECTS}
+KIND_DEFECTS = {"hermes_fc": DEFECTS, "toolace": (*DEFECTS, "foreign_call_format"), "fc_zh_hard": DEFECTS,
+                "apigen_mt": tuple(SESSION_DEFECTS)}
+# Attempts at a verified session per row before the generator gives up (drops are rare: a plan
+# whose call the environment refuses; each is counted).
+SESSION_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
 class Sample:
     row: dict[str, Any]
-    case_type: str  # one of CASE_TYPES, or "chat"
+    case_type: str  # one of CASE_TYPES, "chat" or "session"
     defect: str | None  # one of DEFECTS / CHAT_DEFECTS for malformed rows
 
 
@@ -61,8 +66,41 @@ def _malformed_positions(rng: random.Random, n: int, fraction: float) -> set[int
     return set(rng.sample(range(n), round(n * fraction)))
 
 
-def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05) -> Iterator[Sample]:
-    """Rows one at a time (the stage streams them to disk behind a progress bar)."""
+def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Counter[str] | None) -> Iterator[Sample]:
+    """Verified environment sessions (training environments, training bank for the other tools).
+    A session that cannot be kept is dropped and counted in ``stats`` under its reason."""
+    from stages.synthetic.environments import training_environments
+    from stages.synthetic.environments.sessions import SessionDropped, build_session
+    from stages.synthetic.function_bank import TRAIN
+
+    pool = training_environments()
+    write = SOURCE_KINDS[kind].write
+    for i in range(n):
+        for _ in range(SESSION_ATTEMPTS):
+            try:
+                session = build_session(rng, pool, TRAIN)
+            except SessionDropped as exc:
+                if stats is not None:
+                    stats[exc.reason] += 1
+                continue
+            if i in bad:
+                session.defect = rng.choice(KIND_DEFECTS[kind])
+                try:
+                    row = write(rng, session)
+                except ValueError:  # the defect does not apply to this session (no call with arguments)
+                    continue
+            else:
+                row = write(rng, session)
+            yield Sample(row, "session", session.defect)
+            break
+        else:
+            raise RuntimeError(f"no verified session in {SESSION_ATTEMPTS} attempts; drops: {dict(stats or {})}")
+
+
+def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
+                 stats: Counter[str] | None = None) -> Iterator[Sample]:
+    """Rows one at a time (the stage streams them to disk behind a progress bar). ``stats`` counts
+    generated sessions that were dropped, by reason (session kinds only)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if n < 0:
@@ -70,6 +108,9 @@ def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05)
     rng = FastRandom(f"{kind}:{seed}")
     bad = _malformed_positions(rng, n, malformed_fraction)
     source = SOURCE_KINDS[kind]
+    if source.sessions:
+        yield from _sessions(kind, rng, n, bad, stats)
+        return
     if source.offers_tools:
         zh = kind == "fc_zh_hard"
         execute_p = EXECUTE_P[kind]

@@ -28,7 +28,12 @@ class TrainHyperparameters(StrictModel):
     warmup_steps: NonNegativeInt
     num_train_epochs: PositiveFloat
     max_steps: PositiveInt | None = Field(description="stop after this many optimizer steps; null: epochs decide")
-    max_length: PositiveInt = Field(description="packed sequence length; longer conversations are truncated")
+    max_length: PositiveInt = Field(description="longest row in tokens (truncated beyond) and the packed "
+                                                "sequence length, unless max_length_by_source sets longer rows")
+    max_length_by_source: dict[str, PositiveInt] = Field(default_factory=dict, description=(
+        "data source (a row's `source`) -> the longest row of that source in tokens; the packed sequence "
+        "length is then the longest of these and max_length (multi-turn sessions need several thousand "
+        "tokens where single requests are trained best at a few hundred)"))
     per_device_batch_size: PositiveInt = Field(description="packed sequences per device and micro-step")
     gradient_accumulation_steps: PositiveInt
     max_grad_norm: PositiveFloat
@@ -64,6 +69,14 @@ class TrainHyperparameters(StrictModel):
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise ValueError(f"deepspeed config not found: {self.deepspeed}")
         return self
+
+    @property
+    def packed_length(self) -> int:
+        """The packed sequence length: the longest row any source may have."""
+        return max([self.max_length, *self.max_length_by_source.values()])
+
+    def row_max_length(self, source: str | None) -> int:
+        return self.max_length_by_source.get(source or "", self.max_length)
 
     def hyperparameters(self) -> dict[str, object]:
         """The hyperparameter fields alone, as JSON values (what a checkpoint was trained with)."""

@@ -67,6 +67,12 @@ class RowError(ValueError):
 
 def decode_row(line: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Parse one ``data/filtered`` line into (messages, tools) as plain Python lists."""
+    messages, tools, _ = decode_row_with_source(line)
+    return messages, tools
+
+
+def decode_row_with_source(line: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """:func:`decode_row` and the row's ``source`` (None when the row does not say)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -85,7 +91,8 @@ def decode_row(line: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         raise RowError("tools_not_a_list")
     if not any(m.get("role") == "assistant" for m in messages):
         raise RowError("no_assistant_turn")
-    return messages, tools
+    source = row.get("source")
+    return messages, tools, source if isinstance(source, str) else None
 
 
 def tokenize_conversation(
@@ -135,8 +142,10 @@ def read_split(
     max_rows: int | None,
     seed: int,
     drop_system_prompt: float = 0.0,
+    max_length_by_source: dict[str, int] | None = None,
 ) -> TokenizedSplit:
     """Tokenize one split; a random subset of ``max_rows`` rows (fixed by ``seed``) when given.
+    A row is truncated at ``max_length``, or at its source's length in ``max_length_by_source``.
 
     ``drop_system_prompt``: each row that offers tools loses its leading system message with this
     probability (drawn per row, in file order, from ``seed``)."""
@@ -151,11 +160,12 @@ def read_split(
     for line in tqdm(lines, desc=f"tokenizing {path}", unit="row", mininterval=2.0):
         drop = dropper.random() < drop_system_prompt
         try:
-            messages, tools = decode_row(line)
+            messages, tools, source = decode_row_with_source(line)
             if drop and tools and messages[0].get("role") == "system" and len(messages) > 1:
                 messages = messages[1:]
                 split.system_prompts_dropped += 1
-            row = tokenize_conversation(tokenizer, messages, tools, tool_format, max_length)
+            limit = (max_length_by_source or {}).get(source or "", max_length)
+            row = tokenize_conversation(tokenizer, messages, tools, tool_format, limit)
         except RowError as exc:
             split.dropped[str(exc)] += 1
             continue
@@ -183,13 +193,13 @@ def read_stage_splits(
     if not train_path.is_file():
         raise ConfigError(f"training data not found: {train_path}")
     train_split = read_split(train_path, tokenizer, tool_format, config.max_length, config.max_train_rows, config.seed,
-                             config.drop_system_prompt)
+                             config.drop_system_prompt, config.max_length_by_source)
     if not train_split.input_ids:
         raise ConfigError(f"{train_path}: no usable rows (dropped: {dict(train_split.dropped)})")
     eval_split = None
     if config.max_eval_rows != 0 and eval_path.is_file():
         eval_split = read_split(eval_path, tokenizer, tool_format, config.max_length, config.max_eval_rows,
-                                config.seed, config.drop_system_prompt)
+                                config.seed, config.drop_system_prompt, config.max_length_by_source)
         if not eval_split.input_ids:
             eval_split = None
     return train_split, eval_split

@@ -51,7 +51,7 @@ def build_sft_config(config: SFTStageConfig, eval_enabled: bool) -> Any:
         assistant_only_loss=False,
         packing=True,
         packing_strategy="bfd",
-        max_length=config.max_length,
+        max_length=config.packed_length,
         per_device_train_batch_size=config.per_device_batch_size,
         per_device_eval_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,

@@ -7,7 +7,9 @@ An environment is a subclass of :class:`Environment` in a module of its own:
 - functions: methods decorated with :func:`tool`, each with its JSON schema (built with the schema
   helpers below) and the phrase a user would use for what it does. A method reads and changes
   ``self.state`` and returns a JSON value; it raises :class:`ToolError` when the call cannot be
-  done (an unknown id, a book that is out), which a session receives as ``{"error": ...}``;
+  done (an unknown id, a book that is out), which a session receives as ``{"error": ...}``. An
+  optional parameter without a schema default is left out of the call: give its Python argument
+  a default (``= None``);
 - requests: methods named ``ask_*`` that look at the current state and return a :class:`Request`
   (or ``None`` when the state offers nothing for them): what the user says, and the plan that
   fulfils it. A plan is a generator: it yields the calls of one assistant step (several calls
@@ -24,7 +26,7 @@ import copy
 import json
 import random
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar
 
@@ -120,7 +122,6 @@ class Request:
     text: str
     plan: Plan
     partial: tuple[str, str, str] | None = None
-    uses: frozenset[str] = field(default_factory=frozenset)  # functions the plan may call (declared)
 
 
 class Environment:
@@ -130,6 +131,10 @@ class Environment:
     title: ClassVar[str]  # "Library catalog": what the system prompt calls it
     # Held-out environments are only ever seen by the development evaluation, never by training.
     heldout: ClassVar[bool] = False
+    # Function-bank domains that do what this environment does (stages/synthetic/function_bank.py):
+    # sessions never offer their functions beside this environment's, so an "I have no function for
+    # that" answer stays true and no second tool competes for the same request.
+    related_domains: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, seed: str) -> None:
         rng = random.Random(f"{self.name}:{seed}")

@@ -39,6 +39,7 @@ def _plus_days(date: str, days: int) -> str:
 class Library(Environment):
     name = "library"
     title = "city library"
+    related_domains = ("education",)
 
     def initial_state(self, rng: random.Random) -> dict[str, Any]:
         titles = rng.sample(_TITLES, 10)

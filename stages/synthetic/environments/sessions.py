@@ -128,6 +128,10 @@ def run_plan(world: World, plan: Plan) -> tuple[list[Step], str]:
             calls = plan.send(results)
     except StopIteration as done:
         return steps, str(done.value)
+    except SessionDropped:
+        raise
+    except Exception as exc:  # a plan that cannot go on (a result without what it looked for): counted
+        raise SessionDropped("plan_error", f"{type(exc).__name__}: {exc}") from None
 
 
 def _refusal(rng: random.Random, does: str) -> str:
@@ -151,7 +155,8 @@ def _offered(rng: random.Random, classes: Sequence[type[Environment]], withheld:
     total = rng.randint(*functions)
     taken = {f["name"] for c in classes for f in (s.function() for s in c.functions())}
     out = list(own)
-    pool = list(bank.functions)
+    related = {d for c in classes for d in c.related_domains}
+    pool = [f for f in bank.functions if f.domain.key not in related]
     rng.shuffle(pool)
     for fn in pool:
         if len(out) >= total:
@@ -163,16 +168,17 @@ def _offered(rng: random.Random, classes: Sequence[type[Environment]], withheld:
 
 
 def _try_request(rng: random.Random, world: World, env: Environment, withheld: set[str], want_withheld: bool,
-                 ) -> tuple[Request, World, list[Step], str] | None:
+                 want_partial: bool = False) -> tuple[Request, World, list[Step], str] | None:
     """A request of ``env`` whose plan, run on a copy of the world, calls a withheld function
-    (``want_withheld``) or none. Returns the request, the world after it, its steps and answer."""
+    (``want_withheld``) or none, and has a variant without one value when ``want_partial``.
+    Returns the request, the world after it, its steps and answer."""
     asks = env.requests()
     rng.shuffle(asks)
     for ask in asks:
         trial = copy.deepcopy(world)
         trial_env = trial.envs[world.envs.index(env)]
         request = getattr(trial_env, ask.__name__)(rng)
-        if request is None:
+        if request is None or (want_partial and request.partial is None):
             continue
         steps, answer = run_plan(trial, request.plan)
         used = {name for s in steps for name, _ in s.calls}
@@ -213,12 +219,15 @@ def build_session(rng: random.Random, pool: Sequence[type[Environment]], bank: A
             does = next(f.does for f in main.functions() if f.name == missing)
             out.append(SessionTurn(request.text, [], _refusal(rng, does), "unavailable"))  # the world is unchanged
             continue
-        found = _try_request(rng, world, env, withheld, want_withheld=False)
-        if found is None:
+        ask = kind == "ask" and len(out) + 2 <= wanted
+        found = _try_request(rng, world, env, withheld, want_withheld=False, want_partial=ask)
+        if found is None and ask:
+            ask, found = False, _try_request(rng, world, env, withheld, want_withheld=False)
+        if found is None or any(t.user == found[0].text for t in out):  # the same request twice reads as a loop
             continue
         request, world, steps, answer = found
         main = world.envs[0]
-        if kind == "ask" and request.partial is not None and len(out) + 2 <= wanted:
+        if ask and request.partial is not None:
             partial, question, reply = request.partial
             out.append(SessionTurn(partial, [], question, "ask"))
             out.append(SessionTurn(reply, steps, answer, "act"))
