@@ -33,6 +33,7 @@ HUB_DATASETS = {
     "fc_zh_hard": "hqfx/fc_zh_hard",
     "openhermes": "teknium/OpenHermes-2.5",
     "wildchat": "allenai/WildChat",
+    "apigen_mt": "Salesforce/APIGen-MT-5k",
 }
 # The original project's recipe (../shared/facts.md): lr 2e-5 cosine to 1e-6, 50 warmup steps,
 # ZeRO-2, bf16; stage 1: 2 epochs at 4096 tokens; stage 2: 1 epoch at 8192 tokens, clip 3.
@@ -94,6 +95,12 @@ def test_recipe_validates_and_sets_the_gpu_path(name: str, tmp_path: Path) -> No
         assert origin.revision  # `main` until pinned: the key is there to pin
         assert origin.max_rows is None
     assert cfg["raw"].sources["hermes_fc"].origin.config == "func_calling"
+    # Multi-turn sessions: the real APIGen-MT-5k and the project's synthetic environment sessions, both
+    # read as the apigen_mt kind and both in stage 2's mix.
+    assert cfg["raw"].sources["apigen_mt"].origin.data_file == "apigen-mt_5k.json"
+    sessions = cfg["raw"].sources["env_sessions"]
+    assert sessions.kind == cfg["raw"].sources["apigen_mt"].kind == "apigen_mt" and sessions.origin.type == "synthetic"
+    assert cfg["filter"].mix.stage2["env_sessions"] > 0 and cfg["filter"].mix.stage2["apigen_mt"] > 0
     # Stage 1 trains on OpenHermes-2.5 answered again by Qwen2.5-72B-Instruct, as the original did.
     teacher = cfg["reanswer"].teacher
     assert teacher is not None and teacher.model == "Qwen/Qwen2.5-72B-Instruct"
