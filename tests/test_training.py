@@ -233,6 +233,42 @@ def test_truncation_keeps_the_start_and_drops_rows_left_without_targets(tiny_mod
         data.tokenize_conversation(tokenizer, messages, [WEATHER_TOOL], "v2", first_target)
 
 
+def test_a_source_may_train_longer_rows_one_row_per_sequence(tmp_path: Path, tiny_model_dir: Path,
+                                                             one_thread: None) -> None:
+    """max_length_by_source: a session source keeps rows the global max_length would cut; without
+    packing each row is its own sequence (no attention mask between rows on a CPU)."""
+    from transformers import AutoTokenizer
+
+    from stages import train_stage2
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    session = tool_conversation("Oslo") + [{"role": "user", "content": "And in Lima, Rome and Kyiv, please?"},
+                                           *tool_conversation("Lima")[1:]]
+    full = len(data.tokenize_conversation(tokenizer, session, [WEATHER_TOOL], "v2", 100_000).input_ids)
+    short = len(data.tokenize_conversation(tokenizer, tool_conversation("Rome"), [WEATHER_TOOL], "v2",
+                                           100_000).input_ids)
+    limit = (short + full) // 2
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    lines = [filtered_row(session, [WEATHER_TOOL], "sessions"), filtered_row(session, [WEATHER_TOOL], "other")]
+    lines += [filtered_row(tool_conversation(c), [WEATHER_TOOL], "other") for c in ("Rome", "Paris", "Lima")]
+    (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (data_dir / "validation.jsonl").write_text(lines[0] + "\n", encoding="utf-8")
+    split = data.read_split(data_dir / "train.jsonl", tokenizer, "v2", limit, None, 0,
+                            max_length_by_source={"sessions": full})
+    assert sorted(len(ids) for ids in split.input_ids)[-2:] == [limit, full] and split.truncated == 1
+
+    section = stage_section(tmp_path, tiny_model_dir, data_dir, max_length=limit, max_length_by_source={"sessions": full},
+                            packing=False, per_device_batch_size=1, gradient_accumulation_steps=2, max_steps=2,
+                            trainable_top_layers=1)
+    train_stage2.main(["--params", str(write_params(tmp_path / "params.yaml", section))])
+    summary = json.loads((tmp_path / "dvclive/stage2/metrics.json").read_text())
+    assert summary["train"]["global_step"] == 2 and summary["data"]["train_rows_truncated"] == 1
+    config = Stage2Config.model_validate(section)
+    assert config.packed_length == full and config.row_max_length("sessions") == full
+    assert config.row_max_length("other") == limit and config.row_max_length(None) == limit
+
+
 def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -49,7 +49,7 @@ def build_sft_config(config: SFTStageConfig, eval_enabled: bool) -> Any:
         # Labels come from the template's generation spans in `tokenize_conversation`; the data
         # reaches trl already tokenized, so trl's own assistant_only_loss path stays off.
         assistant_only_loss=False,
-        packing=True,
+        packing=config.packing,
         packing_strategy="bfd",
         max_length=config.packed_length,
         per_device_train_batch_size=config.per_device_batch_size,
