@@ -19,6 +19,9 @@ after_result   a call was made and its result came back                     text
 chain_next     a result came back; the request needs a second call with it  one call
 multi_turn     a second request in a session after a finished first one     call(s)
 many_tools     7-10 tools, one fits (a client's whole tool list)            one call
+sessions       2-6 turns against a held-out stateful environment, 10-24     every turn's
+               tools (``dev_sessions.py``: calls executed, results sent     state and results
+               back, scored per turn as BFCL scores multi-turn)
 ============== ============================================================ ===============
 
 Each case is generated through the project's own server (the same path BFCL takes: constrained

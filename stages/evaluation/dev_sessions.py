@@ -14,7 +14,8 @@ model's world is compared with a reference world that ran the session's referenc
 A turn passes when both hold; a session is fully right when every turn passes (``full_match``);
 ``turn_accuracy`` is the share of turns that pass. The history goes on from what the model did,
 so a wrong turn usually makes later turns wrong too, as in BFCL. A failed session counts under the
-reason of its first failed turn: ``did_not_stop`` (20 steps), ``wrong_function`` (a function the
+reason of its first failed turn: ``did_not_stop`` (20 steps, or calls until the conversation no
+longer fits the context), ``wrong_function`` (a function the
 reference does not call), ``stopped_early`` (a reference function never called: it answered before
 finishing), ``wrong_value`` (the right functions, but another state or result), ``error`` (the
 server refused the request). ``decision_accuracy``: turns whose first answer is a call exactly
@@ -110,7 +111,8 @@ def play(dev: DevSession, client: Any, model: str, max_tokens: int) -> dict[str,
         for _ in range(MAX_STEPS):
             answer = _ask(client, model, messages, tools, max_tokens)
             if "error" in answer:
-                outcome = "error"
+                # A conversation grown past the context by endless calls did not stop.
+                outcome = "did_not_stop" if "context_length_exceeded" in answer["error"] else "error"
                 break
             if first_is_call is None:
                 first_is_call = bool(answer["calls"])
