@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from stages.evaluation.dev import summarize
-from stages.evaluation.dev_sessions import MAX_STEPS, build_sessions, play, summarize_sessions
+from stages.evaluation.dev_sessions import MAX_STEPS, REPEATS, build_sessions, play, summarize_sessions
 from stages.synthetic.environments import environments
 
 
@@ -106,6 +106,16 @@ def test_a_changed_value_is_a_wrong_value_and_endless_calls_do_not_stop() -> Non
     client = ScriptedClient(iter([[first]] * (MAX_STEPS * 10)))
     looping = play(dev, client, "m", 64)
     assert looping["turns"][0]["failure"] == "did_not_stop"
+    assert len(client.requests) >= REPEATS  # the same call again and again ends the turn early
+
+    def varied() -> Iterator[Any]:  # different calls every step: only the step limit ends the turn
+        n = 0
+        while True:
+            n += 1
+            yield [(first[0], {**first[1], "_n": n})]
+
+    client = ScriptedClient(varied())
+    assert play(dev, client, "m", 64)["turns"][0]["failure"] == "did_not_stop"
     assert len(client.requests) >= MAX_STEPS
 
 

@@ -4,7 +4,8 @@ stateful environments, run the way a client runs them and scored the way BFCL sc
 Each session (``stages/synthetic/environments/``, held-out environments only, which never reach
 training) is played through the server turn by turn: the user's turn is sent; while the model
 answers with calls, each call is executed in the model's own world and its result sent back;
-the turn ends when the model answers in text, or fails after 20 steps. After each turn the
+the turn ends when the model answers in text, or fails after 20 steps (or once it has made the
+same call with the same arguments 4 steps in a row: a loop). After each turn the
 model's world is compared with a reference world that ran the session's reference calls:
 
 - state: the two worlds' data must be equal;
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "sessions"
 MAX_STEPS = 20
+# A turn also ends as did_not_stop when the model makes the same call (name and arguments) this many
+# steps in a row: a greedy model whose identical call keeps getting the identical result is in a
+# loop, and the remaining steps would only cost evaluation time.
+REPEATS = 4
 FAILURES = ("did_not_stop", "wrong_function", "stopped_early", "wrong_value", "error")
 TEXT_STOPS = [". ", ".\n"]
 
@@ -108,6 +113,7 @@ def play(dev: DevSession, client: Any, model: str, max_tokens: int) -> dict[str,
         results: list[str] = []
         first_is_call = None
         outcome = None
+        previous, repeats = None, 0
         for _ in range(MAX_STEPS):
             answer = _ask(client, model, messages, tools, max_tokens)
             if "error" in answer:
@@ -118,6 +124,12 @@ def play(dev: DevSession, client: Any, model: str, max_tokens: int) -> dict[str,
                 first_is_call = bool(answer["calls"])
             if not answer["calls"]:
                 messages.append({"role": "assistant", "content": answer["content"] or ""})
+                break
+            step_calls = [(c["name"], c["arguments"]) for c in answer["calls"]]
+            repeats = repeats + 1 if step_calls == previous else 1
+            previous = step_calls
+            if repeats >= REPEATS:
+                outcome = "did_not_stop"
                 break
             messages.append({"role": "assistant", "content": None, "tool_calls": [
                 {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
