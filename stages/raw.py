@@ -33,11 +33,27 @@ from stages.synthetic.generator import iter_samples
 log = logging.getLogger("stages.raw")
 
 
+class SessionShape(StrictModel):
+    """The shape of generated environment sessions (session kinds only)."""
+
+    functions: tuple[int, int] = Field(description="functions offered per session: [min, max]")
+    turns: tuple[int, int] = Field(description="user turns per session: [min, max]")
+
+    @field_validator("functions", "turns")
+    @classmethod
+    def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"[min, max] with 1 <= min <= max, got {list(value)}")
+        return value
+
+
 class SyntheticOrigin(StrictModel):
     type: Literal["synthetic"]
     rows: int = Field(ge=0, description="number of rows to generate")
     seed: int = Field(description="same seed and params give byte-identical files")
     malformed_fraction: float = Field(ge=0.0, le=1.0, description="share of deliberately broken rows")
+    sessions: SessionShape | None = Field(default=None, description=(
+        "session kinds: functions offered and user turns per session; null: the generator's defaults"))
 
 
 class HubOrigin(StrictModel):
@@ -253,7 +269,9 @@ def build_source(name: str, source: Source, output_dir: Path) -> dict[str, Any]:
         dropped: Counter[str] = Counter()
 
         def rows() -> Iterator[dict[str, Any]]:
-            for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction, dropped):
+            shape = origin.sessions.model_dump() if origin.sessions is not None else None
+            for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction, dropped,
+                                       shape):
                 if sample.defect:
                     defects[sample.defect] += 1
                 yield sample.row

@@ -66,7 +66,8 @@ def _malformed_positions(rng: random.Random, n: int, fraction: float) -> set[int
     return set(rng.sample(range(n), round(n * fraction)))
 
 
-def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Counter[str] | None) -> Iterator[Sample]:
+def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Counter[str] | None,
+              shape: dict[str, Any] | None) -> Iterator[Sample]:
     """Verified environment sessions (training environments, training bank for the other tools).
     A session that cannot be kept is dropped and counted in ``stats`` under its reason."""
     from stages.synthetic.environments import training_environments
@@ -78,7 +79,7 @@ def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Count
     for i in range(n):
         for _ in range(SESSION_ATTEMPTS):
             try:
-                session = build_session(rng, pool, TRAIN)
+                session = build_session(rng, pool, TRAIN, **(shape or {}))
             except SessionDropped as exc:
                 if stats is not None:
                     stats[exc.reason] += 1
@@ -98,9 +99,10 @@ def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Count
 
 
 def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
-                 stats: Counter[str] | None = None) -> Iterator[Sample]:
-    """Rows one at a time (the stage streams them to disk behind a progress bar). ``stats`` counts
-    generated sessions that were dropped, by reason (session kinds only)."""
+                 stats: Counter[str] | None = None, sessions: dict[str, Any] | None = None) -> Iterator[Sample]:
+    """Rows one at a time (the stage streams them to disk behind a progress bar). Session kinds
+    only: ``stats`` counts generated sessions that were dropped, by reason; ``sessions`` sets their
+    shape (``functions`` and ``turns`` ranges, see ``build_session``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if n < 0:
@@ -109,7 +111,7 @@ def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
     bad = _malformed_positions(rng, n, malformed_fraction)
     source = SOURCE_KINDS[kind]
     if source.sessions:
-        yield from _sessions(kind, rng, n, bad, stats)
+        yield from _sessions(kind, rng, n, bad, stats, sessions)
         return
     if source.offers_tools:
         zh = kind == "fc_zh_hard"

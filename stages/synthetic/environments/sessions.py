@@ -189,7 +189,9 @@ def _try_request(rng: random.Random, world: World, env: Environment, withheld: s
 
 def build_session(rng: random.Random, pool: Sequence[type[Environment]], bank: Any, *,
                   functions: tuple[int, int] = (10, 24), turns: tuple[int, int] = (2, 6)) -> Session:
-    """One verified session over environments drawn from ``pool``; raises :class:`SessionDropped`."""
+    """One verified session over environments drawn from ``pool``; raises :class:`SessionDropped`.
+    ``functions``: how many functions to offer (the environments' own, then bank functions up to a
+    number drawn from the range; an environment is never cut); ``turns``: user turns."""
     if not pool:
         raise ValueError("no environments to build a session from")
     count = 2 if len(pool) > 1 and rng.random() < TWO_ENVIRONMENTS else 1
