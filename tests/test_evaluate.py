@@ -246,6 +246,21 @@ def test_inference_errors_recorded_by_bfcl_fail_the_stage(tmp_path: Path):
     assert "input_tokens" in str(info.value) and "simple_python_1: no result written" in str(info.value)
 
 
+def test_a_multi_turn_history_refused_for_the_models_unanswered_call_is_a_failed_case(tmp_path: Path):
+    """bfcl goes on without a result when it cannot decode the model's (cut) call; the server refuses
+    that history as OpenAI's API does. The case fails (bfcl scores it), the stage does not."""
+    from stages.evaluation.results import find_errors, model_caused
+
+    refused = ("Error during inference: Error code: 400 - messages[2]: tool calls ['call_1'] have no tool "
+               "message answering them")
+    assert model_caused("multi_turn_base_0", refused)
+    assert not model_caused("simple_python_0", refused)  # only a multi-turn history can hold one
+    assert not model_caused("multi_turn_base_1", "Error during inference: 'NoneType' object has no attribute")
+    results = {"multi_turn_base_0": refused, "multi_turn_base_1": "Error during inference: boom"}
+    assert find_errors(["multi_turn_base_0", "multi_turn_base_1"], results) == [
+        "multi_turn_base_1: Error during inference: boom"]
+
+
 # ----------------------------------------------------------------------------- configuration
 
 

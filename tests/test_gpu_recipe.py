@@ -196,7 +196,9 @@ def test_gpu_8x_v1_is_v1_data_on_the_gpu_8x_machine() -> None:
     gpu = apply_overrides(params, load_recipe("gpu-8x", RECIPES))
     gpu_v1 = apply_overrides(params, load_recipe("gpu-8x-v1", RECIPES))
     # v1's mix at the original's values: on the CPU fc_zh_hard runs at a quarter (V2 1.0, V1 0.5).
-    v1_mix = {**v1["filter"]["mix"], "stage2": {**v1["filter"]["mix"]["stage2"], "fc_zh_hard": 2.0}}
+    # Multi-turn sessions are the GPU machine's (gpu-8x), for V1 as for V2.
+    v1_mix = {**v1["filter"]["mix"], "stage2": {**v1["filter"]["mix"]["stage2"], "fc_zh_hard": 2.0,
+                                                "env_sessions": gpu["filter"]["mix"]["stage2"]["env_sessions"]}}
     assert gpu_v1["filter"] == {**gpu["filter"], "mix": v1_mix}
     assert gpu["filter"]["mix"]["stage2"]["fc_zh_hard"] == 4.0 and params["filter"]["mix"]["stage2"]["fc_zh_hard"] == 1.0
     assert gpu_v1["train_stage2"]["tool_format"] == "v1"

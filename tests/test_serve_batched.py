@@ -139,8 +139,11 @@ def test_server_with_batching_answers_like_the_sequential_server(servers: tuple[
     assert got == expected
     calls = [call for _, _, cs in got for call in cs]
     assert calls, "the tiny model made no call at all: the grammar path was not exercised"
-    for _name, arguments in calls:
-        jsonschema.validate(json.loads(arguments), WEATHER)
+    for finish, _, answer_calls in got:
+        for n, (_name, arguments) in enumerate(answer_calls):
+            if finish == "length" and n == len(answer_calls) - 1:
+                continue  # the output cap may cut the last call (returned as cut, never as valid)
+            jsonschema.validate(json.loads(arguments), WEATHER)
 
 
 def test_grouped_decode_attention_equals_repeated_heads() -> None:

@@ -26,10 +26,12 @@ from responses_sse import assembled, stream_events, without_ids
 MODEL = "tiny"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
            "required": ["city"]}
-CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
-RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
 PROMPT = "What is the weather in Paris?"
 CAP = 400
+# A request on which the tiny random model (octupus) repeats parallel calls until a guard stops it
+# (found by trying prompts and schemas: the loop is a property of the random weights and the prompt).
+LOOP_PROMPT = "What is the weather in Paris and Rome and Oslo?"
+LOOP_PARAMETERS = {"type": "object", "properties": {"days": {"type": "integer"}}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,9 +54,11 @@ def parses(arguments: str) -> bool:
         return False
 
 
-def chat(client: openai.OpenAI, max_tokens: int, **extra: Any) -> Any:
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}],
-                                          tools=CHAT_TOOLS, temperature=0, max_tokens=max_tokens, **extra)
+def chat(client: openai.OpenAI, max_tokens: int, prompt: str = PROMPT, parameters: dict[str, Any] = WEATHER,
+         **extra: Any) -> Any:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}]
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                          tools=tools, temperature=0, max_tokens=max_tokens, **extra)
 
 
 def chat_streamed(client: openai.OpenAI, max_tokens: int, **extra: Any) -> tuple[list[tuple[str, str]], str, str]:
@@ -71,9 +75,11 @@ def chat_streamed(client: openai.OpenAI, max_tokens: int, **extra: Any) -> tuple
     return [(n, a) for n, a in (calls[i] for i in sorted(calls))], content, finish
 
 
-def responses_body(max_tokens: int, **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "input": PROMPT, "tools": RESPONSES_TOOLS, "temperature": 0,
-            "max_output_tokens": max_tokens, **extra}
+def responses_body(max_tokens: int, prompt: str = PROMPT, parameters: dict[str, Any] = WEATHER,
+                   **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "input": prompt, "tools": [{"type": "function", "name": "get_weather",
+                                                        "parameters": parameters}],
+            "temperature": 0, "max_output_tokens": max_tokens, **extra}
 
 
 def check_agreement(server: Server, client: openai.OpenAI, cap: int, **extra: Any) -> dict[str, Any]:
@@ -98,7 +104,7 @@ def check_agreement(server: Server, client: openai.OpenAI, cap: int, **extra: An
         assert item["status"] == ("completed" if complete else "incomplete")
         assert complete or n == len(items) - 1, "only the last call can be cut"
         if complete:
-            jsonschema.validate(json.loads(item["arguments"]), WEATHER)
+            jsonschema.validate(json.loads(item["arguments"]), extra.get("parameters", WEATHER))
     done_args = [e["arguments"] for e in events if e["type"] == "response.function_call_arguments.done"]
     assert done_args == [i["arguments"] for i in items if i["status"] == "completed"]  # never for a cut call
     if choice.finish_reason == "length":
@@ -157,6 +163,7 @@ def test_repetition_guard(server: Server, request: pytest.FixtureRequest) -> Non
     assert [(i["type"], i["status"]) for i in text["output"]] == [("message", "incomplete")]
     if "octupus" in request.node.callspec.id:
         # The trained format's calls are short enough for the guard to catch repeated parallel calls.
-        calls = check_agreement(server, client, CAP, tool_choice="required")
+        calls = check_agreement(server, client, CAP, tool_choice="required", prompt=LOOP_PROMPT,
+                                parameters=LOOP_PARAMETERS)
         assert calls["status"] == "incomplete" and calls["usage"]["output_tokens"] < CAP
         assert len(calls["output"]) >= 2 and calls["output"][0]["status"] == "completed"

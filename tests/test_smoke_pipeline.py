@@ -105,8 +105,12 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
             (repo / "eval" / "bfcl" / key / "cases.json").read_text())["cases"]}
         assert all({"errors", "incomplete_calls", "text_answers"} <= set(m) for m in metrics["categories"].values())
         dev = json.loads((repo / "metrics" / "dev" / f"{key}.json").read_text())
-        assert dev["model"] == key and list(dev["categories"]) == list(DEV_CATEGORIES)
+        # The single-request categories, then the held-out environment sessions (one, played to its end).
+        assert dev["model"] == key and list(dev["categories"]) == [*DEV_CATEGORIES, "sessions"]
         assert all(c["cases"] == 1 for c in dev["categories"].values())
+        sessions = dev["categories"]["sessions"]
+        assert sessions["turns"] >= 2 and 0.0 <= sessions["turn_accuracy"] <= 1.0
+        assert sum(sessions["failures"].values()) == 1 - sessions["full_match"]
         assert ("call_minus_text" in dev["categories"]["simple"]) == (key == "stage2")
     assert calls > 0, "neither model returned a tool call: validity was never put to the test"
     sh(repo, "git", "add", "-A")

@@ -22,6 +22,7 @@ from stages.evaluation.results import (
     check_validity,
     cut_calls_per_case,
     find_errors,
+    model_caused,
     read_outcomes,
     read_results,
 )
@@ -56,6 +57,9 @@ def build_metrics(model_key: str, entry: ModelEntry, config: EvaluateConfig, bfc
         "categories": {c: {**s.as_dict(), **outcomes.get(c, Outcomes()).as_dict()} for c, s in scores.items()},
         **aggregate(scores),
         "validity": check_validity(cases, results, cut_calls=cut_calls_per_case(bfcl_root / RESPONSES_LOG)).as_dict(),
+        # Multi-turn cases that ended on the server's refusal of a history with an unanswered call
+        # (the model's cut call, which bfcl could not decode): failed cases, listed here.
+        "unanswered_call_errors": sorted(c["id"] for c in cases if model_caused(c["id"], results.get(c["id"]))),
         "seconds": round(seconds, 1),
     }
 

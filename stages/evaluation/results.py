@@ -17,6 +17,11 @@ from stages.evaluation import EvalError
 from stages.evaluation.scores import VERSION_PREFIX
 
 ERROR_PREFIX = "Error during inference"
+# A multi-turn case whose history the server refused because a call in it has no result: bfcl
+# could not decode one of the model's own calls (a call cut at the output cap), went on to the next
+# turn without answering it, and the server (like OpenAI's API) refuses a call left unanswered.
+# The model's failure, scored as one by bfcl; not a broken evaluation.
+UNANSWERED_CALL = "have no tool message answering them"
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -41,8 +46,15 @@ def read_results(result_root: Path, categories: Sequence[str]) -> dict[str, Any]
     return results
 
 
+def model_caused(case_id: str, result: Any) -> bool:
+    """An inference error that the model's own output caused (see :data:`UNANSWERED_CALL`)."""
+    return (case_id.startswith("multi_turn") and isinstance(result, str) and result.startswith(ERROR_PREFIX)
+            and UNANSWERED_CALL in result)
+
+
 def find_errors(expected_ids: Sequence[str], results: dict[str, Any]) -> list[str]:
-    """Cases that did not produce a model answer: missing, or bfcl's recorded inference error.
+    """Cases that did not produce a model answer: missing, or bfcl's recorded inference error
+    (other than :func:`model_caused` ones, which bfcl scores as failed cases).
 
     ``bfcl generate`` exits 0 even when every request failed (it writes the exception text as the
     case's result), so this is the only place such a run is caught.
@@ -51,7 +63,8 @@ def find_errors(expected_ids: Sequence[str], results: dict[str, Any]) -> list[st
     for case_id in expected_ids:
         if case_id not in results:
             problems.append(f"{case_id}: no result written")
-        elif isinstance(results[case_id], str) and results[case_id].startswith(ERROR_PREFIX):
+        elif isinstance(results[case_id], str) and results[case_id].startswith(ERROR_PREFIX) \
+                and not model_caused(case_id, results[case_id]):
             problems.append(f"{case_id}: {results[case_id][:300]}")
     return problems
 
