@@ -102,3 +102,14 @@ def test_training_sessions_never_use_a_held_out_environment(samples: list) -> No
     for s in samples:
         text = json.dumps(s.row)
         assert not [n for n in held if n in text]
+
+
+@pytest.mark.parametrize("value", [json.dumps({"name": ["a"], "arguments": {}}), json.dumps({"arguments": {}}),
+                                   "[" * 100_000, json.dumps({"name": "get_user", "arguments": "{not json"})])
+def test_unreadable_calls_are_dropped_not_crashed_on(value: str) -> None:
+    row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": value},
+                             {"from": "observation", "value": "{}"}, {"from": "gpt", "value": "ok"}],
+           "tools": json.dumps([{"name": "get_user", "parameters": {"type": "object", "properties": {}}}]),
+           "system": ""}
+    with pytest.raises(Drop, match="bad_call"):
+        prepare_row("apigen_mt", json.dumps(row), cached_parsers())

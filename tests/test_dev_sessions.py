@@ -131,3 +131,22 @@ def test_summary_reports_full_match_turn_accuracy_and_failures() -> None:
     metrics = summarize([], None, summary)
     assert metrics["categories"]["sessions"]["turn_accuracy"] == summary["turn_accuracy"]
     assert metrics["summary"]["sessions_full_match"] == 0.25
+
+
+def test_a_call_on_a_turn_that_needs_none_fails_and_earlier_results_count() -> None:
+    dev = next(d for d in build_sessions(30, 4)
+               if any(not t.steps for t in d.session.turns[1:]) and d.session.turns[0].steps)
+    quiet = next(i for i, t in enumerate(dev.session.turns) if not t.steps and i > 0)
+    lookup = dev.session.turns[0].steps[0].calls[0]
+
+    def answers() -> Iterator[Any]:
+        for i, turn in enumerate(dev.session.turns):
+            if i == quiet:
+                yield [lookup]  # a harmless lookup where the reference calls nothing
+            for step in turn.steps:
+                yield step.calls
+            yield turn.answer
+
+    outcome = play(dev, ScriptedClient(answers()), "m", 64)
+    assert outcome["turns"][quiet]["failure"] == "wrong_function"
+    assert all(t["passed"] for t in outcome["turns"][:quiet])

@@ -106,19 +106,20 @@ def test_what_the_layout_cannot_place_follows_as_json() -> None:
     ]
 
 
-# Keywords the layout drops on purpose: a label with no constraint, and a closed object (the listed
-# properties already say it).
+# Keywords the layout drops on purpose: a label with no constraint, and a closed object whose
+# properties are listed (the list already says it).
 DROPPED = {"title"}
 
 
 def _evidence(key: str, value: Any, schema: dict[str, Any]) -> list[str]:
-    """Strings one of which must appear in the rendering for ``schema[key] = value`` to be shown."""
-    if key in DROPPED or (key == "additionalProperties" and value is False):
+    """Strings one of which must appear in a schema's block for ``schema[key] = value`` to be shown."""
+    if key in DROPPED or (key == "additionalProperties" and value is False and schema.get("properties")):
         return []
     if key == "description":
         return [value.replace("\n", " ")] if isinstance(value, str) and value else []
     if key == "properties":
-        return []  # each property is checked as a schema of its own (its name is on its line)
+        # Listed properties are checked as schemas of their own; an empty mapping must be said.
+        return [] if value else ['"properties":{}']
     if key == "type":
         if not isinstance(value, str):
             return [" | ".join(value)]
@@ -128,10 +129,12 @@ def _evidence(key: str, value: Any, schema: dict[str, Any]) -> list[str]:
         return shown
     if key in ("enum", "default", "const"):
         return [json.dumps(v, ensure_ascii=False) for v in (value if key == "enum" else [value])]
-    if key in ("minimum", "maximum"):
-        return [f"{value}"]
+    if key == "minimum":
+        return [f"({value}..", f"(>={value}", f'"minimum":{value}']
+    if key == "maximum":
+        return [f"..{value})", f"..{value},", f"(<={value}", f'"maximum":{value}']
     if key == "format":
-        return [value, json.dumps(value)]
+        return [f"({value})", f", {value})", f'"format":"{value}"']
     if key == "required":
         return [f"{name}:" for name in value]
     if key == "items":
@@ -141,33 +144,63 @@ def _evidence(key: str, value: Any, schema: dict[str, Any]) -> list[str]:
     return [json.dumps(key)]
 
 
-def _schemas(schema: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+def _schemas(schema: Any, name: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(the name of the parameter whose block shows it, schema) for a schema and every schema in it;
+    an array's items (at any depth) are shown in their parameter's block."""
     if not isinstance(schema, dict):
         return []
-    out = [(path, schema)]
-    for name, sub in (schema.get("properties") or {}).items():
-        out += _schemas(sub, f"{path}.{name}")
+    out = [(name, schema)]
+    for child, sub in (schema.get("properties") or {}).items():
+        out += _schemas(sub, child)
     if isinstance(schema.get("items"), dict):
-        out += _schemas(schema["items"], f"{path}[]")
+        out += _schemas(schema["items"], name)
     return out
 
 
-def _random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
-    kind = rng.choice(["string", "integer", "number", "boolean", "array", "object", "union", "enum"]
-                      if depth < 2 else ["string", "integer", "number", "boolean", "enum"])
+def _block(lines: list[str], name: str) -> str:
+    """A parameter's line and the lines nested under it."""
+    at = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith(f"- {name}?:") or
+              ln.lstrip().startswith(f"- {name}:"))
+    indent = len(lines[at]) - len(lines[at].lstrip())
+    end = at + 1
+    while end < len(lines) and len(lines[end]) - len(lines[end].lstrip()) > indent:
+        end += 1
+    return "\n".join(lines[at:end])
+
+
+class _Names:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> str:
+        self.n += 1
+        return f"p{self.n}x"  # unique, and never a prefix of another name
+
+
+def _random_schema(rng: random.Random, names: _Names, depth: int = 0) -> dict[str, Any]:
+    kinds = ["string", "integer", "number", "boolean", "enum"]
+    if depth < 3:
+        kinds += ["array", "object", "union", "nested_array", "nullable_objects", "empty_object"]
+    kind = rng.choice(kinds)
     s: dict[str, Any]
     if kind == "enum":
         s = {"type": "string", "enum": rng.sample(["red", "green", "blue", "teal"], rng.randint(1, 3))}
     elif kind == "union":
         s = {"anyOf": [{"type": "string"}, {"type": "null"}]} if rng.random() < 0.5 else {"type": ["integer", "null"]}
     elif kind == "array":
-        s = {"type": "array", "items": _random_schema(rng, depth + 1)}
+        s = {"type": "array", "items": _random_schema(rng, names, depth + 1)}
+    elif kind == "nested_array":
+        s = {"type": "array", "items": {"type": "array", "items": _random_object(rng, names, depth + 1)}}
+    elif kind == "nullable_objects":
+        s = {"type": "array", "items": {**_random_object(rng, names, depth + 1), "type": ["object", "null"]}}
+    elif kind == "empty_object":
+        s = {"type": "object", "properties": {}} if rng.random() < 0.5 else \
+            {"type": "object", "additionalProperties": False}
     elif kind == "object":
-        props = {f"p{i}": _random_schema(rng, depth + 1) for i in range(rng.randint(1, 3))}
-        s = {"type": "object", "properties": props, "required": rng.sample(sorted(props), rng.randint(0, len(props)))}
+        s = _random_object(rng, names, depth + 1)
     else:
         s = {"type": kind}
-    extras = {"description": "what it is", "title": "T", "minimum": 0, "maximum": 9, "format": "date-time",
+    extras = {"description": "what it is", "title": "T", "minimum": 7, "maximum": 93, "format": "date-time",
               "pattern": "^x", "minLength": 1, "maxItems": 4, "multipleOf": 3, "examples": ["e"], "default": None,
               "uniqueItems": True, "additionalProperties": False, "nullable": True}
     for key in rng.sample(sorted(extras), rng.randint(0, 4)):
@@ -175,26 +208,45 @@ def _random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
     return s
 
 
-@pytest.mark.parametrize("seed", range(40))
+def _random_object(rng: random.Random, names: _Names, depth: int) -> dict[str, Any]:
+    props = {names(): _random_schema(rng, names, depth) for _ in range(rng.randint(1, 3))}
+    return {"type": "object", "properties": props, "required": rng.sample(sorted(props), rng.randint(0, len(props)))}
+
+
+@pytest.mark.parametrize("seed", range(60))
 def test_no_keyword_silently_disappears(seed: int) -> None:
     rng = random.Random(seed)
-    props = {f"arg{i}": _random_schema(rng) for i in range(rng.randint(1, 4))}
-    params = {"type": "object", "properties": props, "required": rng.sample(sorted(props), rng.randint(0, len(props)))}
+    names = _Names()
+    params = _random_object(rng, names, 0)
+    if rng.random() < 0.3:  # keywords of the parameters object itself
+        params.update(rng.choice([{"minProperties": 1}, {"description": "top"}, {"format": "x", "minimum": 3}]))
     text = block([tool("f", params, "d")])
     lines = text.splitlines()
-    for path, schema in _schemas(params):
-        # The line of this schema (the tool's first line for the parameters object itself).
-        if path:
-            name = path.rsplit(".", 1)[-1].rstrip("[]")
-            line = next(ln for ln in lines if ln.lstrip().startswith(f"- {name}"))
-            rest = "\n".join(lines[lines.index(line):])
-        else:
-            rest = text
+    for name, schema in _schemas(params):
+        where = _block(lines, name) if name else text
         for key, value in schema.items():
-            if not path and key == "type" and value == "object":
+            if not name and key == "type" and value == "object":
                 continue  # a tool's parameters are an object: its lines say so
             evidence = _evidence(key, value, schema)
-            assert not evidence or any(e in rest for e in evidence), (key, value, path, text)
+            if not name and key in ("minimum", "format", "description"):
+                evidence = [json.dumps(key)]  # the parameters object's own keywords are written as JSON
+            assert not evidence or any(e in where for e in evidence), (key, value, name, text)
+
+
+def test_nested_arrays_and_nullable_objects_keep_their_properties() -> None:
+    params = {"type": "object", "properties": {
+        "grid": {"type": "array", "items": {"type": "array", "items": {
+            "type": "object", "properties": {"sku": {"type": "string", "pattern": "^A"}}, "required": ["sku"]}}},
+        "maybe": {"type": "array", "items": {"type": ["object", "null"], "properties": {"a": {"type": "string"}}}},
+        "closed": {"type": "object", "properties": {}},
+    }}
+    assert block([tool("f", params)]).splitlines()[1:] == [
+        "- grid?: object[][]",
+        '  - sku: string {"pattern":"^A"}',
+        "- maybe?: (object | null)[]",
+        "  - a?: string",
+        '- closed?: object {"properties":{}}',
+    ]
 
 
 def test_token_ratio_on_the_generators_tools(smollm2_tokenizer: Any) -> None:

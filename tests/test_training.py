@@ -265,8 +265,7 @@ def test_a_source_may_train_longer_rows_one_row_per_sequence(tmp_path: Path, tin
     summary = json.loads((tmp_path / "dvclive/stage2/metrics.json").read_text())
     assert summary["train"]["global_step"] == 2 and summary["data"]["train_rows_truncated"] == 1
     config = Stage2Config.model_validate(section)
-    assert config.packed_length == full and config.row_max_length("sessions") == full
-    assert config.row_max_length("other") == limit and config.row_max_length(None) == limit
+    assert config.packed_length == full
 
 
 def test_bad_rows_are_dropped_and_counted(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -40,7 +40,7 @@ class ServerSettings(StrictModel):
 class DevSettings(StrictModel):
     """The development evaluation (:mod:`stages.evaluation.dev`), run on the same server as BFCL."""
 
-    # cases of each dev category (held-out synthetic functions); 0 turns the dev evaluation off
+    # cases of each single-request dev category (held-out synthetic functions); 0: none
     cases_per_category: int = Field(ge=0)
     # of those, how many get the teacher-forced decision margins (a forward pass each; octupus only)
     margin_cases_per_category: int = Field(ge=0)

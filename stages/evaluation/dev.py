@@ -227,7 +227,9 @@ def _mean(values: list[float]) -> float | None:
 def summarize(scored: list[dict[str, Any]], margins: dict[str, dict[str, list[float]]] | None,
               sessions: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-category scores and their unweighted means; ``sessions`` is the multi-turn environment
-    category's summary (:func:`stages.evaluation.dev_sessions.summarize_sessions`), when it ran."""
+    category's summary (:func:`stages.evaluation.dev_sessions.summarize_sessions`), when it ran.
+    ``full_match`` and ``decision_accuracy`` are means over every category, sessions included; the
+    call and text means cover the single-request categories only."""
     per: dict[str, Any] = {}
     for category in CATEGORIES:
         rows = [s for s in scored if s["category"] == category]

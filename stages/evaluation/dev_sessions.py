@@ -5,22 +5,24 @@ Each session (``stages/synthetic/environments/``, held-out environments only, wh
 training) is played through the server turn by turn: the user's turn is sent; while the model
 answers with calls, each call is executed in the model's own world and its result sent back;
 the turn ends when the model answers in text, or fails after 20 steps (or once it has made the
-same call with the same arguments 4 steps in a row: a loop). After each turn the
-model's world is compared with a reference world that ran the session's reference calls:
+same call with the same arguments 4 steps in a row: a loop). After each turn the model's world is
+compared with a reference world that ran the session's reference calls:
 
 - state: the two worlds' data must be equal;
 - results: every result of the turn's reference calls must be among the results the model's calls
-  produced in that turn.
+  have produced so far in the session;
+- a turn whose reference makes no call (the request lacks a value, or needs a function that is not
+  offered) passes only if the model makes no call either.
 
-A turn passes when both hold; a session is fully right when every turn passes (``full_match``);
+A turn passes when these hold; a session is fully right when every turn passes (``full_match``);
 ``turn_accuracy`` is the share of turns that pass. The history goes on from what the model did,
 so a wrong turn usually makes later turns wrong too, as in BFCL. A failed session counts under the
 reason of its first failed turn: ``did_not_stop`` (20 steps, or calls until the conversation no
-longer fits the context), ``wrong_function`` (a function the
-reference does not call), ``stopped_early`` (a reference function never called: it answered before
-finishing), ``wrong_value`` (the right functions, but another state or result), ``error`` (the
-server refused the request). ``decision_accuracy``: turns whose first answer is a call exactly
-when the reference calls.
+longer fits the context), ``wrong_function`` (a function the reference does not call, or any call
+on a turn that needs none), ``stopped_early`` (a reference function never called: it answered
+before finishing), ``wrong_value`` (the right functions, but another state or result), ``error``
+(the server refused the request). ``decision_accuracy``: turns whose first answer is a call
+exactly when the reference calls.
 """
 
 from __future__ import annotations
@@ -107,10 +109,10 @@ def play(dev: DevSession, client: Any, model: str, max_tokens: int) -> dict[str,
     tools = [{"type": "function", "function": t} for t in session.tools]
     messages: list[dict[str, Any]] = [{"role": "system", "content": session.system}] if session.system else []
     turns = []
+    results: list[str] = []  # every result the model's calls produced so far, as BFCL keeps them
     for turn in session.turns:
         messages.append({"role": "user", "content": turn.user})
         called: list[str] = []
-        results: list[str] = []
         first_is_call = None
         outcome = None
         previous, repeats = None, 0
@@ -142,7 +144,8 @@ def play(dev: DevSession, client: Any, model: str, max_tokens: int) -> dict[str,
                 result = mine.result_of(call["name"], arguments)
                 called.append(call["name"])
                 results.append(_canonical(result))
-                messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
+                messages.append({"role": "tool", "tool_call_id": call["id"],
+                                 "content": json.dumps(result, ensure_ascii=False)})
         else:
             outcome = "did_not_stop"
         wanted: list[str] = []
@@ -154,6 +157,8 @@ def play(dev: DevSession, client: Any, model: str, max_tokens: int) -> dict[str,
         pool = Counter(results)
         results_ok = all(pool[r] >= n for r, n in Counter(wanted).items())
         state_ok = mine.snapshot() == reference.snapshot()
+        if outcome is None and not wanted_names and called:
+            outcome = "wrong_function"  # BFCL fails any call on a turn whose reference makes none
         if outcome is None and not (state_ok and results_ok):
             if set(called) - set(wanted_names):
                 outcome = "wrong_function"

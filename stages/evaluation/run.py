@@ -41,7 +41,7 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> tuple
     dev_cases = dev_scored = dev_sessions = None
     start = time.monotonic()
     with running_server(cmd, port, config.server.startup_timeout_s, bfcl_root / "server.log") as base_url:
-        if dev.cases_per_category:
+        if dev.cases_per_category or dev.sessions:
             dev_cases = build_devset(dev.cases_per_category, dev.seed)
             dev_scored = generate_and_score(dev_cases, base_url, api_key, config.api_model_name,
                                             dev.max_output_tokens, config.concurrency, bfcl_root / "dev")

@@ -107,8 +107,8 @@ def _call(value: str, p: Parsers) -> tuple[Any, Any]:
         obj = parse_loose(value, p.json)
     except ValueError:
         raise Drop("bad_call", "function_call is not JSON") from None
-    if not isinstance(obj, dict) or "name" not in obj:
-        raise Drop("bad_call", "function_call is not a {name, arguments} object")
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise Drop("bad_call", "function_call is not a {name, arguments} object with a text name")
     args = obj.get("arguments", {})
     if isinstance(args, str):
         try:

@@ -84,6 +84,8 @@ def parse_loose(text: str, codec: JsonCodec = STDLIB_JSON) -> Any:
             return codec.loads(text)
         except ValueError:
             pass
+        except RecursionError:  # nesting deeper than the parser goes: not data to keep
+            raise ValueError("nested too deeply") from None
     rewritten = _python_repr_as_json(text)
     if rewritten is not None:
         try:

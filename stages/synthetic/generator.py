@@ -77,6 +77,9 @@ def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Count
     pool = training_environments()
     write = SOURCE_KINDS[kind].write
     for i in range(n):
+        # The defect is drawn once per broken row, so every defect keeps its share even when one
+        # needs a session with something particular (a call with arguments).
+        defect = rng.choice(KIND_DEFECTS[kind]) if i in bad else None
         for _ in range(SESSION_ATTEMPTS):
             try:
                 session = build_session(rng, pool, TRAIN, **(shape or {}))
@@ -84,14 +87,11 @@ def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Count
                 if stats is not None:
                     stats[exc.reason] += 1
                 continue
-            if i in bad:
-                session.defect = rng.choice(KIND_DEFECTS[kind])
-                try:
-                    row = write(rng, session)
-                except ValueError:  # the defect does not apply to this session (no call with arguments)
-                    continue
-            else:
+            session.defect = defect
+            try:
                 row = write(rng, session)
+            except ValueError:  # the defect does not apply to this session: another one
+                continue
             yield Sample(row, "session", session.defect)
             break
         else:

@@ -80,9 +80,6 @@ class TrainHyperparameters(StrictModel):
         """The packed sequence length: the longest row any source may have."""
         return max([self.max_length, *self.max_length_by_source.values()])
 
-    def row_max_length(self, source: str | None) -> int:
-        return self.max_length_by_source.get(source or "", self.max_length)
-
     def hyperparameters(self) -> dict[str, object]:
         """The hyperparameter fields alone, as JSON values (what a checkpoint was trained with)."""
         return self.model_dump(mode="json", include=set(TrainHyperparameters.model_fields))

@@ -264,7 +264,7 @@ class Clinic(Environment):
             return f"Moved: you now see {moved[0]['doctor']} on {moved[0]['date']} at {moved[0]['time']}."
 
         visit = f"my {v['date']} {v['time']} appointment with {v['doctor']}"
-        text = rng.choice(["I'm {p}. Can you move {v} to {d}? Any time that day works.",
+        text = rng.choice(["I'm {p}. Can you move {v} to {d}? The earliest free time that day, please.",
                            "Patient {p}: please reschedule {v} to the first free time on {d}."])
         reply = rng.choice(["{d}, please.", "Make it {d}."]).format(d=date)
         return Request(text.format(p=v["patient_id"], v=visit, d=date), plan(), partial=(

@@ -246,9 +246,8 @@ class Greenhouse(Environment):
                 b=bed_id), plan())
         text = rng.choice(["Turn on the grow lamps over {b} from {s}:00 for {h} hours a day.",
                            "Give {b} {h} hours of lamp light daily, starting at {s}:00."])
-        return Request(text.format(b=bed_id, s=f"{start:02d}", h=hours), plan(), partial=(
-            f"Turn on the grow lamps over {bed_id} from {start:02d}:00 every day.", "For how many hours a day?",
-            rng.choice(["{h} hours.", "{h} hours a day."]).format(h=hours)))
+        # No partial variant: `hours` has a default, so a request without it can be done at once.
+        return Request(text.format(b=bed_id, s=f"{start:02d}", h=hours), plan())
 
     def ask_plant(self, rng: random.Random) -> Request | None:
         if not self._beds(planted=False):
@@ -260,9 +259,11 @@ class Greenhouse(Environment):
             done = yield [("plant_bed", {"bed_id": found[0]["beds"][0]["bed_id"], "crop": crop})]
             return f"Planted {crop} in {done[0]['bed_id']}."
 
-        return Request(rng.choice(["Plant {c} in any empty bed.", "Is a bed free? Put {c} in it.",
-                                   "Find an empty bed and sow {c} there."]).format(c=crop), plan(), partial=(
-            "Please plant something new in one of the empty beds.", "Sure. Which crop should I plant?",
+        # The first empty bed the listing gives: a request that allowed any bed would have more than
+        # one right end state, and the evaluation compares against one.
+        return Request(rng.choice(["Plant {c} in the first empty bed.", "Put {c} in the first free bed.",
+                                   "Find the first empty bed and sow {c} there."]).format(c=crop), plan(), partial=(
+            "Please plant something new in the first empty bed.", "Sure. Which crop should I plant?",
             rng.choice(["{c}.", "Let's do {c}."]).format(c=crop)))
 
     def ask_harvest(self, rng: random.Random) -> Request | None:
