@@ -24,8 +24,9 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Check the conversation's order and flatten content; raise BadRequest naming the problem.
 
     Rules: system messages only at the start; at least one user message; a tool message answers
-    a call of the closest preceding assistant message, by id; an assistant's calls must all be
-    answered before the conversation goes on, and the conversation cannot end on unanswered calls.
+    a call of the closest preceding assistant message, by id (the calls of one message have distinct
+    ids); an assistant's calls must all be answered before the conversation goes on, and the
+    conversation cannot end on unanswered calls.
     """
     out: list[dict[str, Any]] = []
     pending: set[str] = set()
@@ -63,6 +64,9 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if calls:
                 msg["tool_calls"] = []
                 for c in calls:
+                    if c["id"] in pending:
+                        # Its tool messages could not say which of the calls they answer.
+                        raise BadRequest(f"{where}: two tool calls share the id '{c['id']}'", param="messages")
                     fn = c["function"]
                     msg["tool_calls"].append({"id": c["id"], "type": "function",
                                               "function": {"name": fn["name"], "arguments": fn["arguments"]}})

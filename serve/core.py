@@ -27,13 +27,13 @@ import jsonschema
 from fastapi.responses import JSONResponse
 
 from serve.backends.base import Backend, GenerationState, SamplingParams
-from serve.constraints.base import ConstraintEngine, GrammarSpec, JsonLimits, ToolGrammar
-from serve.constraints.schema import bound_schema, check_schema
+from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, JsonLimits, ToolGrammar
+from serve.constraints.schema import bound_schema, check_answer_schema, check_schema
 from serve.conversation import normalize_messages
 from serve.errors import APIError, BadRequest, InvalidToolCall, NotFound, error_response
 from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished
 from serve.formats import TOOL_NAME_RE, ToolFormat
-from serve.inputs import GenerationInputs, ToolChoice
+from serve.inputs import GenerationInputs, ResponseFormat, ToolChoice
 from serve.limits import SchemaLimits, check_tool_limits
 from serve.metrics import Metrics
 from toolcall.arguments import loads_strict
@@ -69,6 +69,7 @@ class Prepared:
     sampling: SamplingParams
     stop: list[str]
     text_cap: int = 0  # tokens after which a text answer ends ("length"); 0 = none
+    answer_schema: dict[str, Any] | None = None  # response_format: the client's schema a text answer must meet
 
 
 @dataclass
@@ -98,6 +99,20 @@ def validate_call(name: str | None, arguments: str, tools: dict[str, dict[str, A
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
         return f"arguments of '{name}' fail the schema at {where}: {errors[0].message}"
+    return None
+
+
+def validate_answer(text: str, schema: dict[str, Any]) -> str | None:
+    """None if a structured answer is one JSON value valid against ``schema``, else what is wrong."""
+    try:
+        value = loads_strict(text)
+    except ValueError as exc:
+        return f"the answer is not valid JSON ({exc}): {text[:200]!r}"
+    errors = sorted(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(
+        schema).iter_errors(value), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        return f"the answer fails the response_format schema at {where}: {errors[0].message}"
     return None
 
 
@@ -157,11 +172,23 @@ class ServingCore:
                              param="tool_choice")
         return schemas
 
+    def _answer_schema(self, rf: ResponseFormat | None) -> dict[str, Any] | None:
+        """The schema a text answer must meet (``response_format``), checked; None for free text."""
+        if rf is None:
+            return None
+        if rf.kind == "json_object":
+            return {"type": "object"}
+        if rf.schema is None:
+            raise BadRequest(f"{rf.label}: a json_schema response format needs a 'schema'", param="response_format")
+        check_tool_limits(rf.schema, rf.label, self.config.schema_limits, param="response_format")
+        return check_answer_schema(rf.schema, rf.label)
+
     def _prepare(self, inputs: GenerationInputs) -> Prepared:
         self.check_model(inputs.model)
         messages = normalize_messages(inputs.messages)
         tools, choice = inputs.tools, inputs.tool_choice
         schemas = self._check_tools(tools, choice)
+        answer_schema = self._answer_schema(inputs.response_format)
         calls_allowed = bool(tools) and choice.mode != "none"
         allowed = [choice.name] if choice.mode == "named" else list(schemas) if calls_allowed else []
 
@@ -182,32 +209,41 @@ class ServingCore:
         if not self.engine.enforces_number_bounds:
             limits = dataclasses.replace(limits, max_integer_digits=0)
         compiled = None
-        if calls_allowed or self.fmt.constrain_chat or tools:
+        allow_text = choice.mode in ("auto", "none")
+        if calls_allowed or self.fmt.constrain_chat or tools or answer_schema is not None:
             # Every tool's schema must be enforceable, even under tool_choice none: fail closed.
             grammar_tools = tuple(
                 ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], limits)))
                 for n in (allowed if calls_allowed else list(schemas)))
+            # With tool_choice required or a named tool the answer is calls only: no schema for text.
+            answer_json = (json.dumps(bound_schema(answer_schema, limits))
+                           if answer_schema is not None and allow_text else None)
             spec = GrammarSpec(shape=self.fmt.shape, special_pieces=self.special_pieces,
-                               tools=grammar_tools, allow_text=choice.mode in ("auto", "none"),
+                               tools=grammar_tools, allow_text=allow_text,
                                allow_calls=True, parallel=inputs.parallel_tool_calls and choice.mode != "named",
-                               max_whitespace=self.config.limits.max_whitespace)
+                               max_whitespace=self.config.limits.max_whitespace, text_schema_json=answer_json)
             if not calls_allowed:
                 # Compile the tools once to prove they are enforceable, then generate text only.
                 if grammar_tools:
-                    self._compile(dataclasses.replace(spec, allow_text=False))
+                    self._compile(dataclasses.replace(spec, allow_text=False, text_schema_json=None))
                 spec = dataclasses.replace(spec, tools=(), allow_calls=False, allow_text=True)
-                compiled = self._compile(spec) if self.fmt.constrain_chat or tools else None
+                if self.fmt.constrain_chat or tools or answer_json is not None:
+                    compiled = self._compile(spec, inputs.response_format)
             else:
-                compiled = self._compile(spec)
+                compiled = self._compile(spec, inputs.response_format)
+        else:
+            answer_json = None
         cap = min(inputs.max_tokens or self.config.default_max_tokens, room)
         sampling = SamplingParams(max_tokens=cap,
                                   temperature=1.0 if inputs.temperature is None else inputs.temperature,
                                   top_p=1.0 if inputs.top_p is None else inputs.top_p, seed=inputs.seed,
                                   stop_token_ids=self.stop_token_ids,
                                   repetition_window=self.config.repetition_window)
-        text_cap = self.config.default_max_text_tokens if not inputs.max_tokens else 0
+        # A structured answer is what the client asked for: the cap for stray text does not cut it.
+        text_cap = self.config.default_max_text_tokens if not (inputs.max_tokens or answer_json) else 0
         return Prepared(prompt_ids=prompt_ids, tools=schemas, compiled=compiled, calls_allowed=calls_allowed,
-                        sampling=sampling, stop=[s for s in inputs.stop if s], text_cap=text_cap)
+                        sampling=sampling, stop=[s for s in inputs.stop if s], text_cap=text_cap,
+                        answer_schema=answer_schema if answer_json is not None else None)
 
     def _refuse_far_too_long(self, text: str) -> None:
         """Refuse a prompt far over the context from a prefix: tokenizing megabytes takes seconds (8 s for
@@ -221,7 +257,20 @@ class ServingCore:
             raise BadRequest(f"the prompt has more than {head} tokens; this model's context is "
                              f"{self.backend.max_context} tokens", param="messages", code="context_length_exceeded")
 
-    def _compile(self, spec: GrammarSpec) -> Any:
+    def _compile(self, spec: GrammarSpec, rf: ResponseFormat | None = None) -> Any:
+        try:
+            return self._compile_timed(spec)
+        except GrammarError as exc:
+            if spec.text_schema_json is None or exc.param == "response_format" or rf is None:
+                raise
+            # Which schema the engine could not enforce: try the answer's alone (only on this error path).
+            try:
+                self._compile_timed(dataclasses.replace(spec, tools=(), allow_calls=False, allow_text=True))
+            except GrammarError as answer_exc:
+                raise GrammarError(f"{rf.label}: {answer_exc.message}", param="response_format") from None
+            raise
+
+    def _compile_timed(self, spec: GrammarSpec) -> Any:
         compiled = self.engine.compile(spec)
         if self.engine.last_compile_seconds:
             self.metrics.grammar_compile_time.labels(self.engine.name).observe(self.engine.last_compile_seconds)
@@ -314,6 +363,13 @@ class ServingCore:
                 raise InvalidToolCall(self.engine.name, state.error or "generation failed")
             finished = state.finish_reason == "stop"
             parsed = self._parse(prep, self._decode(ids, True), finished)
+            if finished and prep.answer_schema is not None and parsed.content is not None:
+                # Checked before the final delta and the finish: a streamed answer fails as a plain one does.
+                problem = validate_answer(parsed.content, prep.answer_schema)
+                if problem is not None:
+                    self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
+                    log.error("invalid structured answer from engine %s: %s", self.engine.name, problem)
+                    raise InvalidToolCall(self.engine.name, problem, what="structured answer")
             yield from diff(parsed, True)
             complete = sum(1 for sent in sent_calls if sent.validated)
             if finished and not all(call.complete for call in parsed.calls):

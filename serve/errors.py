@@ -58,8 +58,8 @@ class InvalidToolCall(APIError):
     status = 500
     type = "server_error"
 
-    def __init__(self, engine: str, detail: str) -> None:
-        super().__init__(f"constraint engine '{engine}' produced an invalid tool call: {detail}",
+    def __init__(self, engine: str, detail: str, what: str = "tool call") -> None:
+        super().__init__(f"constraint engine '{engine}' produced an invalid {what}: {detail}",
                          code="invalid_tool_call")
         self.engine = engine
 

@@ -32,6 +32,25 @@ class ToolChoice:
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output, from either API (chat: ``response_format``; responses: ``text.format``).
+
+    ``json_object``: any JSON object; ``json_schema``: one JSON value valid against ``schema``. A
+    ``text`` format asks for nothing and is passed as ``None``. ``strict`` is accepted either way:
+    the schema is always enforced by the grammar and checked again after generation.
+    """
+
+    kind: Literal["json_object", "json_schema"]
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @property
+    def label(self) -> str:
+        return f"response_format '{self.name}'" if self.name else f"response_format {self.kind}"
+
+
+@dataclass(frozen=True)
 class GenerationInputs:
     model: str
     messages: list[dict[str, Any]]  # OpenAI chat messages, checked by the core (serve.conversation)
@@ -43,3 +62,4 @@ class GenerationInputs:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    response_format: ResponseFormat | None = None

@@ -31,7 +31,7 @@ class SchemaLimits:
     max_nodes: int = 20_000  # JSON values in one schema
 
 
-def check_tool_limits(schema: Any, where: str, limits: SchemaLimits) -> None:
+def check_tool_limits(schema: Any, where: str, limits: SchemaLimits, param: str = "tools") -> None:
     """Raise a 400 when ``schema`` is deeper, wider or larger than ``limits`` allow (iterative: no recursion)."""
     stack: list[tuple[Any, int]] = [(schema, 1)]
     nodes = 0
@@ -41,30 +41,30 @@ def check_tool_limits(schema: Any, where: str, limits: SchemaLimits) -> None:
         nodes += 1
         if nodes > limits.max_nodes:
             raise BadRequest(f"{where}: parameters schema is too large (over {limits.max_nodes} JSON values)",
-                             param="tools", code="schema_too_large")
+                             param=param, code="schema_too_large")
         if depth > limits.max_depth:
             raise BadRequest(f"{where}: parameters schema is nested deeper than {limits.max_depth} levels",
-                             param="tools", code="schema_too_large")
+                             param=param, code="schema_too_large")
         if isinstance(node, dict):
             if isinstance(node.get("$ref"), str):
                 refs.append(node["$ref"])
             enum = node.get("enum")
             if isinstance(enum, list) and len(enum) > limits.max_enum:
                 raise BadRequest(f"{where}: an enum has {len(enum)} values; at most {limits.max_enum} are allowed",
-                                 param="tools", code="schema_too_large")
+                                 param=param, code="schema_too_large")
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)
     for ref in refs:
-        _check_ref_chain(schema, ref, where)
+        _check_ref_chain(schema, ref, where, param)
 
 
-def _resolve(schema: Any, ref: str, where: str) -> Any:
+def _resolve(schema: Any, ref: str, where: str, param: str) -> Any:
     """The node a local ``#/json/pointer`` reference names; a 400 for any other or a dangling one."""
     if ref != "#" and not ref.startswith("#/"):
         # Remote or relative references would make an engine fetch or guess: only local pointers.
         raise BadRequest(f"{where}: $ref {ref[:100]!r} is not supported (only local '#/...' references)",
-                         param="tools", code="invalid_schema_ref")
+                         param=param, code="invalid_schema_ref")
     node = schema
     for raw in ref[2:].split("/") if ref != "#" else []:
         part = unquote(raw).replace("~1", "/").replace("~0", "~")
@@ -73,20 +73,20 @@ def _resolve(schema: Any, ref: str, where: str) -> Any:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            raise BadRequest(f"{where}: $ref {ref[:100]!r} does not resolve", param="tools",
+            raise BadRequest(f"{where}: $ref {ref[:100]!r} does not resolve", param=param,
                              code="invalid_schema_ref")
     return node
 
 
-def _check_ref_chain(schema: Any, ref: str, where: str) -> None:
+def _check_ref_chain(schema: Any, ref: str, where: str, param: str) -> None:
     """A 400 when following ``$ref`` from ``ref`` comes back to itself: such a schema has no finite instance
     and sends validators into endless recursion."""
     seen: set[str] = set()
     while True:
         if ref in seen:
-            raise BadRequest(f"{where}: $ref cycle through {ref[:100]!r}", param="tools", code="invalid_schema_ref")
+            raise BadRequest(f"{where}: $ref cycle through {ref[:100]!r}", param=param, code="invalid_schema_ref")
         seen.add(ref)
-        target = _resolve(schema, ref, where)
+        target = _resolve(schema, ref, where, param)
         if not (isinstance(target, dict) and isinstance(target.get("$ref"), str)):
             return
         ref = target["$ref"]

@@ -15,13 +15,14 @@ from fastapi.responses import JSONResponse
 from serve.core import Prepared, ServingCore
 from serve.errors import APIError, error_response
 from serve.events import ArgsDelta, CallStart, ContentDelta, Failed, Finished, assemble
-from serve.inputs import GenerationInputs, ToolChoice
+from serve.inputs import GenerationInputs, ResponseFormat, ToolChoice
 from serve.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
     FunctionCall,
+    ResponseFormatJsonSchema,
     ToolCallOut,
     UsageInfo,
     new_id,
@@ -32,9 +33,19 @@ from serve.sse import GenerationStream
 ENDPOINT = "chat_completions"
 
 
+def response_format(req: ChatCompletionRequest) -> ResponseFormat | None:
+    rf = req.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if isinstance(rf, ResponseFormatJsonSchema):
+        spec = rf.json_schema
+        return ResponseFormat("json_schema", name=spec.name, schema=spec.schema_, strict=spec.strict)
+    return ResponseFormat("json_object")
+
+
 def chat_inputs(req: ChatCompletionRequest) -> GenerationInputs:
     tools = [{"type": "function", "function": t.function.model_dump(exclude_none=True)} for t in req.tools or []]
-    return GenerationInputs(
+    return GenerationInputs(response_format=response_format(req),
         model=req.model, messages=[m.model_dump(exclude_none=True) for m in req.messages], tools=tools,
         tool_choice=ToolChoice.of(req.tool_choice, bool(tools)),
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from serve.core import Prepared, ServingCore
 from serve.errors import APIError, BadRequest, ServerError, error_response
 from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished
-from serve.inputs import GenerationInputs, ToolChoice
+from serve.inputs import GenerationInputs, ResponseFormat, ToolChoice
 from serve.protocol import ResponsesRequest, new_id, now
 from serve.sse import GenerationStream
 from toolcall.messages import ContentError, text_of
@@ -72,11 +72,14 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             if not isinstance(item.get("call_id"), str):
                 raise BadRequest(f"{where}: function_call_output needs a string 'call_id'", param="input")
             output = item.get("output", "")
-            if not isinstance(output, str):
+            if isinstance(output, list) and all(isinstance(p, dict) and "type" in p for p in output):
+                # Content parts: their text, and a 400 for an image or a file (the formats carry text only).
                 try:
                     output = text_of(output)
-                except (ContentError, AttributeError, TypeError):
-                    output = json.dumps(output, ensure_ascii=False)
+                except ContentError as exc:
+                    raise BadRequest(f"{where}: {exc}", param="input") from None
+            elif not isinstance(output, str):
+                output = json.dumps(output, ensure_ascii=False)  # any other JSON: its text
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
         elif kind == "reasoning":
             continue  # nothing to replay for a model without reasoning items
@@ -103,9 +106,9 @@ def refuse_unsupported(req: ResponsesRequest) -> None:
         raise BadRequest("prompt: stored prompt templates are not supported; send instructions and input",
                          param="prompt")
     fmt = req.text.format if req.text is not None else None
-    if fmt is not None and fmt.type != "text":
-        raise BadRequest(f"text.format of type '{fmt.type}' is not supported; only 'text' (tool arguments are "
-                         "always constrained to their schemas)", param="text.format")
+    if fmt is not None and fmt.type not in ("text", "json_object", "json_schema"):
+        raise BadRequest(f"text.format of type '{fmt.type}' is not supported; use 'text', 'json_object' or "
+                         "'json_schema'", param="text.format")
     for value in req.include or []:
         if value not in HARMLESS_INCLUDES:
             raise BadRequest(f"include: '{value}' is not supported", param="include")
@@ -136,10 +139,21 @@ def tool_choice(req: ResponsesRequest, has_tools: bool) -> ToolChoice:
     return ToolChoice.of(choice, has_tools)
 
 
+def text_format(req: ResponsesRequest) -> ResponseFormat | None:
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ResponseFormat("json_object")
+    if not fmt.name:
+        raise BadRequest("text.format of type 'json_schema' needs a 'name'", param="text.format.name")
+    return ResponseFormat("json_schema", name=fmt.name, schema=fmt.schema_, strict=fmt.strict)
+
+
 def responses_inputs(req: ResponsesRequest) -> GenerationInputs:
     refuse_unsupported(req)
     tools = function_tools(req)
-    return GenerationInputs(
+    return GenerationInputs(response_format=text_format(req),
         model=req.model, messages=input_to_messages(req), tools=tools,
         tool_choice=tool_choice(req, bool(tools)),
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
@@ -164,6 +178,8 @@ class ResponseBuilder:
         self.open = False
         self.sequence = 0
         self.final: dict[str, Any] | None = None  # the response of the terminal event, once sent
+        fmt = req.text.format if req.text is not None else None
+        self.text_format = fmt.model_dump(exclude_none=True, by_alias=True) if fmt is not None else {"type": "text"}
 
     # ------------------------------------------------------------ the response object
 
@@ -186,7 +202,7 @@ class ResponseBuilder:
             "tool_choice": named or req.tool_choice or "auto",
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
             "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_output_tokens,
-            "text": {"format": {"type": "text"}}, "store": False, "usage": usage,
+            "text": {"format": self.text_format}, "store": False, "usage": usage,
         }
 
     # ------------------------------------------------------------ events

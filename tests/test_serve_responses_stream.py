@@ -111,7 +111,7 @@ def test_agent_sdk_request_fields_are_accepted(server: Server) -> None:
     ({"tools": [{"type": "web_search"}]}, "tools", "tool type 'web_search' is not supported"),
     ({"tools": [{"type": "function"}]}, "tools", "needs a 'name'"),
     ({"tools": TOOLS, "tool_choice": {"type": "web_search_preview"}}, "tool_choice", "not supported"),
-    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format", "json_schema"),
+    ({"text": {"format": {"type": "grammar", "name": "x"}}}, "text.format", "'grammar' is not supported"),
     ({"include": ["message.output_text.logprobs"]}, "include", "not supported"),
     ({"background": True}, "background", "background"),
 ])

@@ -2,7 +2,8 @@
 
 A request's grammar is fully described by :class:`GrammarSpec`: the output shape of the format,
 the tools that may be called (with schemas already normalised by :mod:`serve.constraints.schema`),
-whether text and/or calls are allowed, and whether more than one call may follow. An engine
+whether text and/or calls are allowed, whether more than one call may follow, and whether text must
+be JSON valid against a schema (``response_format``). An engine
 compiles a spec once (cached by its key) and hands out a fresh :class:`Matcher` per sequence.
 """
 
@@ -25,8 +26,8 @@ from toolcall.shapes import ToolCallShape
 class GrammarError(BadRequest):
     """The request's schemas or grammar cannot be enforced by the engine (fail closed: 400)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="tools", code="unenforceable_schema")
+    def __init__(self, message: str, param: str = "tools") -> None:
+        super().__init__(message, param=param, code="unenforceable_schema")
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,16 @@ class GrammarSpec:
     allow_calls: bool
     parallel: bool
     max_whitespace: int
+    # Structured output (response_format): when set, the text alternative is not free text but one
+    # JSON value valid against this normalised schema (as JSON), written after the shape's text_open.
+    text_schema_json: str | None = None
 
     def key(self) -> str:
         return json.dumps([
             [self.shape.text_open, self.shape.call_open, self.shape.name_close, self.shape.call_close,
              self.shape.call_separator], sorted(self.special_pieces),
             [[t.name, t.schema_json] for t in self.tools], self.allow_text, self.allow_calls, self.parallel,
-            self.max_whitespace,
+            self.max_whitespace, self.text_schema_json,
         ])
 
 

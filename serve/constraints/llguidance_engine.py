@@ -17,6 +17,7 @@ import llguidance.hf
 import torch
 
 from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher
+from serve.constraints.schema import is_empty_object
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,29 @@ def _literal_regex_char_class_excluding(ch: str) -> str:
     return "[^" + ("\\" + ch if ch in "\\]^-[" else ch) + "]"
 
 
+def _json_with(schema_json: str, ws: dict[str, Any]) -> str:
+    """A schema for ``%json`` with our whitespace rule; the client's own ``x-guidance`` (e.g. lenient)
+    would defeat failing closed, so it is replaced."""
+    schema = json.loads(schema_json)
+    if isinstance(schema, dict):
+        schema["x-guidance"] = ws
+    return json.dumps(schema)
+
+
 def build_lark(spec: GrammarSpec) -> str:
     """The Lark grammar for ``spec`` (also what vLLM's ``guidance`` backend accepts)."""
     s = spec.shape
     sp = spec.special_pieces
     lines = ["%llguidance {}"]
     alts = []
-    if spec.allow_text:
+    ws: dict[str, Any] = ({"whitespace_pattern": f"[\\x20\\x0A]{{0,{spec.max_whitespace}}}"}
+                          if spec.max_whitespace > 0 else {"whitespace_flexible": False})
+    if spec.allow_text and spec.text_schema_json is not None:
+        # Structured output: the answer is one JSON value of the schema (JSON never starts with a call's '<').
+        alts.append("text")
+        lines.append(f"text: {_piece(s.text_open, sp)} answer" if s.text_open else "text: answer")
+        lines.append(f"answer: %json {_json_with(spec.text_schema_json, ws)}")
+    elif spec.allow_text:
         alts.append("text")
         if s.text_open:
             lines.append(f"text: {_piece(s.text_open, sp)} TEXT")
@@ -72,8 +89,6 @@ def build_lark(spec: GrammarSpec) -> str:
         else:
             lines.append("calls: call+")
         lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(spec.tools))))
-        ws: dict[str, Any] = ({"whitespace_pattern": f"[\\x20\\x0A]{{0,{spec.max_whitespace}}}"}
-                                  if spec.max_whitespace > 0 else {"whitespace_flexible": False})
         for i, tool in enumerate(spec.tools):
             # Name and the text closing it form one literal, so that "get" and "get_weather" never
             # compete as lexemes; a special token closing the name separates them anyway.
@@ -82,9 +97,10 @@ def build_lark(spec: GrammarSpec) -> str:
             if s.call_close:
                 parts.append(_piece(s.call_close, sp))
             lines.append(f"call_{i}: " + " ".join(parts))
-            schema = json.loads(tool.schema_json)
-            schema["x-guidance"] = ws  # the client's own x-guidance (e.g. lenient) would defeat failing closed
-            lines.append(f"args_{i}: %json {json.dumps(schema)}")
+            if is_empty_object(json.loads(tool.schema_json)):
+                lines.append(f'args_{i}: "{{}}"')
+            else:
+                lines.append(f"args_{i}: %json {_json_with(tool.schema_json, ws)}")
     if not alts:
         raise GrammarError("nothing to generate: neither text nor a tool call is allowed")
     lines.insert(1, "start: " + " | ".join(alts))
@@ -137,12 +153,12 @@ class LLGuidanceEngine(ConstraintEngine):
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
         if is_error:
             first = messages[0].splitlines()[0] if messages else "unknown error"
-            raise GrammarError(f"llguidance cannot enforce the tool schemas: {first}")
+            raise GrammarError(f"llguidance cannot enforce the schemas: {first}")
         # The compiled form is a fresh matcher; requests get deep copies, which skips re-parsing
         # the grammar and surfaces construction-time errors here, where they fail closed.
         prototype = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         if prototype.is_error():
-            raise GrammarError(f"llguidance cannot enforce the tool schemas: {prototype.get_error()}")
+            raise GrammarError(f"llguidance cannot enforce the schemas: {prototype.get_error()}")
         return prototype
 
     def matcher(self, compiled: llguidance.LLMatcher) -> LLGuidanceMatcher:

@@ -36,6 +36,7 @@ from lmformatenforcer import (
 from lmformatenforcer.tokenlist import TokenList
 
 from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher
+from serve.constraints.schema import is_empty_object
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +223,18 @@ class LMFormatEnforcerEngine(ConstraintEngine):
                 raise GrammarError(f"lm-format-enforcer cannot enforce tool '{tool.name}': keywords "
                                    f"{', '.join(problems[:5])} are not supported (use --engine llguidance)")
             tools.append((tool.name, schema))
+        answer = None
+        if spec.allow_text and spec.text_schema_json is not None:
+            answer = json.loads(spec.text_schema_json)
+            problems = unenforced_keywords(answer)
+            if problems:
+                raise GrammarError(f"lm-format-enforcer cannot enforce the response_format schema: keywords "
+                                   f"{', '.join(problems[:5])} are not supported (use --engine llguidance)",
+                                   param="response_format")
         if not (spec.allow_text or (spec.allow_calls and tools)):
             raise GrammarError("nothing to generate: neither text nor a tool call is allowed")
         # Parsers are cheap to build and carry per-sequence state, so the compiled form is the recipe.
-        return {"spec": spec, "tools": tools}
+        return {"spec": spec, "tools": tools, "answer": answer}
 
     def _root(self, compiled: dict[str, Any], branches_wanted: str = "all") -> CharacterLevelParser:
         spec: GrammarSpec = compiled["spec"]
@@ -235,15 +244,19 @@ class LMFormatEnforcerEngine(ConstraintEngine):
         def one_call() -> CharacterLevelParser:
             options = []
             for name, schema in compiled["tools"]:
-                parts: list[CharacterLevelParser] = [StringParser(s.call_open + name + s.name_close),
-                                                     JsonSchemaParser(schema, config=config)]
+                arguments = StringParser("{}") if is_empty_object(schema) else JsonSchemaParser(schema, config=config)
+                parts: list[CharacterLevelParser] = [StringParser(s.call_open + name + s.name_close), arguments]
                 if s.call_close:
                     parts.append(StringParser(s.call_close))
                 options.append(Seq(parts))
             return options[0] if len(options) == 1 else UnionParser(options)
 
         branches: list[CharacterLevelParser] = []
-        if spec.allow_text and branches_wanted in ("all", "text"):
+        if spec.allow_text and compiled["answer"] is not None and branches_wanted in ("all", "text"):
+            # Structured output: one JSON value of the response_format schema.
+            answer = JsonSchemaParser(compiled["answer"], config=config)
+            branches.append(Seq([StringParser(s.text_open), answer]) if s.text_open else answer)
+        elif spec.allow_text and branches_wanted in ("all", "text"):
             if s.text_open:
                 branches.append(Seq([StringParser(s.text_open), AnyText(self.alphabet)]))
             else:

@@ -96,7 +96,8 @@ def spec_to_payload(spec: GrammarSpec) -> dict[str, Any]:
     shape["special_tokens"] = sorted(spec.shape.special_tokens)
     return {"shape": shape, "special_pieces": sorted(spec.special_pieces),
             "tools": [[t.name, t.schema_json] for t in spec.tools], "allow_text": spec.allow_text,
-            "allow_calls": spec.allow_calls, "parallel": spec.parallel, "max_whitespace": spec.max_whitespace}
+            "allow_calls": spec.allow_calls, "parallel": spec.parallel, "max_whitespace": spec.max_whitespace,
+            "text_schema_json": spec.text_schema_json}
 
 
 def spec_from_payload(payload: dict[str, Any]) -> GrammarSpec:
@@ -105,4 +106,5 @@ def spec_from_payload(payload: dict[str, Any]) -> GrammarSpec:
     return GrammarSpec(shape=ToolCallShape(**shape), special_pieces=frozenset(payload["special_pieces"]),
                        tools=tuple(ToolGrammar(name=n, schema_json=s) for n, s in payload["tools"]),
                        allow_text=bool(payload["allow_text"]), allow_calls=bool(payload["allow_calls"]),
-                       parallel=bool(payload["parallel"]), max_whitespace=int(payload["max_whitespace"]))
+                       parallel=bool(payload["parallel"]), max_whitespace=int(payload["max_whitespace"]),
+                       text_schema_json=payload.get("text_schema_json"))

@@ -23,6 +23,17 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 _SUBSCHEMA_ONE = ("items", "additionalProperties", "not", "contains")
 
 
+def check_answer_schema(schema: Any, where: str) -> dict[str, Any]:
+    """A ``response_format`` schema, checked: any valid JSON Schema object (the answer may be any JSON value)."""
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{where}: the schema must be a JSON Schema object", param="response_format")
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise BadRequest(f"{where}: invalid JSON schema: {exc.message}", param="response_format") from None
+    return schema
+
+
 def check_schema(schema: Any, where: str) -> dict[str, Any]:
     """The tool's parameters schema, checked; ``None`` means a call without arguments."""
     if schema is None:
@@ -85,3 +96,13 @@ def _bound(node: Any, limits: JsonLimits) -> None:
                 _bound(child, limits)
     for key in _SUBSCHEMA_ONE:
         _bound(node.get(key), limits)
+
+
+_NO_CONSTRAINT = {"type", "properties", "additionalProperties", "required", "title", "description", "$schema"}
+
+
+def is_empty_object(schema: dict[str, Any]) -> bool:
+    """True for a bounded schema that admits only ``{}`` (a tool without parameters): engines write it
+    as the literal ``{}``, never ``{ }`` or ``{\n}``, which clients compare as text."""
+    return (schema.get("type") == "object" and not schema.get("properties") and schema.get("additionalProperties") is False
+            and not schema.get("required") and set(schema) <= _NO_CONSTRAINT)
