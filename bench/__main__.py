@@ -14,6 +14,7 @@ BENCHMARKS = {
     "filter": "bench.filter_bench",
     "serve": "bench.serve_bench",
     "tools": "bench.tools_bench",
+    "toolset": "bench.toolset_bench",
 }
 
 

@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "schema sets additionalProperties)")
     p.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024,
                    help="larger request bodies are refused with 413 (0 = unlimited)")
-    p.add_argument("--max-tools", type=int, default=128, help="most tools one request may offer")
+    p.add_argument("--max-tools", type=int, default=128,
+                   help="most tools one request may offer (OpenAI's limit is 128; agent clients with many MCP "
+                        "servers send more: a 512-tool set compiles in well under a second, `python -m bench toolset`)")
+    p.add_argument("--grammar-cache", type=int, default=64,
+                   help="compiled grammars kept (least recently used dropped): a repeated tool set, tool_choice "
+                        "and response_format compile nothing; a 512-tool grammar holds a few MB")
     p.add_argument("--max-schema-depth", type=int, default=64,
                    help="deepest nesting of JSON values in a tool's parameters schema (an object level takes two)")
     p.add_argument("--max-enum", type=int, default=1024, help="most values of one enum in a tool schema")
@@ -112,7 +117,7 @@ def build_core(args: argparse.Namespace) -> Any:
                                       prefix_cache_mb=args.prefix_cache_mb)
     fmt = make_format(args.format, backend.tokenizer)
     engine = make_engine(args.engine, backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
-                         special_tokens=fmt.special_pieces())
+                         special_tokens=fmt.special_pieces(), cache_size=args.grammar_cache)
     # vLLM applies grammars inside its engine: it needs them in a form it can send along.
     engine = backend.constraint_engine(engine) if hasattr(backend, "constraint_engine") else engine
     config = ServerConfig(

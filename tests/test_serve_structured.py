@@ -299,3 +299,39 @@ def test_hermes_format_and_lm_format_enforcer(smollm2_tokenizer: Any, tiny_model
                 assert "uniqueItems" in r.json()["error"]["message"]
         finally:
             srv.stop()
+
+
+# ------------------------------------------------------------------ large tool sets
+
+
+def test_large_tool_sets_compile_once_and_the_bench_reports_them(smollm2_format_tokenizer: Any) -> None:
+    """The toolset bench's own measurement on 8 and 130 tools of the SmolLM2 vocabulary: a repeated tool
+    set compiles nothing, every first request compiles, and a call to the last tool replays through the
+    grammar (its per-token times are reported). Times are the benchmark's business, not asserted here."""
+    from bench.toolset_bench import Bench, measure, tool_pool
+
+    pool = tool_pool()
+    assert len(pool) >= 400 and len({t["function"]["name"] for t in pool}) == len(pool)
+    bench = Bench(smollm2_format_tokenizer, "octupus", "llguidance")
+    for size in (8, 130):
+        row = measure(bench, pool, size, trials=1)
+        assert row["compiled_again"] == 0 and row["tools"] == size
+        assert row["prompt_tokens"] > 20 * size and row["mask_us_p99"] > 0
+    assert "meets_target" in measure(bench, pool, 128, trials=1)
+
+
+def test_max_tools_is_a_server_flag(tiny_model_dir: Path) -> None:
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": WEATHER}} for i in range(200)]
+    body = {"model": MODEL, "messages": USER, "tools": tools, "max_tokens": 24,
+            "tool_choice": {"type": "function", "function": {"name": "tool_199"}}}
+    srv = Server(["--model", str(tiny_model_dir), "--served-model-name", MODEL, *LIMITS, "--max-tools", "256",
+                  "--max-context", "16384", "--grammar-cache", "1"])
+    try:
+        r = httpx.post(srv.base + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert [c["function"]["name"] for c in r.json()["choices"][0]["message"]["tool_calls"]] == ["tool_199"]
+        over = httpx.post(srv.base + "/v1/chat/completions", json={**body, "tools": tools + tools[:57]}, timeout=120)
+        assert over.status_code == 400 and over.json()["error"]["code"] == "too_many_tools"
+        assert "256" in over.json()["error"]["message"]
+    finally:
+        srv.stop()

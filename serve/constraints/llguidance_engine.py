@@ -107,6 +107,17 @@ def build_lark(spec: GrammarSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _error_summary(error: str) -> str:
+    """llguidance's error without the grammar listing it appends (lines like ``   3 | ...``)."""
+    lines = []
+    for line in error.strip().splitlines():
+        if line.lstrip()[:1].isdigit() and "|" in line[:8]:
+            break
+        if line.strip() and line.strip() != "^" * len(line.strip()):
+            lines.append(line.strip())
+    return " ".join(lines[:4])[:500] or "unknown error"
+
+
 class LLGuidanceMatcher(Matcher):
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, shifts: torch.Tensor) -> None:
         self._m = matcher
@@ -150,15 +161,13 @@ class LLGuidanceEngine(ConstraintEngine):
 
     def _compile(self, spec: GrammarSpec) -> llguidance.LLMatcher:
         grammar = build_lark(spec)
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
-        if is_error:
-            first = messages[0].splitlines()[0] if messages else "unknown error"
-            raise GrammarError(f"llguidance cannot enforce the schemas: {first}")
-        # The compiled form is a fresh matcher; requests get deep copies, which skips re-parsing
-        # the grammar and surfaces construction-time errors here, where they fail closed.
+        # The compiled form is a fresh matcher; requests get deep copies, which skips re-parsing the
+        # grammar. Constructing it reports every error the separate validation call would (a grammar
+        # it cannot enforce, a schema keyword it does not support), so the grammar is parsed once:
+        # half the compile time of a large tool set.
         prototype = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         if prototype.is_error():
-            raise GrammarError(f"llguidance cannot enforce the schemas: {prototype.get_error()}")
+            raise GrammarError(f"llguidance cannot enforce the schemas: {_error_summary(prototype.get_error())}")
         return prototype
 
     def matcher(self, compiled: llguidance.LLMatcher) -> LLGuidanceMatcher:
