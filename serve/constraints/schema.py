@@ -138,5 +138,6 @@ _NO_CONSTRAINT = {"type", "properties", "additionalProperties", "required", "tit
 def is_empty_object(schema: dict[str, Any]) -> bool:
     """True for a bounded schema that admits only ``{}`` (a tool without parameters): engines write it
     as the literal ``{}``, never ``{ }`` or ``{\n}``, which clients compare as text."""
-    return (schema.get("type") == "object" and not schema.get("properties") and schema.get("additionalProperties") is False
-            and not schema.get("required") and set(schema) <= _NO_CONSTRAINT)
+    return (schema.get("type") == "object" and not schema.get("properties")
+            and schema.get("additionalProperties") is False and not schema.get("required")
+            and set(schema) <= _NO_CONSTRAINT)
