@@ -364,13 +364,20 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(
 
 
 def _complete_checkpoints(checkpoint_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints in the run folders under ``checkpoint_dir``."""
     if not checkpoint_dir.is_dir():
         return []
     return sorted(
         int(p.name.split("-")[1])
-        for p in checkpoint_dir.glob("checkpoint-*")
+        for p in checkpoint_dir.glob("run-*/checkpoint-*")
         if (p / "trainer_state.json").is_file()
     )
+
+
+def _run_dir(checkpoint_dir: Path) -> Path:
+    runs = list(checkpoint_dir.glob("run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
 
 
 def _stage_env() -> dict[str, str]:
@@ -418,7 +425,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(
         train_stage2.main(["--params", str(params)])
     resumed_from = int(re.search(r"resuming from \S*checkpoint-(\d+)", caplog.text).group(1))
     assert resumed_from >= killed_at[-1]
-    state = json.loads((checkpoint_dir / f"checkpoint-{max_steps}" / "trainer_state.json").read_text())
+    state = json.loads((_run_dir(checkpoint_dir) / f"checkpoint-{max_steps}" / "trainer_state.json").read_text())
     assert state["global_step"] == max_steps
     # The step count continued: the resumed run logged only the steps after the checkpoint.
     assert min(e["step"] for e in state["log_history"] if e["step"] > resumed_from) == resumed_from + 1
@@ -433,24 +440,36 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, tiny_model_d
     data_dir = write_data(tmp_path / "data", rows=4)
     section = stage_section(tmp_path, tiny_model_dir, data_dir)
     config = Stage2Config.model_validate(section)
-    checkpoint_dir = Path(config.checkpoint_dir)
+    root = Path(config.checkpoint_dir)
+    root.mkdir(parents=True)
+    (root / "checkpoint-9").mkdir()  # the layout before run folders: removed, never resumed
+    (root / "checkpoint-9" / "trainer_state.json").write_text("{}")
 
-    assert checkpoints.prepare_checkpoint_dir(config, "v2") is None
+    run_dir, resume = checkpoints.prepare_checkpoint_dir(config, "v2")
+    assert resume is None and run_dir.parent == root and not (root / "checkpoint-9").exists()
     for step in (2, 4):
-        (checkpoint_dir / f"checkpoint-{step}").mkdir()
-        (checkpoint_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (checkpoint_dir / "checkpoint-6").mkdir()  # killed while saving: no trainer_state.json
-    assert checkpoints.prepare_checkpoint_dir(config, "v2") == checkpoint_dir / "checkpoint-4"
-    assert not (checkpoint_dir / "checkpoint-6").exists()
+        (run_dir / f"checkpoint-{step}").mkdir()
+        (run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (run_dir / "checkpoint-6").mkdir()  # killed while saving: no trainer_state.json
+    assert checkpoints.prepare_checkpoint_dir(config, "v2") == (run_dir, run_dir / "checkpoint-4")
+    assert not (run_dir / "checkpoint-6").exists()
 
+    # Another experiment (other hyperparameters): its own folder; the first run's checkpoints stay.
     changed = Stage2Config.model_validate({**section, "learning_rate": 1e-3})
-    assert checkpoints.prepare_checkpoint_dir(changed, "v2") is None
-    assert not list(checkpoint_dir.glob("checkpoint-*"))
+    other_dir, resume = checkpoints.prepare_checkpoint_dir(changed, "v2")
+    assert resume is None and other_dir != run_dir and (run_dir / "checkpoint-4").is_dir()
+    (other_dir / "checkpoint-2").mkdir()
+    (other_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    # Back to the first: it resumes its own checkpoint, and the other's stays too.
+    assert checkpoints.prepare_checkpoint_dir(config, "v2") == (run_dir, run_dir / "checkpoint-4")
+    assert (other_dir / "checkpoint-2").is_dir()
+    assert checkpoints.prepare_checkpoint_dir(config, "v1")[0] not in (run_dir, other_dir)  # the format too
 
-    (checkpoint_dir / "checkpoint-2").mkdir()
-    (checkpoint_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    # New data: a third run; only the KEEP_RUNS most recently started runs are kept.
     (data_dir / "train.jsonl").write_text((data_dir / "train.jsonl").read_text() * 2)
-    assert checkpoints.prepare_checkpoint_dir(changed, "v2") is None  # new data: start over
+    third_dir, resume = checkpoints.prepare_checkpoint_dir(changed, "v2")
+    assert resume is None and third_dir not in (run_dir, other_dir)
+    assert len(list(root.glob("run-*"))) == checkpoints.KEEP_RUNS
 
 
 # ------------------------------------------------------------------------------------------
@@ -492,7 +511,7 @@ def test_zero2_step_on_cpu_single_process(tmp_path: Path, tiny_model_dir: Path) 
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = Path(section["checkpoint_dir"]) / "checkpoint-2"
+    checkpoint = _run_dir(Path(section["checkpoint_dir"])) / "checkpoint-2"
     # A DeepSpeed checkpoint: ZeRO optimizer shards under global_step2/.
     assert list(checkpoint.glob("global_step2/*optim_states.pt"))
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
@@ -558,7 +577,8 @@ def test_accelerate_launcher_reexecutes_the_stage(tmp_path: Path, tiny_model_dir
     train_stage2.main(["--params", str(params)])
     assert seen["argv"][-4:] == ["--module", "stages.train_stage2", "--params", str(params)]
     assert seen["env"][launcher.LAUNCHED_ENV] == "1"
-    assert (Path(section["checkpoint_dir"]) / checkpoints.FINGERPRINT_FILE).is_file()
+    assert (_run_dir(Path(section["checkpoint_dir"])) / checkpoints.FINGERPRINT_FILE).is_file()
+    assert seen["env"][checkpoints.RUN_DIR_ENV] == str(_run_dir(Path(section["checkpoint_dir"])))
     assert not Path(section["output_dir"]).exists()
 
 
@@ -576,7 +596,7 @@ def test_accelerate_launch_trains_with_zero2_on_cpu(tmp_path: Path, tiny_model_d
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accelerate.commands.launch" in result.stderr
-    assert list((Path(section["checkpoint_dir"]) / "checkpoint-2").glob("global_step2/*optim_states.pt"))
+    assert list((_run_dir(Path(section["checkpoint_dir"])) / "checkpoint-2").glob("global_step2/*optim_states.pt"))
     assert (Path(section["output_dir"]) / "model.safetensors").is_file()
 
 

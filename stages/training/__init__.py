@@ -20,9 +20,10 @@ What a run does, module by module:
   floor learning rate, optionally DeepSpeed ZeRO), then an atomic save of the final model
   (safetensors + tokenizer + template + ``octupus.json``) in the layout ``AutoModelForCausalLM``
   and vLLM read: a killed save never leaves a half-written model behind.
-- ``checkpoints``: checkpoints go to ``checkpoint_dir`` (a DVC ``persist: true`` folder); a run
-  started again with the same inputs, code and hyperparameters resumes from the latest complete
-  ``checkpoint-N``; checkpoints of a different run are removed instead of resumed.
+- ``checkpoints``: checkpoints go to ``checkpoint_dir/run-<key>``, one folder per run (the key
+  hashes its inputs, code and hyperparameters; not a DVC output); a run started again resumes from
+  its latest complete ``checkpoint-N``, never from another run's, and two experiments keep theirs
+  side by side (the two most recently started runs are kept).
 - ``curves``: loss, learning rate, grad norm and the final validation loss, written with dvclive.
 - ``launcher``: the stages' command line, and the ``accelerate launch`` re-execution.
 

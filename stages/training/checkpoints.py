@@ -1,8 +1,15 @@
 """Checkpoints and resume: a stage started again continues its own run and never another's.
 
-``checkpoint_dir`` is a DVC ``persist: true`` folder. Beside the Trainer's ``checkpoint-N``
-folders it holds ``run_fingerprint.json``: the code, hyperparameters, data and input model the
-checkpoints were trained with. When any of them changed, the old checkpoints are removed.
+``checkpoint_dir`` holds one folder per run, ``run-<key>``, where the key hashes the run's
+fingerprint (``run_fingerprint.json`` inside: the code, hyperparameters, data and input model the
+checkpoints are trained with); the Trainer's ``checkpoint-N`` folders go in it. Two experiments
+(``make compare``'s V1 and V2) therefore keep their own checkpoints side by side: switching between
+them never removes or resumes the other's. The :data:`KEEP_RUNS` most recently started runs are
+kept, older ones removed, so the disk holds a bounded number of runs.
+
+The folder is not a DVC output: DVC never deletes it before a run (what ``persist`` was for), and
+an uncached output would switch DVC's run cache off for the stage, which is what let a ``dvc repro``
+after ``make compare`` retrain stage 2 (dvc.org/doc/user-guide/pipelines/run-cache).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,9 @@ from stages.training.config import BOOKKEEPING_FIELDS, SFTStageConfig
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "run_fingerprint.json"
+KEEP_RUNS = 2  # runs whose checkpoints are kept (the most recently started)
+# Set by the launcher for the ranks it starts: the run folder it prepared (ranks do no housekeeping).
+RUN_DIR_ENV = "OCTUPUS_RUN_DIR"
 # A change in how rows become tokens, or in how the loss is taken, must not resume a checkpoint
 # trained the old way: the training package and the tool-call format it renders with.
 CODE_FILES = (*sorted(Path(__file__).parent.glob("*.py")), *toolcall.source_files())
@@ -90,26 +101,37 @@ def run_fingerprint(config: SFTStageConfig, tool_format: str) -> dict[str, Any]:
     }
 
 
-def prepare_checkpoint_dir(config: SFTStageConfig, tool_format: str) -> Path | None:
-    """Make ``checkpoint_dir`` hold only checkpoints of this run; return the one to resume from."""
-    checkpoint_dir = Path(config.checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+def run_dir_of(config: SFTStageConfig, fingerprint: dict[str, Any]) -> Path:
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(config.checkpoint_dir) / f"run-{key}"
+
+
+def prepare_checkpoint_dir(config: SFTStageConfig, tool_format: str) -> tuple[Path, Path | None]:
+    """This run's checkpoint folder (created) and the checkpoint to resume from in it, if any.
+
+    Other runs' folders stay, up to :data:`KEEP_RUNS` in all; checkpoints left directly in
+    ``checkpoint_dir`` by the layout before run folders are removed.
+    """
+    root = Path(config.checkpoint_dir)
+    root.mkdir(parents=True, exist_ok=True)
     fingerprint = run_fingerprint(config, tool_format)
-    fingerprint_path = checkpoint_dir / FINGERPRINT_FILE
-    previous = json.loads(fingerprint_path.read_text()) if fingerprint_path.is_file() else None
-    if previous != fingerprint:
-        stale = [p for p in checkpoint_dir.iterdir() if _checkpoint_step(p) is not None]
-        if stale:
-            log.warning(
-                "inputs or hyperparameters changed since %s were written: removing them and starting over",
-                ", ".join(sorted(p.name for p in stale)),
-            )
-            for path in stale:
-                shutil.rmtree(path)
-        fingerprint_path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-    checkpoint = find_resumable_checkpoint(checkpoint_dir)
+    run_dir = run_dir_of(config, fingerprint)
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    os.utime(run_dir)  # this run is now the most recently started
+    legacy = [p for p in root.iterdir() if _checkpoint_step(p) is not None]
+    if legacy:
+        log.warning("removing %s (checkpoints of an earlier layout, without their run's fingerprint)",
+                    ", ".join(sorted(p.name for p in legacy)))
+        for path in legacy:
+            shutil.rmtree(path)
+    (root / FINGERPRINT_FILE).unlink(missing_ok=True)
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("run-") and p != run_dir),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in runs[KEEP_RUNS - 1:]:
+        log.info("removing the checkpoints of an older run: %s", old.name)
+        shutil.rmtree(old)
+    checkpoint = find_resumable_checkpoint(run_dir)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
-    return checkpoint
-
-
+    return run_dir, checkpoint

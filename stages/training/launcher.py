@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from stages.config import ConfigError, load_section, log_config, setup_logging, stage_argparser
-from stages.training.checkpoints import prepare_checkpoint_dir
+from stages.training.checkpoints import RUN_DIR_ENV, prepare_checkpoint_dir
 from stages.training.config import SFTStageConfig, tool_format_of
 from stages.training.trainer import train
 
@@ -64,10 +64,10 @@ def run_stage(config: SFTStageConfig, stage: str, module: str, params_path: str,
     log_config(stage, config)
     if config.launcher == "accelerate" and os.environ.get(LAUNCHED_ENV) != "1":
         # Housekeeping happens once, here, not racily in every rank.
-        prepare_checkpoint_dir(config, tool_format)
+        run_dir, _ = prepare_checkpoint_dir(config, tool_format)
         argv = accelerate_command(config, module, params_path)
         log.info("launching: %s", " ".join(argv))
-        env = {**os.environ, LAUNCHED_ENV: "1"}
+        env = {**os.environ, LAUNCHED_ENV: "1", RUN_DIR_ENV: str(run_dir)}
         completed = subprocess.run(argv, env=env, check=False)
         if completed.returncode != 0:
             raise SystemExit(f"{stage}: accelerate launch exited with status {completed.returncode}")

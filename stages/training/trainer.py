@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stages.config import ConfigError
-from stages.training.checkpoints import find_resumable_checkpoint, prepare_checkpoint_dir
+from stages.training.checkpoints import RUN_DIR_ENV, find_resumable_checkpoint, prepare_checkpoint_dir
 from stages.training.config import SFTStageConfig
 from stages.training.curves import make_dvclive_callback
 from stages.training.data import TokenizedSplit, read_stage_splits
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 
-def build_sft_config(config: SFTStageConfig, eval_enabled: bool) -> Any:
-    """trl's SFTConfig: the training arguments of this stage's hyperparameters."""
+def build_sft_config(config: SFTStageConfig, eval_enabled: bool, output_dir: Path | None = None) -> Any:
+    """trl's SFTConfig: the training arguments of this stage's hyperparameters; checkpoints go to
+    ``output_dir`` (the run's folder, :mod:`stages.training.checkpoints`), by default ``checkpoint_dir``."""
     import torch
     from trl import SFTConfig
 
@@ -45,7 +46,7 @@ def build_sft_config(config: SFTStageConfig, eval_enabled: bool) -> Any:
         # As a ratio: the absolute `min_lr` reads optimizer.defaults, which DeepSpeed's optimizer lacks.
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": config.min_learning_rate / config.learning_rate}
     return SFTConfig(
-        output_dir=config.checkpoint_dir,
+        output_dir=str(output_dir or config.checkpoint_dir),
         # Labels come from the template's generation spans in `tokenize_conversation`; the data
         # reaches trl already tokenized, so trl's own assistant_only_loss path stays off.
         assistant_only_loss=False,
@@ -140,16 +141,18 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
     from transformers import AutoTokenizer
 
     if housekeeping:
-        resume = prepare_checkpoint_dir(config, tool_format)
+        run_dir, resume = prepare_checkpoint_dir(config, tool_format)
     else:
-        resume = find_resumable_checkpoint(Path(config.checkpoint_dir), remove_incomplete=False)
+        # A rank started by the launcher: the run folder it prepared, looked at only.
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        resume = find_resumable_checkpoint(run_dir, remove_incomplete=False)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     if not re.search(r"{%-?\s*generation\s*-?%}", tokenizer.chat_template or ""):
         raise ConfigError(f"{config.model}: the tokenizer's chat template has no {{% generation %}} markers")
     train_split, eval_split = read_stage_splits(config, tokenizer, tool_format)
 
     # Arguments before the model: with ZeRO-3 they switch from_pretrained to partitioned loading.
-    args = build_sft_config(config, eval_enabled=eval_split is not None)
+    args = build_sft_config(config, eval_enabled=eval_split is not None, output_dir=run_dir)
     model = load_model(config)
     resume_step = None
     if resume is not None:
