@@ -24,7 +24,15 @@ from typing import Any
 
 from pydantic import Field
 
-from stages.config import ConfigError, StrictModel, load_section, log_config, read_params, setup_logging, stage_argparser
+from stages.config import (
+    ConfigError,
+    StrictModel,
+    load_section,
+    log_config,
+    read_params,
+    setup_logging,
+    stage_argparser,
+)
 
 log = logging.getLogger(__name__)
 
