@@ -67,8 +67,9 @@ repro: setup $(BFCL_STAMP)
 # V1 and V2 (recipes/v1.yaml, recipes/v2.yaml) as DVC experiments of the same names; stage 1 and
 # the stock model's evaluation are shared, so only filter, train_stage2 and evaluate@stage2 rerun.
 # V2 first: it is what params.yaml holds, so after `make repro` its experiment finds every stage up
-# to date and reruns nothing. Every output of the training stages is cached (the checkpoints are a
-# plain folder per run, not an output), so DVC's run cache restores a stage whose params and inputs
+# to date and reruns nothing. No output of the training stages is persisted, only metrics and plots are
+# uncached (checkpoints and
+# live curves sit in a folder per run, not an output), so DVC's run cache restores a stage whose params and inputs
 # it has seen. `exp apply v2` then puts the default's params and outputs back in the workspace.
 compare: setup $(BFCL_STAMP)
 	$(PY) -m stages.recipe exp v2

@@ -51,6 +51,7 @@ EXPECTED = {"gpu-8x": ORIGINAL, "gpu-multinode": ORIGINAL, "gpu-8x-v1": ORIGINAL
 
 def section_configs() -> dict[str, type[StrictModel]]:
     from stages.base_model import BaseModelConfig
+    from stages.data_card import DataCardConfig
     from stages.edit_tokenizer import EditTokenizerConfig
     from stages.evaluation.config import EvaluateConfig
     from stages.filter import FilterConfig
@@ -60,7 +61,7 @@ def section_configs() -> dict[str, type[StrictModel]]:
 
     return {"raw": RawConfig, "filter": FilterConfig, "reanswer": ReanswerConfig, "base_model": BaseModelConfig,
             "edit_tokenizer": EditTokenizerConfig, "train_stage1": Stage1Config, "train_stage2": Stage2Config,
-            "evaluate": EvaluateConfig}
+            "evaluate": EvaluateConfig, "data_card": DataCardConfig}
 
 
 @pytest.fixture(autouse=True)

@@ -73,7 +73,9 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     start = time.monotonic()
     out = sh(repo, "dvc", "repro")
     assert ran(out) == {"raw", "filter", "reanswer", "base_model", "edit_tokenizer", "train_stage1", "train_stage2",
-                        "evaluate@base", "evaluate@stage2"}
+                        "evaluate@base", "evaluate@stage2", "data_card"}
+    card = json.loads((repo / "metrics" / "data.json").read_text())
+    assert card["sets"]["stage2/train"]["all"]["rows"] > 0
     categories = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["categories"]
     calls = 0
     for key in MODELS:

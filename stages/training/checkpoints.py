@@ -8,8 +8,9 @@ them never removes or resumes the other's. The :data:`KEEP_RUNS` most recently s
 kept, older ones removed, so the disk holds a bounded number of runs.
 
 The folder is not a DVC output: DVC never deletes it before a run (what ``persist`` was for), and
-an uncached output would switch DVC's run cache off for the stage, which is what let a ``dvc repro``
-after ``make compare`` retrain stage 2 (dvc.org/doc/user-guide/pipelines/run-cache).
+a persisted or uncached output turns DVC's run cache off for its stage (``dvc/stage/cache.py``),
+which is what let a ``dvc repro`` after ``make compare`` retrain stage 2. The run's dvclive history
+lives here too (``curves.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,11 @@ def run_fingerprint(config: SFTStageConfig, tool_format: str) -> dict[str, Any]:
     }
 
 
+def _started(run_dir: Path) -> float:
+    marker = run_dir / FINGERPRINT_FILE
+    return (marker if marker.is_file() else run_dir).stat().st_mtime
+
+
 def run_dir_of(config: SFTStageConfig, fingerprint: dict[str, Any]) -> Path:
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.checkpoint_dir) / f"run-{key}"
@@ -118,7 +123,8 @@ def prepare_checkpoint_dir(config: SFTStageConfig, tool_format: str) -> tuple[Pa
     run_dir = run_dir_of(config, fingerprint)
     run_dir.mkdir(exist_ok=True)
     (run_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-    os.utime(run_dir)  # this run is now the most recently started
+    # The fingerprint file's time says when the run last started (a folder's own time moves with
+    # every checkpoint it saves).
     legacy = [p for p in root.iterdir() if _checkpoint_step(p) is not None]
     if legacy:
         log.warning("removing %s (checkpoints of an earlier layout, without their run's fingerprint)",
@@ -127,7 +133,7 @@ def prepare_checkpoint_dir(config: SFTStageConfig, tool_format: str) -> tuple[Pa
             shutil.rmtree(path)
     (root / FINGERPRINT_FILE).unlink(missing_ok=True)
     runs = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("run-") and p != run_dir),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
+                  key=_started, reverse=True)
     for old in runs[KEEP_RUNS - 1:]:
         log.info("removing the checkpoints of an older run: %s", old.name)
         shutil.rmtree(old)

@@ -1,9 +1,17 @@
-"""Training curves and the run summary, written with dvclive (``dvclive/<stage>/``, DVC plots/metrics)."""
+"""Training curves and the run summary, written with dvclive.
+
+dvclive writes into the run's own folder (``checkpoints/<stage>/run-<key>/dvclive``), which a
+resumed run continues; at the end the folder is copied to ``dvclive/<stage>/``, the stage's DVC
+metrics and plots. Those outputs are therefore not ``persist``: a persisted output turns DVC's
+run cache off for its stage (``dvc/stage/cache.py``, ``_can_hash``).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +94,13 @@ def make_dvclive_callback(dvclive_dir: str, resume_step: int | None) -> Any:
     return DVCLiveMetrics()
 
 
+
+
+def publish_curves(live_dir: Path, output_dir: Path) -> None:
+    """Copy the run's finished curves and summary to the stage's output folder (replaced whole)."""
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(live_dir, staging)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(staging, output_dir)

@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stages.config import ConfigError
-from stages.training.checkpoints import RUN_DIR_ENV, find_resumable_checkpoint, prepare_checkpoint_dir
+from stages.training.checkpoints import (
+    RUN_DIR_ENV,
+    find_resumable_checkpoint,
+    prepare_checkpoint_dir,
+    run_dir_of,
+    run_fingerprint,
+)
 from stages.training.config import SFTStageConfig
-from stages.training.curves import make_dvclive_callback
+from stages.training.curves import make_dvclive_callback, publish_curves
 from stages.training.data import TokenizedSplit, read_stage_splits
 from stages.training.model import cpu_has_native_bf16, load_model
 from toolcall.metadata import METADATA_FILE, metadata_text
@@ -144,7 +150,7 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
         run_dir, resume = prepare_checkpoint_dir(config, tool_format)
     else:
         # A rank started by the launcher: the run folder it prepared, looked at only.
-        run_dir = Path(os.environ[RUN_DIR_ENV])
+        run_dir = Path(os.environ.get(RUN_DIR_ENV) or run_dir_of(config, run_fingerprint(config, tool_format)))
         resume = find_resumable_checkpoint(run_dir, remove_incomplete=False)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     if not re.search(r"{%-?\s*generation\s*-?%}", tokenizer.chat_template or ""):
@@ -157,7 +163,10 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
     resume_step = None
     if resume is not None:
         resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
-    live = make_dvclive_callback(config.dvclive_dir, resume_step)
+    # The curves are written beside the run's checkpoints, so a resumed run continues its own
+    # history (never another experiment's), and copied to the stage's output at the end.
+    live_dir = run_dir / "dvclive"
+    live = make_dvclive_callback(str(live_dir), resume_step)
     trainer = build_trainer(model, tokenizer, args, train_split, eval_split, callbacks=[live],
                             decision_weight=config.decision_weight)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
@@ -186,6 +195,7 @@ def train(config: SFTStageConfig, tool_format: str, housekeeping: bool = True) -
     save_final_model(trainer, tokenizer, config, tool_format)
     if trainer.is_world_process_zero():
         live.close(summary)
+        publish_curves(live_dir, Path(config.dvclive_dir))
         log.info("summary: %s", json.dumps(summary, sort_keys=True))
     return summary
 
