@@ -27,6 +27,13 @@ log = logging.getLogger("serve")
 DEFAULT_ENGINE = "llguidance"
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model folder (saved transformers model, or one .gguf file)")
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tools", type=int, default=128,
                    help="most tools one request may offer (OpenAI's limit is 128; agent clients with many MCP "
                         "servers send more: a 512-tool set compiles in well under a second, `python -m bench toolset`)")
-    p.add_argument("--grammar-cache", type=int, default=64,
+    p.add_argument("--grammar-cache", type=_non_negative, default=64,
                    help="compiled grammars kept (least recently used dropped): a repeated tool set, tool_choice "
                         "and response_format compile nothing; a 512-tool grammar holds a few MB")
     p.add_argument("--max-schema-depth", type=int, default=64,

@@ -106,10 +106,12 @@ def validate_answer(text: str, schema: dict[str, Any]) -> str | None:
     """None if a structured answer is one JSON value valid against ``schema``, else what is wrong."""
     try:
         value = loads_strict(text)
+        errors = sorted(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(
+            schema).iter_errors(value), key=lambda e: list(e.path))
+    except RecursionError:
+        return "the answer is nested too deeply to read"
     except ValueError as exc:
         return f"the answer is not valid JSON ({exc}): {text[:200]!r}"
-    errors = sorted(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(
-        schema).iter_errors(value), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
         return f"the answer fails the response_format schema at {where}: {errors[0].message}"
@@ -179,9 +181,9 @@ class ServingCore:
         if rf.kind == "json_object":
             return {"type": "object"}
         if rf.schema is None:
-            raise BadRequest(f"{rf.label}: a json_schema response format needs a 'schema'", param="response_format")
-        check_tool_limits(rf.schema, rf.label, self.config.schema_limits, param="response_format")
-        return check_answer_schema(rf.schema, rf.label)
+            raise BadRequest(f"{rf.label}: a json_schema response format needs a 'schema'", param=rf.param)
+        check_tool_limits(rf.schema, rf.label, self.config.schema_limits, param=rf.param)
+        return check_answer_schema(rf.schema, rf.label, rf.param)
 
     def _prepare(self, inputs: GenerationInputs) -> Prepared:
         self.check_model(inputs.model)
@@ -261,13 +263,15 @@ class ServingCore:
         try:
             return self._compile_timed(spec)
         except GrammarError as exc:
-            if spec.text_schema_json is None or exc.param == "response_format" or rf is None:
+            if spec.text_schema_json is None or rf is None:
                 raise
+            if exc.param == "response_format":  # the engine named the answer's schema itself
+                raise GrammarError(f"{rf.label}: {exc.message}", param=rf.param) from None
             # Which schema the engine could not enforce: try the answer's alone (only on this error path).
             try:
                 self._compile_timed(dataclasses.replace(spec, tools=(), allow_calls=False, allow_text=True))
             except GrammarError as answer_exc:
-                raise GrammarError(f"{rf.label}: {answer_exc.message}", param="response_format") from None
+                raise GrammarError(f"{rf.label}: {answer_exc.message}", param=rf.param) from None
             raise
 
     def _compile_timed(self, spec: GrammarSpec) -> Any:

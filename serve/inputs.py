@@ -44,10 +44,11 @@ class ResponseFormat:
     name: str | None = None
     schema: dict[str, Any] | None = None
     strict: bool | None = None
+    param: str = "response_format"  # the request field, as errors name it ("text.format" on Responses)
 
     @property
     def label(self) -> str:
-        return f"response_format '{self.name}'" if self.name else f"response_format {self.kind}"
+        return f"{self.param} '{self.name}'" if self.name else f"{self.param} {self.kind}"
 
 
 @dataclass(frozen=True)

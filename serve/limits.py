@@ -40,10 +40,10 @@ def check_tool_limits(schema: Any, where: str, limits: SchemaLimits, param: str 
         node, depth = stack.pop()
         nodes += 1
         if nodes > limits.max_nodes:
-            raise BadRequest(f"{where}: parameters schema is too large (over {limits.max_nodes} JSON values)",
+            raise BadRequest(f"{where}: schema is too large (over {limits.max_nodes} JSON values)",
                              param=param, code="schema_too_large")
         if depth > limits.max_depth:
-            raise BadRequest(f"{where}: parameters schema is nested deeper than {limits.max_depth} levels",
+            raise BadRequest(f"{where}: schema is nested deeper than {limits.max_depth} levels",
                              param=param, code="schema_too_large")
         if isinstance(node, dict):
             if isinstance(node.get("$ref"), str):

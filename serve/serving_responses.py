@@ -33,6 +33,8 @@ from serve.sse import GenerationStream
 from toolcall.messages import ContentError, text_of
 
 ENDPOINT = "responses"
+# The content part types of a function_call_output's array form; any other array is tool output as JSON.
+CONTENT_PART_TYPES = frozenset({"input_text", "output_text", "text", "input_image", "input_file", "input_audio"})
 
 
 def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
@@ -72,12 +74,14 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             if not isinstance(item.get("call_id"), str):
                 raise BadRequest(f"{where}: function_call_output needs a string 'call_id'", param="input")
             output = item.get("output", "")
-            if isinstance(output, list) and all(isinstance(p, dict) and "type" in p for p in output):
+            if isinstance(output, list) and output and all(
+                    isinstance(p, dict) and p.get("type") in CONTENT_PART_TYPES for p in output):
                 # Content parts: their text, and a 400 for an image or a file (the formats carry text only).
                 try:
                     output = text_of(output)
-                except ContentError as exc:
-                    raise BadRequest(f"{where}: {exc}", param="input") from None
+                except (ContentError, TypeError) as exc:
+                    raise BadRequest(f"{where}: output parts must be text parts with a string 'text' ({exc})",
+                                     param="input") from None
             elif not isinstance(output, str):
                 output = json.dumps(output, ensure_ascii=False)  # any other JSON: its text
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
@@ -144,10 +148,10 @@ def text_format(req: ResponsesRequest) -> ResponseFormat | None:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return ResponseFormat("json_object")
+        return ResponseFormat("json_object", param="text.format")
     if not fmt.name:
         raise BadRequest("text.format of type 'json_schema' needs a 'name'", param="text.format.name")
-    return ResponseFormat("json_schema", name=fmt.name, schema=fmt.schema_, strict=fmt.strict)
+    return ResponseFormat("json_schema", name=fmt.name, schema=fmt.schema_, strict=fmt.strict, param="text.format")
 
 
 def responses_inputs(req: ResponsesRequest) -> GenerationInputs:

@@ -126,7 +126,9 @@ def test_tool_results_as_text_parts_read_as_their_text(server: LoopbackServer, e
     # The same prompt, hence the same answer (greedy-free sampling with one seed is deterministic too).
     assert prompt_tokens(endpoint, parts.json()) == prompt_tokens(endpoint, plain.json())
     assert [c[1:] for c in calls_of(endpoint, parts.json())] == [c[1:] for c in calls_of(endpoint, plain.json())]
-    image = post(server, endpoint, history(endpoint, result=[{"type": "image_url", "image_url": {"url": "x"}}]))
+    picture = ({"type": "image_url", "image_url": {"url": "x"}} if endpoint == "chat"
+               else {"type": "input_image", "image_url": "x"})
+    image = post(server, endpoint, history(endpoint, result=[picture]))
     assert image.status_code == 400
 
 
@@ -148,3 +150,13 @@ def test_a_result_for_no_call_is_a_400_naming_its_id(server: LoopbackServer, end
     assert r.status_code == 400
     error = r.json()["error"]
     assert "call_nowhere" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_function_call_output_arrays(server: LoopbackServer) -> None:
+    """Responses: an array of content parts is its text; an array of other objects is tool output, sent as
+    JSON text (a 'type' field in it is the tool's data); a text part whose text is not a string is a 400."""
+    data = [{"type": "restaurant", "name": "Northbound"}]
+    r = post(server, "responses", {**history("responses", result=data), "seed": 0})
+    assert r.status_code == 200, r.text
+    bad = post(server, "responses", history("responses", result=[{"type": "input_text", "text": 5}]))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

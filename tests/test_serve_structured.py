@@ -242,7 +242,7 @@ def test_bad_text_formats_on_responses_are_400s(server: Server) -> None:
         r = httpx.post(server.base + "/v1/responses", timeout=60,
                        json={"model": MODEL, "input": "hi", "text": {"format": fmt}, "max_output_tokens": 4})
         assert r.status_code == 400, r.text
-        assert needle in r.json()["error"]["message"]
+        assert needle in r.json()["error"]["message"] and r.json()["error"]["param"].startswith("text.format")
 
 
 def test_a_tool_schema_fault_still_names_the_tool(server: Server) -> None:
@@ -297,6 +297,12 @@ def test_hermes_format_and_lm_format_enforcer(smollm2_tokenizer: Any, tiny_model
                         {"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniq")})
                 assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
                 assert "uniqueItems" in r.json()["error"]["message"]
+                # Schemas the library itself cannot parse, or fails on only mid-generation: 400s too.
+                for schema in ({"description": "any value"}, {"enum": [1, "a"]},
+                               {"type": "object", "properties": {"a": True}}):
+                    r = httpx.post(srv.base + "/v1/chat/completions", timeout=60, json={
+                        "model": MODEL, "messages": USER, "response_format": json_schema_format(schema, "odd")})
+                    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
         finally:
             srv.stop()
 
@@ -335,3 +341,27 @@ def test_max_tools_is_a_server_flag(tiny_model_dir: Path) -> None:
         assert "256" in over.json()["error"]["message"]
     finally:
         srv.stop()
+
+
+def test_schema_checks_never_crash_on_odd_input() -> None:
+    from serve.constraints.schema import _patterns, meta_check
+    from serve.core import validate_answer
+    from serve.errors import BadRequest
+
+    schema = {"type": "object", "properties": {"enum": {"type": "string", "pattern": "^a"}},
+              "enum": [{"pattern": "(unclosed"}], "default": {"pattern": "["}}
+    assert _patterns(schema) == ["^a"]  # a property named enum is a schema; enum values are data
+    for bad in ({"$schema": "http://example.com/unknown-draft#"}, {"type": "string", "pattern": "(unclosed"}):
+        with pytest.raises(BadRequest, match="invalid JSON schema"):
+            meta_check(bad, "response_format 'x'", "response_format")
+    deep = "[" * 100_000 + "]" * 100_000
+    assert validate_answer(deep, {}) is not None  # nested too deeply: a reason, not a RecursionError
+    assert validate_answer('{"a": 1}', {"type": "object"}) is None
+
+
+def test_grammar_cache_flag_takes_no_negative_size() -> None:
+    from serve.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "m", "--grammar-cache", "-1"])
+    assert build_parser().parse_args(["--model", "m", "--grammar-cache", "0"]).grammar_cache == 0

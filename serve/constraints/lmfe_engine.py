@@ -50,7 +50,10 @@ _SUB_LISTS = ("anyOf", "allOf", "oneOf")
 
 
 def unenforced_keywords(node: Any, path: str = "") -> list[str]:
-    """Keywords of a schema that this engine would silently ignore, with where they are."""
+    """Keywords of a schema that this engine would silently ignore, with where they are (and boolean
+    subschemas, which it fails on mid-generation)."""
+    if isinstance(node, bool):
+        return [f"a boolean schema at {path or '/'}"]
     if not isinstance(node, dict):
         return []
     found = [f"'{k}' at {path or '/'}" for k in node if k not in _ENFORCED]
@@ -60,8 +63,10 @@ def unenforced_keywords(node: Any, path: str = "") -> list[str]:
     for key in _SUB_LISTS:
         for i, child in enumerate(node.get(key) or []):
             found += unenforced_keywords(child, f"{path}/{key}/{i}")
-    for key in ("items", "additionalProperties"):
-        found += unenforced_keywords(node.get(key), f"{path}/{key}")
+    found += unenforced_keywords(node.get("items"), f"{path}/items")
+    extra = node.get("additionalProperties")
+    if not isinstance(extra, bool):  # true / false there is what the engine reads
+        found += unenforced_keywords(extra, f"{path}/additionalProperties")
     return found
 
 
@@ -233,8 +238,22 @@ class LMFormatEnforcerEngine(ConstraintEngine):
                                    param="response_format")
         if not (spec.allow_text or (spec.allow_calls and tools)):
             raise GrammarError("nothing to generate: neither text nor a tool call is allowed")
-        # Parsers are cheap to build and carry per-sequence state, so the compiled form is the recipe.
-        return {"spec": spec, "tools": tools, "answer": answer}
+        # Parsers are cheap to build and carry per-sequence state, so the compiled form is the recipe;
+        # it is built once here so that a schema the engine cannot parse fails closed now (400).
+        compiled = {"spec": spec, "tools": tools, "answer": answer}
+        config = CharacterLevelParserConfig(alphabet=self.alphabet, max_consecutive_whitespaces=spec.max_whitespace)
+        if answer is not None:
+            try:
+                JsonSchemaParser(answer, config=config)
+            except Exception as exc:  # the library raises plain exceptions for schemas it does not take
+                raise GrammarError(f"lm-format-enforcer cannot enforce the response_format schema: {exc}",
+                                   param="response_format") from None
+        for name, schema in tools:
+            try:
+                JsonSchemaParser(schema, config=config)
+            except Exception as exc:
+                raise GrammarError(f"lm-format-enforcer cannot enforce tool '{name}': {exc}") from None
+        return compiled
 
     def _root(self, compiled: dict[str, Any], branches_wanted: str = "all") -> CharacterLevelParser:
         spec: GrammarSpec = compiled["spec"]

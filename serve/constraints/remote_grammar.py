@@ -69,7 +69,7 @@ class RemoteGrammarEngine(ConstraintEngine):
     """
 
     def __init__(self, inner: ConstraintEngine) -> None:
-        super().__init__(inner.tokenizer, inner.vocab_size, inner.stop_token_ids)
+        super().__init__(inner.tokenizer, inner.vocab_size, inner.stop_token_ids, cache_size=inner._cache_size)
         self.inner = inner
         self.name = inner.name
         self.enforces_number_bounds = inner.enforces_number_bounds

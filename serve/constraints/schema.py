@@ -35,10 +35,9 @@ def meta_check(schema: dict[str, Any], where: str, param: str) -> None:
     """
     try:
         jsonschema_rs.meta.validate(schema)
-    except jsonschema_rs.ValidationError as exc:
-        raise BadRequest(f"{where}: invalid JSON schema: {str(exc).splitlines()[0]}", param=param) from None
-    except (jsonschema_rs.ReferencingError, ValueError) as exc:  # e.g. a $schema naming no known draft
-        raise BadRequest(f"{where}: invalid JSON schema: {str(exc).splitlines()[0][:300]}", param=param) from None
+    except Exception as exc:  # ValidationError; ReferencingError or ValueError for a $schema it does not know
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BadRequest(f"{where}: invalid JSON schema: {first}", param=param) from None
     for pattern in _patterns(schema):
         try:
             re.compile(pattern)
@@ -57,17 +56,27 @@ def _patterns(schema: Any) -> list[str]:
                 found.append(node["pattern"])
             if isinstance(node.get("patternProperties"), dict):
                 found.extend(k for k in node["patternProperties"] if isinstance(k, str))
-            stack.extend(node.values())
+            for key, value in node.items():
+                if key in _DATA_KEYWORDS:
+                    continue  # data, not schemas: a "pattern" key in a const or an enum value is text
+                if key in _SCHEMA_MAPS and isinstance(value, dict):
+                    stack.extend(value.values())  # names -> schemas (a property may be named "enum")
+                else:
+                    stack.append(value)
         elif isinstance(node, list):
             stack.extend(node)
     return found
 
 
-def check_answer_schema(schema: Any, where: str) -> dict[str, Any]:
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "example"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def check_answer_schema(schema: Any, where: str, param: str = "response_format") -> dict[str, Any]:
     """A ``response_format`` schema, checked: any valid JSON Schema object (the answer may be any JSON value)."""
     if not isinstance(schema, dict):
-        raise BadRequest(f"{where}: the schema must be a JSON Schema object", param="response_format")
-    meta_check(schema, where, "response_format")
+        raise BadRequest(f"{where}: the schema must be a JSON Schema object", param=param)
+    meta_check(schema, where, param)
     return schema
 
 
