@@ -120,9 +120,25 @@ def bench_decode(cores: dict[str, Any], tokens: int, rounds: int) -> dict[str, A
     return out
 
 
+def replay_seconds(matcher: Any, tokenizer: Any, text: str, who: str) -> list[float]:
+    """Seconds per token (mask + advance) while ``text`` is replayed through ``matcher``; raises if the
+    grammar rejects a token of it."""
+    import torch
+
+    samples = []
+    for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        logits = torch.zeros(len(tokenizer))
+        t0 = time.perf_counter()
+        matcher.apply(logits)
+        ok = matcher.consume(token)
+        samples.append(time.perf_counter() - t0)
+        if not ok or not torch.isfinite(logits[token]):
+            raise RuntimeError(f"{who} rejected the replayed output {text!r}")
+    return samples
+
+
 def bench_replay(tokenizer: Any, fmt_name: str, engines: list[str], repeats: int = 3) -> dict[str, Any]:
     """Per-token constraint cost when replaying fixed outputs (calls and text) on a vocabulary."""
-    import torch
 
     from serve.constraints import make_engine
     from serve.core import ServerConfig
@@ -150,15 +166,7 @@ def bench_replay(tokenizer: Any, fmt_name: str, engines: list[str], repeats: int
         samples: list[float] = []
         for _ in range(repeats):
             for text in texts:
-                matcher = engine.matcher(compiled)
-                for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
-                    logits = torch.zeros(len(tokenizer))
-                    t0 = time.perf_counter()
-                    matcher.apply(logits)
-                    ok = matcher.consume(token)
-                    samples.append(time.perf_counter() - t0)
-                    if not ok or not torch.isfinite(logits[token]):
-                        raise RuntimeError(f"{name} rejected the replayed output {text!r}")
+                samples += replay_seconds(engine.matcher(compiled), tokenizer, text, name)
         out[name] = {"tokenizer_prep_s": round(prep, 2), "constraint_us_p50": round(_pct(samples, 0.5) * 1e6, 1),
                      "constraint_us_p99": round(_pct(samples, 0.99) * 1e6, 1), "tokens": len(samples)}
     return out

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.serve_bench import _pct, replay_seconds
+
 log = logging.getLogger(__name__)
 
 TARGET_MS = {128: 100.0, 512: 500.0}
@@ -62,11 +64,6 @@ def tool_set(pool: list[dict[str, Any]], size: int, tag: str) -> list[dict[str, 
         fn["name"] = f"{fn['name'][:40]}_{i // len(pool)}{tag}"
         out.append({"type": "function", "function": fn})
     return out
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def _rss_mb() -> float:
@@ -121,7 +118,6 @@ class Bench:
 
     def replay(self, prep: Any, tools: list[dict[str, Any]]) -> list[float]:
         """Seconds per token (mask + advance) while a call to the last tool is replayed."""
-        import torch
 
         from serve.core import validate_call
 
@@ -131,17 +127,7 @@ class Bench:
         if problem:
             raise RuntimeError(f"replayed call is invalid: {problem}")
         text = self.core.fmt.shape.render_call(fn["name"], arguments)
-        matcher = self.core.engine.matcher(prep.compiled)
-        samples = []
-        for token in self.core.tokenizer(text, add_special_tokens=False)["input_ids"]:
-            logits = torch.zeros(len(self.core.tokenizer))
-            t0 = time.perf_counter()
-            matcher.apply(logits)
-            ok = matcher.consume(token)
-            samples.append(time.perf_counter() - t0)
-            if not ok or not torch.isfinite(logits[token]):
-                raise RuntimeError(f"the grammar rejected the replayed call {text!r}")
-        return samples
+        return replay_seconds(self.core.engine.matcher(prep.compiled), self.core.tokenizer, text, self.core.engine.name)
 
 
 def example_arguments(schema: dict[str, Any]) -> dict[str, Any]:

@@ -94,28 +94,29 @@ def validate_call(name: str | None, arguments: str, tools: dict[str, dict[str, A
         return f"arguments of '{name}' are not valid JSON ({exc}): {arguments[:200]!r}"
     if not isinstance(args, dict):
         return f"arguments of '{name}' are not a JSON object"
-    errors = sorted(jsonschema.validators.validator_for(tools[name], default=jsonschema.Draft202012Validator)(
-        tools[name]).iter_errors(args), key=lambda e: list(e.path))
-    if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
-        return f"arguments of '{name}' fail the schema at {where}: {errors[0].message}"
-    return None
+    problem = schema_problem(args, tools[name])
+    return f"arguments of '{name}' fail the schema at {problem}" if problem else None
+
+
+def schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
+    """``"<where>: <message>"`` of the first error of ``value`` against ``schema``, or None if it is valid."""
+    errors = sorted(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(
+        schema).iter_errors(value), key=lambda e: list(e.path))
+    if not errors:
+        return None
+    where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+    return f"{where}: {errors[0].message}"
 
 
 def validate_answer(text: str, schema: dict[str, Any]) -> str | None:
     """None if a structured answer is one JSON value valid against ``schema``, else what is wrong."""
     try:
-        value = loads_strict(text)
-        errors = sorted(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(
-            schema).iter_errors(value), key=lambda e: list(e.path))
+        problem = schema_problem(loads_strict(text), schema)
     except RecursionError:
         return "the answer is nested too deeply to read"
     except ValueError as exc:
         return f"the answer is not valid JSON ({exc}): {text[:200]!r}"
-    if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
-        return f"the answer fails the response_format schema at {where}: {errors[0].message}"
-    return None
+    return f"the answer fails the response_format schema at {problem}" if problem else None
 
 
 # ------------------------------------------------------------------ the service
