@@ -11,7 +11,7 @@ functions it calls. Then those rules run (duplicates, the per-function cap), the
 is drawn, and the sources are mixed into the two training sets by per-source ratios and written
 row by row. Every rule is named and counted (stages/filter_rules.py). Rows stay UTF-8 bytes from
 the raw line to the spill (read, hashed and written as bytes, never decoded to be measured);
-the per-row rules are plain Python over each chunk, numpy does the whole-source rules.
+the per-row rules are plain Python over each chunk, polars does the whole-source rules.
 Everything is deterministic and independent of input order and chunking: rows are ordered by a
 hash of their content, never by input order.
 """
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, AnyStr
 
 import numpy as np
+import polars as pl
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
@@ -297,86 +298,71 @@ def check_rows(rows: list[EncodedRow], max_chars: int) -> tuple[list[EncodedRow]
 
 
 # ----------------------------------------------------------------------------------------------
-# Rules that need every row of a source
+# Rules that need every row of a source (polars, over the table of kept rows' keys and calls)
+
+# A table of kept rows: ``row`` (index into the source's SpilledRows) and ``key`` (its content key).
+ROWS = {"row": pl.get_index_type(), "key": pl.UInt64}
 
 
-def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(start, length) of each run of equal consecutive values."""
-    if len(sorted_values) == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    return starts, np.diff(np.r_[starts, len(sorted_values)])
-
-
-def deduplicate_and_cap(store: SpilledRows, max_rows_per_function: int | None) -> tuple[np.ndarray, Counter[str]]:
+def deduplicate_and_cap(store: SpilledRows, max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
     """Exact duplicates, then the per-function cap, over all rows that passed the per-row rules.
 
-    Returns the kept rows (indices into ``store``) ordered by (content key, messages), and the drops.
+    Returns the kept rows (:data:`ROWS`) ordered by (content key, messages), and the drops.
     """
-    drops: Counter[str] = Counter()
-    by_key = np.argsort(store.key, kind="stable")
-    keys = store.key[by_key]
-    starts, lengths = _runs(keys)
-    keep = np.ones(len(by_key), dtype=bool)
-    # Equal rows have equal content keys, so only rows sharing a key are compared by their texts;
-    # which copy of identical rows survives cannot change the output. Rows that only share a key
-    # (a hash collision) are ordered by their messages, as everywhere the key is the order.
-    for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
-        members = by_key[start:start + length].tolist()
-        texts = {}
-        for i in members:
-            texts.setdefault(store.texts(i), i)
-        survivors = sorted(texts.items(), key=lambda item: (item[0][0], item[1]))
-        by_key[start:start + len(survivors)] = [i for _, i in survivors]
-        keep[start + len(survivors):start + length] = False
-    drops["duplicate"] += int((~keep).sum())
-    order = by_key[keep]
-
-    if max_rows_per_function is not None and len(order):
+    table = pl.DataFrame({"key": store.key}, schema={"key": pl.UInt64}).with_row_index("row")
+    table = table.with_columns(shared=pl.len().over("key") > 1)
+    # Equal rows have equal content keys, so only rows sharing a key are compared by their texts
+    # (read from the spill a group at a time); a copy of a row earlier in the source goes, which
+    # cannot change the output. Rows that only share a key (a hash collision) stay, ranked by
+    # their messages (``tie``), as everywhere the key is the order.
+    survivors = []
+    for key, members in table.filter("shared").group_by("key").agg("row").iter_rows():
+        first: dict[tuple[str, str], int] = {}
+        for i in sorted(members):
+            first.setdefault(store.texts(i), i)
+        ranked = sorted(first.items(), key=lambda item: (item[0][0], item[1]))
+        survivors.extend((i, key, tie) for tie, (_, i) in enumerate(ranked))
+    kept = (pl.concat([table.filter(~pl.col("shared")).select(*ROWS, tie=pl.lit(0, pl.UInt32)),
+                       pl.DataFrame(survivors, schema=ROWS | {"tie": pl.UInt32}, orient="row")])
+            .sort("key", "tie").drop("tie"))  # (key, tie) is unique: the order is the same on any thread count
+    drops = Counter(duplicate=store.count - kept.height)
+    if max_rows_per_function is not None and kept.height:
         # Rank each function's rows by content (order-independent); a row over the cap for any
-        # function it calls is dropped. Dropped rows still hold their rank, as in the baseline.
-        rank_of_row = np.full(store.count, -1, dtype=np.int64)
-        rank_of_row[order] = np.arange(len(order))
-        ranks = rank_of_row[store.call_row]
-        used = ranks >= 0
-        ranks, functions, rows = ranks[used], store.call_function[used], store.call_row[used]
-        by_function = np.lexsort((ranks, functions))
-        f_sorted = functions[by_function]
-        f_starts, f_lengths = _runs(f_sorted)
-        within = np.arange(len(f_sorted)) - np.repeat(f_starts, f_lengths)
-        over = np.unique(rows[by_function][within >= max_rows_per_function])
-        capped = order[~np.isin(order, over)]
-        drops["function_cap"] += len(order) - len(capped)
-        order = capped
-    return order, drops
+        # function it calls is dropped. Dropped rows still hold their rank, as in the baseline. A
+        # row calls each function once, so the ranks within a function are distinct.
+        over = (pl.LazyFrame({"row": store.call_row, "function": store.call_function})
+                .with_columns(pl.col("row").cast(ROWS["row"]))
+                .join(kept.lazy().select("row").with_row_index("rank"), on="row")
+                .filter(pl.col("rank").rank("ordinal").over("function") > max_rows_per_function)
+                .collect())
+        capped = kept.filter(~pl.col("row").is_in(over["row"].implode()))
+        drops["function_cap"] = kept.height - capped.height
+        kept = capped
+    return kept, drops
 
 
 @dataclass
 class FilteredSource:
-    """One source after every rule: the kept rows (indices into ``store``, ordered by content key
-    then messages), the lines read and the drops per rule."""
+    """One source after every rule: the kept rows (:data:`ROWS`, ordered by content key then
+    messages), the lines read and the drops per rule."""
 
     store: SpilledRows
-    kept: np.ndarray
+    kept: pl.DataFrame
     rows_in: int
     drops: Counter[str]
 
     @property
     def height(self) -> int:
-        return len(self.kept)
-
-    @property
-    def keys(self) -> np.ndarray:
-        return self.store.key[self.kept]
+        return self.kept.height
 
     def fixed(self) -> dict[str, int]:
         """Kept rows per repaired defect (stages.filter_rules.FIXES)."""
-        masks = self.store.fixes[self.kept]
-        return {fix: int(np.count_nonzero(masks & bit)) for fix, bit in FIX_BITS.items()}
+        masks = pl.Series(self.store.fixes).gather(self.kept["row"])
+        return {fix: int((masks & bit).cast(pl.Boolean).sum()) for fix, bit in FIX_BITS.items()}
 
     def rows(self) -> Iterator[tuple[str, str]]:
         """(messages, tools) of each kept row, in order (reads the spill)."""
-        for i in self.kept.tolist():
+        for i in self.kept["row"]:
             yield self.store.texts(i)
 
     def close(self) -> None:
@@ -421,11 +407,14 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
 # Splitting and mixing
 
 
-def _unit(keys: np.ndarray, salt: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt). In place on one copy of the
-    keys: no temporary array per step (the mix handles several entries per kept row)."""
+def _unit(keys: pl.Series, salt: int, copy: pl.Series | None = None) -> pl.Series:
+    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt; with ``copy``, of key ^
+    copy * C ^ salt). numpy, not polars: the hash needs wrapping uint64 multiplication and shifts,
+    which numpy defines and polars neither documents (its overflow behaviour) nor has (shifts)."""
     with np.errstate(over="ignore"):
-        x = keys.astype(np.uint64)  # a copy
+        x = keys.to_numpy().astype(np.uint64)  # a copy, changed in place: no temporary array per step
+        if copy is not None:
+            x ^= copy.to_numpy().astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
         x ^= np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
         x += np.uint64(0x9E3779B97F4A7C15)
         x ^= x >> np.uint64(30)
@@ -436,97 +425,66 @@ def _unit(keys: np.ndarray, salt: int) -> np.ndarray:
         x >>= np.uint64(11)
     out = x.astype(np.float64)
     out *= 1.0 / (1 << 53)
-    return out
+    return pl.Series(out)
 
 
 def _salt(seed: int, *parts: str) -> int:
     return (seed * 0x100000001B3) ^ zlib.crc32("/".join(parts).encode())
 
 
-def split_validation(source: FilteredSource, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) row indices, by content hash, before any repetition, so no row is in both."""
-    is_val = _unit(source.keys, _salt(seed, "validation")) < fraction
-    return source.kept[~is_val], source.kept[is_val]
+def split_validation(source: FilteredSource, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(train, validation) rows (:data:`ROWS`), by content hash, before any repetition, so no row is in both."""
+    is_val = _unit(source.kept["key"], _salt(seed, "validation")) < fraction
+    return source.kept.filter(~is_val), source.kept.filter(is_val)
 
 
-def copies(keys: np.ndarray, ratio: float, seed: int, stage: str, source: str, repeat: bool) -> np.ndarray:
+def copies(keys: pl.Series, ratio: float, seed: int, stage: str, source: str, repeat: bool) -> pl.Series:
     """Copies of each row for a ratio: floor(ratio) plus a seeded fraction. Validation (repeat=False)
     only subsamples."""
     if not repeat:
         ratio = min(ratio, 1.0)
     full = math.floor(ratio)
-    extra = _unit(keys, _salt(seed, stage, source, "mix")) < (ratio - full)
-    return full + extra.astype(np.int64)
+    return (_unit(keys, _salt(seed, stage, source, "mix")) < (ratio - full)).cast(pl.UInt32) + full
 
 
-@dataclass
-class _Mixed:
-    """The rows of one output file: per entry its source, row and copy number, in output order."""
-
-    source: np.ndarray
-    row: np.ndarray
-    copy: np.ndarray
-
-
-def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, np.ndarray]], ratios: dict[str, float], seed: int,
-                    stage: str, split: str) -> tuple[list[str], _Mixed]:
+def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, pl.DataFrame]], ratios: dict[str, float], seed: int,
+                    stage: str, split: str) -> tuple[list[str], pl.DataFrame]:
     """Mix the sources' rows by ratio and order them by a hash of (content key, copy); ties (a hash
-    collision) by source, messages, then copy. Returns the source names (index = ``source``) and
-    the entries in output order."""
+    collision) by source, messages, then copy. Returns the source names and the entries in output
+    order: ``source`` (index into the names), ``row`` and ``copy``."""
     names = sorted(ratios)
-    # Source numbers and copy numbers are small: 4 bytes an entry each, not 8.
-    src, rows, copy, order = [], [], [], []
+    entries = [pl.DataFrame(schema=ROWS | {"source": pl.UInt32, "copy": pl.UInt32})]
     for s, name in enumerate(names):
-        source, idx = parts[name]
-        keys = source.store.key[idx]
-        n = copies(keys, ratios[name], seed, stage, name, repeat=split == "train")
-        total = int(n.sum())
-        starts = np.cumsum(n) - n
-        rows.append(np.repeat(idx, n))
-        copy_number = np.arange(total, dtype=np.int64) - np.repeat(starts, n)
-        src.append(np.full(total, s, dtype=np.int32))
-        with np.errstate(over="ignore"):
-            mixed = np.repeat(keys, n) ^ (copy_number.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
-        order.append(_unit(mixed, _salt(seed, stage, split, "order")))
-        copy.append(copy_number.astype(np.int32))
-        del copy_number, mixed
-    position = np.concatenate(order) if order else np.empty(0)
-    del order
-    source_of = np.concatenate(src) if src else np.empty(0, dtype=np.int32)
-    copy_of = np.concatenate(copy) if copy else np.empty(0, dtype=np.int32)
-    del src, copy
-    by = np.lexsort((copy_of, source_of, position))
-    position, source_of, copy_of = position[by], source_of[by], copy_of[by]
-    row_of = np.concatenate(rows)[by] if rows else np.empty(0, dtype=np.int64)
-    del rows, by
-    m = _Mixed(source_of, row_of, copy_of)
-    # Entries sharing (order, source) are rare; they are ordered by their messages, then copy.
-    same = np.r_[False, (position[1:] == position[:-1]) & (m.source[1:] == m.source[:-1])]
-    if same.any():
-        starts, lengths = _runs(np.cumsum(~same))
-        for start, length in zip(starts[lengths > 1].tolist(), lengths[lengths > 1].tolist(), strict=True):
-            span = slice(start, start + length)
-            store = parts[names[int(m.source[start])]][0].store
-            entries = sorted(zip(m.row[span].tolist(), m.copy[span].tolist(), strict=True),
-                             key=lambda e: (store.messages(e[0]), e[1]))
-            m.row[span] = [r for r, _ in entries]
-            m.copy[span] = [c for _, c in entries]
-    return names, m
+        rows = parts[name][1]
+        n = copies(rows["key"], ratios[name], seed, stage, name, repeat=split == "train")
+        entries.append(rows.with_columns(source=pl.lit(s, pl.UInt32), copy=pl.int_ranges(0, n, dtype=pl.UInt32))
+                       .filter(n > 0).explode("copy"))
+    mixed = pl.concat(entries)
+    mixed = mixed.select("source", "row", "copy",
+                         position=_unit(mixed["key"], _salt(seed, stage, split, "order"), mixed["copy"]))
+    # Entries sharing (position, source) are rare: ranked (``tie``) by their messages, then copy,
+    # then entry, so that (position, source, tie) is unique and the sort the same on any thread count.
+    tied = mixed.with_row_index("entry").filter(pl.len().over("position", "source") > 1)
+    stores = [parts[name][0].store for name in names]
+    messages = [stores[s].messages(r) for s, r in tied.select("source", "row").iter_rows()]
+    tied = (tied.with_columns(messages=pl.Series(messages, dtype=pl.String))
+            .sort("position", "source", "messages", "copy", "entry")
+            .with_columns(tie=pl.int_range(pl.len(), dtype=pl.UInt32).over("position", "source")))
+    tie = pl.zeros(mixed.height, pl.UInt32, eager=True).scatter(tied["entry"], tied["tie"])
+    return names, mixed.with_columns(tie=tie).sort("position", "source", "tie").select("source", "row", "copy")
 
 
-def write_jsonl(names: list[str], mixed: _Mixed, parts: dict[str, tuple[FilteredSource, np.ndarray]],
+def write_jsonl(names: list[str], mixed: pl.DataFrame, parts: dict[str, tuple[FilteredSource, pl.DataFrame]],
                 path: Path) -> None:
     """One ``{"messages", "tools", "source"}`` line per entry: the bytes ``json.dumps(row,
     ensure_ascii=False)`` writes, put together from each string's encoding."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stores = [parts[name][0].store for name in names]
     sources = [encode_basestring(name) for name in names]
-    block = 1024  # entries turned into Python ints and lines at a time
     with path.open("w", encoding="utf-8", newline="\n") as fh:
-        for start in range(0, len(mixed.row), block):
-            end = start + block
+        for block in mixed.select("source", "row").iter_slices(1024):  # entries turned into lines at a time
             buffer: list[str] = []
-            for s, row in zip(mixed.source[start:end].tolist(), mixed.row[start:end].tolist(), strict=True):
+            for s, row in zip(block["source"].to_list(), block["row"].to_list(), strict=True):
                 messages, tools = stores[s].texts(row)
                 buffer.append(f'{{"messages": {encode_basestring(messages)}, "tools": {encode_basestring(tools)}, '
                               f'"source": {sources[s]}}}\n')
@@ -574,12 +532,11 @@ def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUN
                 names, mixed = mix_and_shuffle(parts, ratios, cfg.seed, stage, split)
                 path = out_dir / stage / f"{split}.jsonl"
                 write_jsonl(names, mixed, parts, path)
-                counts = np.bincount(mixed.source, minlength=len(names))
                 metrics["outputs"][f"{stage}/{split}"] = {
-                    "rows": len(mixed.row),
-                    "per_source": {name: int(n) for name, n in zip(names, counts.tolist(), strict=True) if n},
+                    "rows": mixed.height,
+                    "per_source": {names[s]: n for s, n in mixed.group_by("source").len().iter_rows()},
                 }
-                log.info("wrote %s: %d rows", path, len(mixed.row))
+                log.info("wrote %s: %d rows", path, mixed.height)
     finally:
         for source in filtered.values():
             source.close()

@@ -443,11 +443,12 @@ def test_rows_sharing_a_content_key_are_only_merged_when_identical(tmp_path):
         kept, drops = deduplicate_and_cap(store, None)
         # Rows 1 and 2 are the same row; rows 0 and 4 only share their key (a hash collision) and
         # stay, ordered by key, then messages.
-        assert [store.texts(i) for i in kept] == [("[1]", "[]"), ("[1]", '[{"x":1}]'), ("[2]", "[]"), ("[3]", "[]")]
+        assert [store.texts(i) for i in kept["row"]] == [("[1]", "[]"), ("[1]", '[{"x":1}]'), ("[2]", "[]"),
+                                                         ("[3]", "[]")]
         assert drops == Counter({"duplicate": 1})
         # The cap ranks by the same order: rows over it for a function they call go.
         kept, drops = deduplicate_and_cap(store, 2)
-        assert [store.texts(i) for i in kept] == [("[1]", "[]"), ("[1]", '[{"x":1}]')]
+        assert [store.texts(i) for i in kept["row"]] == [("[1]", "[]"), ("[1]", '[{"x":1}]')]
         assert drops == Counter({"duplicate": 1, "function_cap": 2})
     finally:
         store.close()
