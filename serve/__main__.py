@@ -1,6 +1,6 @@
 """Serve a model behind an OpenAI-compatible API whose tool calls are always valid.
 
-    python -m serve --model models/stage2 [--backend transformers|vllm] [--format auto|octupus|hermes]
+    python -m serve --model models/stage2 [--backend transformers|vllm] [--format auto|octupus|hermes|qwen3]
         [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
         [--served-model-name NAME]
 
@@ -38,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model folder (saved transformers model, or one .gguf file)")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
-    p.add_argument("--format", choices=["auto", "octupus", "hermes"], default="auto",
-                   help="tool-call format; auto picks octupus when the tokenizer has its special tokens")
+    p.add_argument("--format", choices=["auto", "octupus", "hermes", "qwen3"], default="auto",
+                   help="tool-call format; auto picks octupus when the tokenizer has its special tokens, qwen3 "
+                        "(thinking, then hermes calls) when it has <think>, </think> and <tool_call>, else hermes")
+    p.add_argument("--reasoning-budget", type=_non_negative, default=1024,
+                   help="qwen3 format: most thinking tokens of a request (effort high; medium 1/2, low 1/4, "
+                        "minimal 1/8, xhigh 2x, max 4x; effort none or enable_thinking false: no thinking); "
+                        "0 turns thinking off for every request")
     p.add_argument("--engine", choices=list(ENGINES), default=DEFAULT_ENGINE, help="constraint engine")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -136,7 +141,8 @@ def build_core(args: argparse.Namespace) -> Any:
                           max_integer_digits=args.max_integer_digits,
                           forbid_extra_properties=not args.allow_extra_properties),
         api_key=args.api_key or None, max_request_bytes=args.max_request_bytes,
-        schema_limits=SchemaLimits(max_tools=args.max_tools, max_depth=args.max_schema_depth, max_enum=args.max_enum))
+        schema_limits=SchemaLimits(max_tools=args.max_tools, max_depth=args.max_schema_depth, max_enum=args.max_enum),
+        reasoning_budget=args.reasoning_budget)
     log.info("config: model=%s backend=%s format=%s engine=%s limits=%s default_max_tokens=%d", args.model,
              args.backend, fmt.name, engine.name, config.limits, config.default_max_tokens)
     return ServingCore(backend, fmt, engine, config)

@@ -60,6 +60,9 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"role": "user", "content": _text(m.get("content"))})
         else:  # assistant
             msg: dict[str, Any] = {"role": "assistant", "content": _text(m.get("content")) or None}
+            thought = m.get("reasoning_content") or m.get("reasoning")
+            if thought:  # a reasoning model's earlier thinking: its template decides whether to show it
+                msg["reasoning_content"] = thought
             calls = m.get("tool_calls") or []
             if calls:
                 msg["tool_calls"] = []

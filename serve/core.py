@@ -27,11 +27,11 @@ import jsonschema
 from fastapi.responses import JSONResponse
 
 from serve.backends.base import Backend, GenerationState, SamplingParams
-from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, JsonLimits, ToolGrammar
+from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, JsonLimits, ReasoningSpec, ToolGrammar
 from serve.constraints.schema import bound_schema, check_answer_schema, check_schema
 from serve.conversation import normalize_messages
 from serve.errors import APIError, BadRequest, InvalidToolCall, NotFound, error_response
-from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished
+from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished, ReasoningDelta
 from serve.formats import TOOL_NAME_RE, ToolFormat
 from serve.inputs import GenerationInputs, ResponseFormat, ToolChoice
 from serve.limits import SchemaLimits, check_tool_limits
@@ -56,6 +56,12 @@ class ServerConfig:
     api_key: str | None = None
     max_request_bytes: int = 4 * 1024 * 1024  # larger bodies get 413 (0 = unlimited)
     schema_limits: SchemaLimits = field(default_factory=SchemaLimits)
+    # Reasoning formats: most thinking tokens of a request that sets no effort (0 = thinking off).
+    reasoning_budget: int = 1024
+
+
+# A request's reasoning effort as a share of the server's budget ("none" turns thinking off).
+EFFORT_SHARE = {"minimal": 0.125, "low": 0.25, "medium": 0.5, "high": 1.0, "xhigh": 2.0, "max": 4.0}
 
 
 @dataclass
@@ -70,6 +76,8 @@ class Prepared:
     stop: list[str]
     text_cap: int = 0  # tokens after which a text answer ends ("length"); 0 = none
     answer_schema: dict[str, Any] | None = None  # response_format: the client's schema a text answer must meet
+    reasoning: ReasoningSpec | None = None  # the thinking block before the answer, when thinking is on
+    close_id: int = -1  # the token that ends the thinking block
 
 
 @dataclass
@@ -197,8 +205,9 @@ class ServingCore:
 
         # The prompt (which carries the tool schemas) is measured before any grammar is compiled, so the
         # context size also bounds how much schema a request can make the engine compile.
+        reasoning = self._reasoning(inputs)
         try:
-            text = self.fmt.render(messages, tools)
+            text = self.fmt.render(messages, tools, thinking=reasoning is not None)
         except Exception as exc:  # jinja's TemplateError and raise_exception(): the conversation's fault
             raise BadRequest(f"the chat template cannot render this conversation: {exc}", param="messages") from None
         self._refuse_far_too_long(text)
@@ -211,9 +220,11 @@ class ServingCore:
         limits = self.config.limits
         if not self.engine.enforces_number_bounds:
             limits = dataclasses.replace(limits, max_integer_digits=0)
+        if reasoning is not None and self.fmt.opens_in_prompt(text):
+            reasoning = dataclasses.replace(reasoning, open="")
         compiled = None
         allow_text = choice.mode in ("auto", "none")
-        if calls_allowed or self.fmt.constrain_chat or tools or answer_schema is not None:
+        if calls_allowed or self.fmt.constrain_chat or tools or answer_schema is not None or reasoning is not None:
             # Every tool's schema must be enforceable, even under tool_choice none: fail closed.
             grammar_tools = tuple(
                 ToolGrammar(name=n, schema_json=json.dumps(bound_schema(schemas[n], limits)))
@@ -224,13 +235,14 @@ class ServingCore:
             spec = GrammarSpec(shape=self.fmt.shape, special_pieces=self.special_pieces,
                                tools=grammar_tools, allow_text=allow_text,
                                allow_calls=True, parallel=inputs.parallel_tool_calls and choice.mode != "named",
-                               max_whitespace=self.config.limits.max_whitespace, text_schema_json=answer_json)
+                               max_whitespace=self.config.limits.max_whitespace, text_schema_json=answer_json,
+                               reasoning=reasoning)
             if not calls_allowed:
                 # Compile the tools once to prove they are enforceable, then generate text only.
                 if grammar_tools:
                     self._compile(dataclasses.replace(spec, allow_text=False, text_schema_json=None))
                 spec = dataclasses.replace(spec, tools=(), allow_calls=False, allow_text=True)
-                if self.fmt.constrain_chat or tools or answer_json is not None:
+                if self.fmt.constrain_chat or tools or answer_json is not None or reasoning is not None:
                     compiled = self._compile(spec, inputs.response_format)
             else:
                 compiled = self._compile(spec, inputs.response_format)
@@ -246,7 +258,20 @@ class ServingCore:
         text_cap = self.config.default_max_text_tokens if not (inputs.max_tokens or answer_json) else 0
         return Prepared(prompt_ids=prompt_ids, tools=schemas, compiled=compiled, calls_allowed=calls_allowed,
                         sampling=sampling, stop=[s for s in inputs.stop if s], text_cap=text_cap,
-                        answer_schema=answer_schema if answer_json is not None else None)
+                        answer_schema=answer_schema if answer_json is not None else None, reasoning=reasoning,
+                        close_id=self.tokenizer.convert_tokens_to_ids(reasoning.close) if reasoning else -1)
+
+    def _reasoning(self, inputs: GenerationInputs) -> ReasoningSpec | None:
+        """The thinking block of this request: None for a format that does not reason, or when the
+        request turns thinking off (``enable_thinking: false``, effort ``none``) or the server does."""
+        markers = self.fmt.reasoning
+        if markers is None or inputs.thinking is False or inputs.reasoning_effort == "none":
+            return None
+        share = EFFORT_SHARE.get(inputs.reasoning_effort or "high", 1.0)
+        budget = int(self.config.reasoning_budget * share)
+        if budget <= 0:
+            return None
+        return ReasoningSpec(open=markers.open, close=markers.close, separator=markers.separator, budget=budget)
 
     def _refuse_far_too_long(self, text: str) -> None:
         """Refuse a prompt far over the context from a prefix: tokenizing megabytes takes seconds (8 s for
@@ -306,6 +331,33 @@ class ServingCore:
         sent_content = 0
         sent_calls: list[SentCall] = []
         ended_early: str | None = None  # the finish reason when a stop string or the text cap ended it
+        r = prep.reasoning
+        # Where the answer starts in ``ids``: after the thinking block's close marker (its separator is
+        # cut from the answer's text), or at once for a request without thinking.
+        answer_start: int | None = None if r is not None else 0
+        sent_reasoning = 0
+
+        def reasoning_diff(final: bool) -> Iterator[Event]:
+            """The thinking's new text. It is shown as the family's template writes it back: without
+            the newline after the open marker and the one before the close marker (held back until
+            the block closes)."""
+            nonlocal sent_reasoning
+            first = 1 if r is not None and r.open else 0
+            text = self._decode(ids[first:answer_start - 1 if answer_start is not None else len(ids)], final)
+            text = text[1:] if text.startswith("\n") else text
+            text = text[:-1] if text.endswith("\n") else text
+            if len(text) > sent_reasoning:
+                yield ReasoningDelta(text[sent_reasoning:])
+                sent_reasoning = len(text)
+
+        def answer_text(finished: bool) -> str:
+            text = self._decode(ids[answer_start:], finished) if answer_start is not None else ""
+            if r is not None and answer_start is not None:
+                n = 0
+                while n < min(len(r.separator), len(text)) and text[n] == r.separator[n]:
+                    n += 1
+                text = text[n:]
+            return text
 
         def diff(parsed: ParsedOutput, final: bool) -> Iterator[Event]:
             nonlocal sent_content
@@ -343,10 +395,17 @@ class ServingCore:
             gen = self.backend.generate(prep.prompt_ids, params, matcher, cancel, state)
             for token in gen:
                 ids.append(token)
-                at_text_cap = len(ids) == prep.text_cap
+                if answer_start is None:  # thinking
+                    if token == prep.close_id:
+                        answer_start = len(ids)
+                        yield from reasoning_diff(True)
+                    elif incremental:
+                        yield from reasoning_diff(False)
+                    continue
+                at_text_cap = len(ids) - answer_start == prep.text_cap
                 if not (incremental or prep.stop or at_text_cap):
                     continue
-                parsed = self._parse(prep, self._decode(ids, False), False)
+                parsed = self._parse(prep, answer_text(False), False)
                 if parsed.content is not None and not parsed.calls:
                     cut = min((p for p in (parsed.content.find(s) for s in prep.stop) if p >= 0), default=-1)
                     if cut >= 0 or at_text_cap:
@@ -359,15 +418,19 @@ class ServingCore:
                         break
                 if incremental:
                     yield from diff(parsed, False)
+            thought = answer_start if answer_start is not None and r is not None else len(ids) if r is not None else 0
             if ended_early is not None:
                 self._observe(state, ended_early)
-                yield Finished(reason=ended_early, completion_tokens=state.completion_tokens)
+                yield Finished(reason=ended_early, completion_tokens=state.completion_tokens, reasoning_tokens=thought)
                 return
             if state.finish_reason == "error":
                 self.metrics.invalid_tool_calls.labels(self.engine.name).inc()
                 raise InvalidToolCall(self.engine.name, state.error or "generation failed")
             finished = state.finish_reason == "stop"
-            parsed = self._parse(prep, self._decode(ids, True), finished)
+            if answer_start is None:
+                # Generation stopped inside the thinking (max_tokens): no answer, never a call.
+                yield from reasoning_diff(True)
+            parsed = self._parse(prep, answer_text(True), finished)
             if finished and prep.answer_schema is not None and parsed.content is not None:
                 # Checked before the final delta and the finish: a streamed answer fails as a plain one does.
                 problem = validate_answer(parsed.content, prep.answer_schema)
@@ -388,7 +451,8 @@ class ServingCore:
             else:
                 reason = "length"  # max_tokens, the repetition guard, or a cancelled request
             self._observe(state, reason)
-            yield Finished(reason=reason, completion_tokens=state.completion_tokens, complete_calls=complete)
+            yield Finished(reason=reason, completion_tokens=state.completion_tokens, complete_calls=complete,
+                           reasoning_tokens=thought)
         except APIError as exc:
             self._observe(state, "error")
             yield Failed(error=exc, completion_tokens=state.completion_tokens)

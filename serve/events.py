@@ -18,6 +18,13 @@ class ContentDelta:
 
 
 @dataclass
+class ReasoningDelta:
+    """Text of a reasoning model's thinking (always before the answer's content and calls)."""
+
+    text: str
+
+
+@dataclass
 class CallStart:
     index: int
     id: str
@@ -35,6 +42,7 @@ class Finished:
     reason: str  # stop | length | tool_calls
     completion_tokens: int
     complete_calls: int = 0  # calls 0..complete_calls-1 are complete and validated
+    reasoning_tokens: int = 0  # of completion_tokens, those of the thinking block (its markers included)
 
 
 @dataclass
@@ -43,7 +51,7 @@ class Failed:
     completion_tokens: int
 
 
-Event = ContentDelta | CallStart | ArgsDelta | Finished | Failed
+Event = ReasoningDelta | ContentDelta | CallStart | ArgsDelta | Finished | Failed
 
 
 @dataclass
@@ -62,14 +70,19 @@ class ChoiceResult:
     calls: list[CallResult] = field(default_factory=list)
     finish_reason: str = "stop"
     completion_tokens: int = 0
+    reasoning: str | None = None  # a reasoning model's thinking; None when it did not think
+    reasoning_tokens: int = 0
 
 
 def assemble(events: list[Event]) -> ChoiceResult:
     """Fold a choice's events into its final content and calls (raises the choice's error)."""
     content: list[str] = []
+    reasoning: list[str] | None = None
     calls: dict[int, CallResult] = {}
     for ev in events:
-        if isinstance(ev, ContentDelta):
+        if isinstance(ev, ReasoningDelta):
+            reasoning = (reasoning or []) + [ev.text]
+        elif isinstance(ev, ContentDelta):
             content.append(ev.text)
         elif isinstance(ev, CallStart):
             calls[ev.index] = CallResult(id=ev.id, name=ev.name)
@@ -85,5 +98,7 @@ def assemble(events: list[Event]) -> ChoiceResult:
                 call.complete = i < ev.complete_calls
             text = "".join(content)
             return ChoiceResult(content=text if (text or not started) else None, calls=started,
-                                finish_reason=ev.reason, completion_tokens=ev.completion_tokens)
+                                finish_reason=ev.reason, completion_tokens=ev.completion_tokens,
+                                reasoning="".join(reasoning) if reasoning is not None else None,
+                                reasoning_tokens=ev.reasoning_tokens)
     raise ServerError("generation ended without a result")

@@ -25,7 +25,7 @@ from typing import Any
 from toolcall.chat_template import CHAT_TEMPLATE
 from toolcall.metadata import saved_tool_format
 from toolcall.parser import ParsedOutput, parse_turn
-from toolcall.shapes import HERMES_SHAPE, OCTUPUS_SHAPE, ToolCallShape
+from toolcall.shapes import HERMES_SHAPE, OCTUPUS_SHAPE, QWEN3_REASONING, ReasoningMarkers, ToolCallShape
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,22 @@ class ToolFormat:
     shape: ToolCallShape
     # Whether output without tools is still constrained (octupus must open with its text token).
     constrain_chat: bool
+    # A reasoning model's thinking block before the answer (None: the format does not reason).
+    reasoning: ReasoningMarkers | None = None
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], thinking: bool = False) -> str:
+        """The prompt; ``thinking`` (reasoning formats only) lets the model think before answering."""
         raise NotImplementedError
 
     def stop_token_ids(self) -> list[int]:
         raise NotImplementedError
+
+    def opens_in_prompt(self, text: str) -> bool:
+        """Whether the prompt already opened the thinking block (reasoning formats)."""
+        return False
 
     def special_pieces(self) -> frozenset[str]:
         """Strings inside the shape's pieces that are single added tokens of this tokenizer.
@@ -70,8 +77,9 @@ class ToolFormat:
             raise ValueError(f"the {self.name} format needs special tokens {missing}, which the tokenizer lacks")
         s = self.shape
         pieces = [p for p in (s.text_open, s.call_open, s.name_close, s.call_close, s.call_separator) if p]
+        markers = {m for m in (self.reasoning.open, self.reasoning.close) if m} if self.reasoning else set()
         added = {str(t) for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values()}
-        return frozenset(self.shape.special_tokens | {a for a in added if any(a in p for p in pieces)})
+        return frozenset(self.shape.special_tokens | markers | {a for a in added if any(a in p for p in pieces)})
 
     def parse(self, text: str, finished: bool) -> ParsedOutput:
         return parse_turn(self.shape, text, finished)
@@ -93,7 +101,7 @@ class OctupusFormat(ToolFormat):
         self.template = tokenizer.chat_template or CHAT_TEMPLATE
         self.tool_format = saved_tool_format(Path(getattr(tokenizer, "name_or_path", "") or "."))
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], thinking: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
             messages, tools=tools or None, chat_template=self.template,
             add_generation_prompt=True, tokenize=False, tool_format=self.tool_format)
@@ -130,7 +138,10 @@ class HermesFormat(ToolFormat):
             return False
         return "zz_probe_tool_zz" in text
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], thinking: bool = False) -> str:
+        return self._render(messages, tools)
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], **template_kwargs: Any) -> str:
         if self.template_renders_tools:
             msgs = []
             for m in messages:
@@ -142,9 +153,9 @@ class HermesFormat(ToolFormat):
                         "arguments": _loads_or_keep(c["function"]["arguments"])}} for c in m["tool_calls"]]
                 msgs.append(m)
             return self.tokenizer.apply_chat_template(msgs, tools=tools or None, chat_template=self.template,
-                                                      add_generation_prompt=True, tokenize=False)
+                                                      add_generation_prompt=True, tokenize=False, **template_kwargs)
         return self.tokenizer.apply_chat_template(self._inject(messages, tools), chat_template=self.template,
-                                                  add_generation_prompt=True, tokenize=False)
+                                                  add_generation_prompt=True, tokenize=False, **template_kwargs)
 
     @staticmethod
     def _inject(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,6 +202,40 @@ class HermesFormat(ToolFormat):
         return [i for i in ids if i is not None]
 
 
+class Qwen3Format(HermesFormat):
+    """Qwen3-style reasoning models: a thinking block (``<think>\\n...\\n</think>\\n\\n``), then the
+    hermes answer. The model's own template renders the prompt with the family's switch
+    (``enable_thinking``); an earlier assistant turn's ``reasoning_content`` goes to the template,
+    which keeps it where the family keeps it. The thinking is free text bounded by a token budget
+    (``GrammarSpec.reasoning``); the choice between text and calls, and every call, are enforced after
+    it as in ``hermes``, and nothing written inside it is ever read as a call.
+    """
+
+    name = "qwen3"
+    reasoning = QWEN3_REASONING
+    constrain_chat = False  # without tools and thinking off, plain text; thinking is always constrained
+
+    def __init__(self, tokenizer: Any) -> None:
+        missing = [m for m in (QWEN3_REASONING.open, QWEN3_REASONING.close, "<tool_call>")
+                   if m not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"the qwen3 format needs the tokens {missing}, which the tokenizer lacks")
+        super().__init__(tokenizer)
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], thinking: bool = False) -> str:
+        text = self._render(messages, tools, enable_thinking=thinking)
+        r = QWEN3_REASONING
+        if not thinking and not text.endswith(r.close + r.separator):
+            # A template without the switch (a thinking-only model's): close the block it opened, or
+            # write an empty one, as the family's switch does.
+            text += ("\n" if self.opens_in_prompt(text) else r.open + "\n\n") + r.close + r.separator
+        return text
+
+    def opens_in_prompt(self, text: str) -> bool:
+        """Whether the template already opened the thinking block (thinking-only models' templates do)."""
+        return text.rstrip("\n").endswith(QWEN3_REASONING.open)
+
+
 def _loads_or_keep(arguments: str) -> Any:
     try:
         return json.loads(arguments)
@@ -198,17 +243,23 @@ def _loads_or_keep(arguments: str) -> Any:
         return arguments
 
 
-FORMATS: dict[str, type[ToolFormat]] = {"octupus": OctupusFormat, "hermes": HermesFormat}
+FORMATS: dict[str, type[ToolFormat]] = {"octupus": OctupusFormat, "hermes": HermesFormat, "qwen3": Qwen3Format}
 
 
 def detect_format(tokenizer: Any) -> str:
-    """``octupus`` when the tokenizer carries the project's call token, else ``hermes``."""
-    return "octupus" if OCTUPUS_SHAPE.call_open in tokenizer.get_vocab() else "hermes"
+    """``octupus`` when the tokenizer carries the project's call token; ``qwen3`` when it has the
+    thinking tokens and ``<tool_call>``; else ``hermes``."""
+    vocab = tokenizer.get_vocab()
+    if OCTUPUS_SHAPE.call_open in vocab:
+        return "octupus"
+    if all(t in vocab for t in (QWEN3_REASONING.open, QWEN3_REASONING.close, "<tool_call>")):
+        return "qwen3"
+    return "hermes"
 
 
 def make_format(name: str, tokenizer: Any) -> ToolFormat:
     if name == "auto":
         name = detect_format(tokenizer)
     if name not in FORMATS:
-        raise ValueError(f"unknown format '{name}' (choose auto, octupus or hermes)")
+        raise ValueError(f"unknown format '{name}' (choose auto, {', '.join(FORMATS)})")
     return FORMATS[name](tokenizer)

@@ -64,3 +64,7 @@ class GenerationInputs:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     response_format: ResponseFormat | None = None
+    # Reasoning formats: the family's switch (chat_template_kwargs.enable_thinking; None = the
+    # model's default, on) and the effort (chat: reasoning_effort; responses: reasoning.effort).
+    thinking: bool | None = None
+    reasoning_effort: str | None = None

@@ -67,6 +67,10 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # An assistant turn's thinking, as reasoning servers return it (vLLM and DeepSeek: reasoning_content;
+    # newer vLLM: reasoning). The reasoning format's template decides whether to show it again.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class NamedFunction(_Request):
@@ -106,6 +110,10 @@ ResponseFormatParam = Annotated[ResponseFormatText | ResponseFormatJsonObject | 
                                 Field(discriminator="type")]
 
 
+class ChatTemplateKwargs(_Request):
+    enable_thinking: bool | None = None
+
+
 class ChatCompletionRequest(_Request):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -122,15 +130,24 @@ class ChatCompletionRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormatParam | None = None
+    # Reasoning models: the effort (OpenAI's values; "none" turns thinking off) and the template's
+    # switches, as vLLM and SGLang take them ({"enable_thinking": false}).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
 
 
 # ---------------------------------------------------------------- chat completions: response
+
+
+class CompletionTokensDetails(_Out):
+    reasoning_tokens: int = 0
 
 
 class UsageInfo(_Out):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ToolCallOut(_Out):
@@ -143,6 +160,7 @@ class AssistantMessage(_Out):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None  # a reasoning model's thinking (reasoning formats only)
 
 
 class Choice(_Out):
@@ -192,6 +210,11 @@ class ResponsesText(_Request):
     format: ResponsesTextFormat | None = None
 
 
+class ResponsesReasoning(_Request):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: str | None = None  # accepted; the thinking is returned whole, never summarised
+
+
 class ResponsesRequest(_Request):
     model: str
     # Items are validated by hand in serving_responses: their shapes vary by "type" and an error
@@ -208,9 +231,10 @@ class ResponsesRequest(_Request):
     stream: bool = False
     store: bool | None = None  # accepted either way; nothing is stored (the response says store: false)
     text: ResponsesText | None = None
+    reasoning: ResponsesReasoning | None = None
     include: list[str] | None = None
-    # Typed only to be refused with a clear 400 (serving_responses.refuse_unsupported); `reasoning`,
-    # `metadata`, `truncation`... are ignored like any other unknown field.
+    # Typed only to be refused with a clear 400 (serving_responses.refuse_unsupported); `metadata`,
+    # `truncation`... are ignored like any other unknown field.
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None

@@ -14,13 +14,14 @@ from fastapi.responses import JSONResponse
 
 from serve.core import Prepared, ServingCore
 from serve.errors import APIError, error_response
-from serve.events import ArgsDelta, CallStart, ContentDelta, Failed, Finished, assemble
+from serve.events import ArgsDelta, CallStart, ContentDelta, Failed, Finished, ReasoningDelta, assemble
 from serve.inputs import GenerationInputs, ResponseFormat, ToolChoice
 from serve.protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    CompletionTokensDetails,
     FunctionCall,
     ResponseFormatJsonSchema,
     ToolCallOut,
@@ -50,7 +51,9 @@ def chat_inputs(req: ChatCompletionRequest) -> GenerationInputs:
         tool_choice=ToolChoice.of(req.tool_choice, bool(tools)),
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-        seed=req.seed, stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()))
+        seed=req.seed, stop=(req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ()),
+        thinking=req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else None,
+        reasoning_effort=req.reasoning_effort)
 
 
 class ChatServing:
@@ -75,21 +78,29 @@ class ChatServing:
         for i, r in enumerate(results):
             calls = [ToolCallOut(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in r.calls]
             choices.append(Choice(index=i, finish_reason=r.finish_reason,  # type: ignore[arg-type]
-                                  message=AssistantMessage(content=r.content, tool_calls=calls or None)))
+                                  message=AssistantMessage(content=r.content, tool_calls=calls or None,
+                                                           reasoning_content=r.reasoning)))
         completion = sum(r.completion_tokens for r in results)
+        details = (CompletionTokensDetails(reasoning_tokens=sum(r.reasoning_tokens for r in results))
+                   if self.core.fmt.reasoning is not None else None)
         body = ChatCompletionResponse(
             id=new_id("chatcmpl-"), created=now(), model=req.model, choices=choices,
             usage=UsageInfo(prompt_tokens=len(prep.prompt_ids), completion_tokens=completion,
-                            total_tokens=len(prep.prompt_ids) + completion))
+                            total_tokens=len(prep.prompt_ids) + completion, completion_tokens_details=details))
         self.core.observe_request(ENDPOINT, 200, started, len(prep.prompt_ids))
-        return JSONResponse(body.model_dump(mode="json"))
+        out = body.model_dump(mode="json")
+        if details is None:  # a model that does not reason: the answer has no reasoning fields
+            out["usage"].pop("completion_tokens_details")
+            for choice in out["choices"]:
+                choice["message"].pop("reasoning_content")
+        return JSONResponse(out)
 
     async def _stream(self, req: ChatCompletionRequest, prep: Prepared, started: float,
                       cancel: threading.Event) -> AsyncIterator[str]:
         rid, created = new_id("chatcmpl-"), now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
             body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
                                     "model": req.model, "choices": choices}
             if include_usage:
@@ -97,6 +108,7 @@ class ChatServing:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         completion = 0
+        reasoning_tokens = 0
         status = 200
         try:
             for i in range(req.n):
@@ -105,7 +117,9 @@ class ChatServing:
                 async for ev in self.core.stream(prep, i, cancel):
                     delta: dict[str, Any] | None = None
                     finish = None
-                    if isinstance(ev, ContentDelta):
+                    if isinstance(ev, ReasoningDelta):
+                        delta = {"reasoning_content": ev.text}
+                    elif isinstance(ev, ContentDelta):
                         delta = {"content": ev.text}
                     elif isinstance(ev, CallStart):
                         delta = {"tool_calls": [{"index": ev.index, "id": ev.id, "type": "function",
@@ -115,6 +129,7 @@ class ChatServing:
                     elif isinstance(ev, Finished):
                         delta, finish = {}, ev.reason
                         completion += ev.completion_tokens
+                        reasoning_tokens += ev.reasoning_tokens
                     elif isinstance(ev, Failed):
                         status = ev.error.status
                         completion += ev.completion_tokens
@@ -124,7 +139,11 @@ class ChatServing:
                     yield chunk([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}])
             if include_usage:
                 p = len(prep.prompt_ids)
-                yield chunk([], {"prompt_tokens": p, "completion_tokens": completion, "total_tokens": p + completion})
+                usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": completion,
+                                         "total_tokens": p + completion}
+                if self.core.fmt.reasoning is not None:
+                    usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+                yield chunk([], usage)
             yield "data: [DONE]\n\n"
         finally:
             # Reached on normal end and when the client disconnects (GenerationStream closes the generator).

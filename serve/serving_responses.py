@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 
 from serve.core import Prepared, ServingCore
 from serve.errors import APIError, BadRequest, ServerError, error_response
-from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished
+from serve.events import ArgsDelta, CallStart, ContentDelta, Event, Failed, Finished, ReasoningDelta
 from serve.inputs import GenerationInputs, ResponseFormat, ToolChoice
 from serve.protocol import ResponsesRequest, new_id, now
 from serve.sse import GenerationStream
@@ -44,9 +44,13 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     if isinstance(req.input, str):
         messages.append({"role": "user", "content": req.input})
         return messages
+    thought: str | None = None  # a reasoning item's text, for the assistant turn it precedes
     for i, item in enumerate(req.input):
         kind = item.get("type", "message")
         where = f"input[{i}]"
+        if kind != "reasoning" and thought is not None and not (
+                kind == "function_call" or (kind == "message" and item.get("role") == "assistant")):
+            thought = None  # reasoning not followed by an assistant turn has nothing to belong to
         if kind == "message":
             role = item.get("role")
             if role not in ("system", "developer", "user", "assistant"):
@@ -58,6 +62,8 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             except (AttributeError, TypeError):
                 raise BadRequest(f"{where}: content must be a string or a list of text parts", param="input") from None
             messages.append({"role": role, "content": text})
+            if role == "assistant" and thought is not None:
+                messages[-1]["reasoning_content"], thought = thought, None
         elif kind == "function_call":
             for key in ("call_id", "name", "arguments"):
                 if not isinstance(item.get(key), str):
@@ -70,6 +76,8 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            if thought is not None:
+                messages[-1]["reasoning_content"], thought = thought, None
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
                 raise BadRequest(f"{where}: function_call_output needs a string 'call_id'", param="input")
@@ -86,13 +94,20 @@ def input_to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
                 output = json.dumps(output, ensure_ascii=False)  # any other JSON: its text
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
         elif kind == "reasoning":
-            continue  # nothing to replay for a model without reasoning items
+            # The thinking of the assistant turn that follows (its content parts; a summary when that
+            # is all the client kept). The reasoning format's template decides whether to show it.
+            parts = item.get("content") or item.get("summary") or []
+            if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("text"), str)
+                                                      for p in parts):
+                raise BadRequest(f"{where}: a reasoning item's content must be a list of parts with a string "
+                                 "'text'", param="input")
+            thought = (thought or "") + "".join(p["text"] for p in parts)
         else:
             raise BadRequest(f"{where}: input items of type '{kind}' are not supported", param="input")
     return messages
 
 
-# Includable values that ask for nothing this server produces (it has no reasoning items).
+# Includable values that ask for nothing this server holds back (reasoning is returned as plain text).
 HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
 
 
@@ -161,7 +176,8 @@ def responses_inputs(req: ResponsesRequest) -> GenerationInputs:
         model=req.model, messages=input_to_messages(req), tools=tools,
         tool_choice=tool_choice(req, bool(tools)),
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
-        max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
+        max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+        reasoning_effort=req.reasoning.effort if req.reasoning is not None else None)
 
 
 class ResponseBuilder:
@@ -187,7 +203,8 @@ class ResponseBuilder:
 
     # ------------------------------------------------------------ the response object
 
-    def response(self, status: str, output_tokens: int | None = None, error: APIError | None = None) -> dict[str, Any]:
+    def response(self, status: str, output_tokens: int | None = None, error: APIError | None = None,
+                 reasoning_tokens: int = 0) -> dict[str, Any]:
         req = self.req
         named = req.tool_choice.model_dump(exclude_none=True) if hasattr(req.tool_choice, "model_dump") else None
         usage = None
@@ -195,7 +212,7 @@ class ResponseBuilder:
             usage = {"input_tokens": self.prompt_tokens, "output_tokens": output_tokens,
                      "total_tokens": self.prompt_tokens + output_tokens,
                      "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-                     "output_tokens_details": {"reasoning_tokens": 0}}
+                     "output_tokens_details": {"reasoning_tokens": reasoning_tokens}}
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "model": req.model,
             "status": status,
@@ -207,6 +224,7 @@ class ResponseBuilder:
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
             "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_output_tokens,
             "text": {"format": self.text_format}, "store": False, "usage": usage,
+            "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
         }
 
     # ------------------------------------------------------------ events
@@ -237,22 +255,42 @@ class ResponseBuilder:
             common = {"item_id": item["id"], "output_index": index, "content_index": 0}
             yield self.event("response.output_text.done", **common, text=part["text"], logprobs=[])
             yield self.event("response.content_part.done", **common, part=dict(part))
+        elif item["type"] == "reasoning":
+            part = item["content"][0]
+            common = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            yield self.event("response.reasoning_text.done", **common, text=part["text"])
+            yield self.event("response.content_part.done", **common, part=dict(part))
         elif status == "completed":
             yield self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                              arguments=item["arguments"])
         yield self.event("response.output_item.done", output_index=index, item=copy.deepcopy(item))
 
+    def _open_with_part(self, item: dict[str, Any], part: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Open ``item`` with one (empty) content part, which the deltas that follow fill."""
+        yield from self._add(item)
+        yield self.event("response.content_part.added", item_id=item["id"], output_index=len(self.items) - 1,
+                         content_index=0, part=dict(part))
+        item["content"].append(part)
+
     def take(self, ev: Event) -> Iterator[dict[str, Any]]:
         """The SSE events for one generation event (the terminal one included)."""
-        if isinstance(ev, ContentDelta):
+        if isinstance(ev, ReasoningDelta):
+            # The thinking comes first, as one reasoning item whose content is the text (nothing is
+            # summarised or encrypted).
             if not self.items:
-                item = {"type": "message", "id": new_id("msg_"), "status": "in_progress", "role": "assistant",
-                        "content": []}
-                yield from self._add(item)
-                part = {"type": "output_text", "text": "", "annotations": []}
-                yield self.event("response.content_part.added", item_id=item["id"], output_index=0, content_index=0,
-                                 part=dict(part))
-                item["content"].append(part)
+                yield from self._open_with_part({"type": "reasoning", "id": new_id("rs_"), "summary": [],
+                                                 "content": [], "status": "in_progress"},
+                                                {"type": "reasoning_text", "text": ""})
+            item = self.items[-1]
+            item["content"][0]["text"] += ev.text
+            yield self.event("response.reasoning_text.delta", item_id=item["id"], output_index=len(self.items) - 1,
+                             content_index=0, delta=ev.text)
+        elif isinstance(ev, ContentDelta):
+            if not self.open or self.items[-1]["type"] != "message":
+                yield from self._close("completed")  # the thinking before it
+                yield from self._open_with_part({"type": "message", "id": new_id("msg_"), "status": "in_progress",
+                                                 "role": "assistant", "content": []},
+                                                {"type": "output_text", "text": "", "annotations": []})
             item = self.items[-1]
             item["content"][0]["text"] += ev.text
             yield self.event("response.output_text.delta", item_id=item["id"], output_index=len(self.items) - 1,
@@ -269,12 +307,12 @@ class ResponseBuilder:
         elif isinstance(ev, Finished):
             status = "incomplete" if ev.reason == "length" else "completed"
             if self.open:
-                if self.items[-1]["type"] == "message":
+                if self.items[-1]["type"] in ("message", "reasoning"):
                     yield from self._close(status)
                 else:
                     calls = sum(item["type"] == "function_call" for item in self.items)
                     yield from self._close("completed" if calls <= ev.complete_calls else "incomplete")
-            self.final = self.response(status, ev.completion_tokens)
+            self.final = self.response(status, ev.completion_tokens, reasoning_tokens=ev.reasoning_tokens)
             yield self.event(f"response.{status}", response=self.final)
         elif isinstance(ev, Failed):
             # Whatever was open is not complete; the client gets the error, never a half call as done.

@@ -253,6 +253,28 @@ def build_qwen25_tokenizer(tiktoken_path: Path | None = None) -> PreTrainedToken
     )
 
 
+QWEN3_ADDED_TOKENS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
+
+
+def qwen3_from_qwen25(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The Qwen3 tokenizer from Qwen2.5's (in place): the same BPE, four more added tokens (ids
+    151,665-151,668, not special, as in Qwen3's own files), ``<|im_end|>`` as eos, and the family's
+    chat template as this project writes it (:mod:`toolcall.qwen3_template`)."""
+    from tokenizers import AddedToken
+
+    from toolcall.qwen3_template import QWEN3_CHAT_TEMPLATE
+
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_ADDED_TOKENS])
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_qwen3_tokenizer(tiktoken_path: Path | None = None) -> PreTrainedTokenizerBase:
+    """The Qwen3 tokenizer, offline: :func:`build_qwen25_tokenizer` plus :func:`qwen3_from_qwen25`."""
+    return qwen3_from_qwen25(build_qwen25_tokenizer(tiktoken_path))
+
+
 # ---------------------------------------------------------------- tiny in-process tokenizer
 
 _TINY_WORDS = (
@@ -307,7 +329,7 @@ def train_tiny_bpe_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTraine
 
 # ---------------------------------------------------------------- tiny random model
 
-TinyArch = Literal["qwen2", "llama"]
+TinyArch = Literal["qwen2", "qwen3", "llama"]
 
 
 def build_tiny_model(
@@ -331,7 +353,7 @@ def build_tiny_model(
     shrink" rule is exercised.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     vocab = len(tokenizer)
     vocab = -(-vocab // vocab_multiple) * vocab_multiple if vocab_multiple > 1 else vocab
@@ -355,10 +377,12 @@ def build_tiny_model(
     torch.manual_seed(seed)
     if arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden_size // num_heads, **common))
     elif arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r} (qwen2 | llama)")
+        raise ValueError(f"unknown tiny architecture {arch!r} (qwen2 | qwen3 | llama)")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -94,6 +94,29 @@ def qwen_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def qwen3_tokenizer(qwen_tokenizer):
+    """Qwen3's tokenizer (Qwen2.5's BPE, the thinking tokens, the family's template as we write it)."""
+    from stages.hf_assets import qwen3_from_qwen25
+
+    return qwen3_from_qwen25(copy.deepcopy(qwen_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def qwen3_model_dir(qwen3_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3 model on the Qwen3 tokenizer (served in the qwen3 format)."""
+    from stages.hf_assets import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny_qwen3")
+    # vLLM's CPU attention needs heads at least 32 wide.
+    wide = os.environ.get("OCTUPUS_TEST_BACKEND") == "vllm"
+    model = build_tiny_model(qwen3_tokenizer, arch="qwen3", hidden_size=64 if wide else 16, num_heads=2,
+                             num_kv_heads=1, intermediate_size=32)
+    model.save_pretrained(out)
+    qwen3_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def qwen_format_tokenizer(qwen_tokenizer):
     return _with_format(copy.deepcopy(qwen_tokenizer))
 

@@ -77,11 +77,11 @@ def assembled(events: list[dict[str, Any]]) -> dict[str, Any]:
             items[e["output_index"]] = copy.deepcopy(e["item"])
         elif t == "response.content_part.added":
             items[e["output_index"]]["content"].append(copy.deepcopy(e["part"]))
-        elif t == "response.output_text.delta":
+        elif t in ("response.output_text.delta", "response.reasoning_text.delta"):
             items[e["output_index"]]["content"][e["content_index"]]["text"] += e["delta"]
         elif t == "response.function_call_arguments.delta":
             items[e["output_index"]]["arguments"] += e["delta"]
-        elif t == "response.output_text.done":
+        elif t in ("response.output_text.done", "response.reasoning_text.done"):
             assert items[e["output_index"]]["content"][e["content_index"]]["text"] == e["text"]
         elif t == "response.function_call_arguments.done":
             assert items[e["output_index"]]["arguments"] == e["arguments"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,11 +28,13 @@ schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE, sch
                                 max_examples=25, deterministic=True, database="none")
 
 
-@pytest.fixture(scope="module")
-def base_url(tiny_model_dir: Path) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["octupus", "qwen3"])
+def base_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The project's format, and a reasoning model's (thinking, effort and earlier reasoning take effect)."""
+    model_dir = request.getfixturevalue("tiny_model_dir" if request.param == "octupus" else "qwen3_model_dir")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    srv = LoopbackServer(["--model", str(tiny_model_dir), "--served-model-name", MODEL,
+    srv = LoopbackServer(["--model", str(model_dir), "--served-model-name", MODEL, "--reasoning-budget", "2",
                           "--default-max-tokens", "4", "--max-request-bytes", str(256 * 1024)])
     yield srv.base
     srv.stop()

@@ -56,3 +56,19 @@ HERMES_SHAPE = ToolCallShape(
     call_separator="\n",
     special_tokens=frozenset(),
 )
+
+
+@dataclass(frozen=True)
+class ReasoningMarkers:
+    """How a reasoning model thinks before its answer: ``open + reasoning + close + separator``,
+    then the answer in the format's :class:`ToolCallShape`. ``open`` and ``close`` are single tokens
+    of the model's tokenizer; the reasoning is free text that never holds ``close``.
+    """
+
+    open: str
+    close: str
+    separator: str = ""
+
+
+# Qwen3 and its successors: ``<think>\n...\n</think>\n\n`` before the (hermes-shaped) answer.
+QWEN3_REASONING = ReasoningMarkers(open="<think>", close="</think>", separator="\n\n")

@@ -9,6 +9,7 @@ compiles a spec once (cached by its key) and hands out a fresh :class:`Matcher` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -49,6 +50,17 @@ class ToolGrammar:
 
 
 @dataclass(frozen=True)
+class ReasoningSpec:
+    """A reasoning block before the answer: ``open`` (empty when the prompt already opened it), free
+    text that never holds ``close``, ``close`` after at most ``budget`` tokens, then ``separator``."""
+
+    open: str
+    close: str
+    separator: str
+    budget: int
+
+
+@dataclass(frozen=True)
 class GrammarSpec:
     shape: ToolCallShape
     special_pieces: frozenset[str]
@@ -60,6 +72,8 @@ class GrammarSpec:
     # Structured output (response_format): when set, the text alternative is not free text but one
     # JSON value valid against this normalised schema (as JSON), written after the shape's text_open.
     text_schema_json: str | None = None
+    # A reasoning model's thinking, bounded, before the choice between text and calls.
+    reasoning: ReasoningSpec | None = None
 
     def key(self) -> str:
         return json.dumps([
@@ -67,6 +81,7 @@ class GrammarSpec:
              self.shape.call_separator], sorted(self.special_pieces),
             [[t.name, t.schema_json] for t in self.tools], self.allow_text, self.allow_calls, self.parallel,
             self.max_whitespace, self.text_schema_json,
+            dataclasses.astuple(self.reasoning) if self.reasoning is not None else None,
         ])
 
 
@@ -129,3 +144,77 @@ class ConstraintEngine(ABC):
 
     @abstractmethod
     def matcher(self, compiled: Any) -> Matcher: ...
+
+
+class ReasoningGate(Matcher):
+    """A reasoning block enforced token by token before the answer's own matcher, for engines whose
+    grammar cannot hold it (lm-format-enforcer counts characters, not tokens, so it cannot bound
+    the block by a token budget).
+
+    The open marker (unless the prompt holds it), then any tokens but the stop tokens and the open
+    marker, the close marker at the latest after ``budget`` of them, the separator's tokens, and from
+    there ``inner``. Like the llguidance grammar, nothing of the reasoning is ever a call: the
+    answer's grammar starts after the close marker.
+    """
+
+    def __init__(self, inner: Matcher, open_ids: list[int], close_id: int, separator_ids: list[int], budget: int,
+                 banned: list[int]) -> None:
+        self.inner = inner
+        self.forced = list(open_ids)  # tokens that must come next (the open marker, then the separator)
+        self.close_id = close_id
+        self.separator_ids = list(separator_ids)
+        self.budget = budget
+        self.banned_ids = set(banned) | set(open_ids)
+        self.banned = torch.tensor(sorted(self.banned_ids), dtype=torch.long)
+        self.thinking = True  # until the close marker
+        self.used = 0  # reasoning tokens so far
+
+    def _only(self, logits: torch.Tensor, token_id: int) -> None:
+        value = logits[token_id].clone()
+        logits.fill_(float("-inf"))
+        logits[token_id] = value
+
+    def apply(self, logits: torch.Tensor) -> None:
+        if self.forced:
+            self._only(logits, self.forced[0])
+        elif self.thinking and self.used >= self.budget:
+            self._only(logits, self.close_id)
+        elif self.thinking:
+            logits[self.banned] = float("-inf")
+        else:
+            self.inner.apply(logits)
+
+    def consume(self, token_id: int) -> bool:
+        if self.forced:
+            if token_id != self.forced[0]:
+                return False
+            self.forced.pop(0)
+            return True
+        if self.thinking:
+            if token_id == self.close_id:
+                self.thinking = False
+                self.forced = list(self.separator_ids)
+                return True
+            if self.used >= self.budget or token_id in self.banned_ids:
+                return False
+            self.used += 1
+            return True
+        return self.inner.consume(token_id)
+
+    def is_finished(self) -> bool:
+        return not (self.thinking or self.forced) and self.inner.is_finished()
+
+    def is_accepting(self) -> bool:
+        return not (self.thinking or self.forced) and self.inner.is_accepting()
+
+
+def reasoning_gate(tokenizer: Any, reasoning: ReasoningSpec, inner: Matcher,
+                   stop_token_ids: list[int]) -> ReasoningGate:
+    """:class:`ReasoningGate` for ``reasoning`` on ``tokenizer`` (its markers must be single tokens)."""
+    vocab = tokenizer.get_vocab()
+    missing = [m for m in (reasoning.open, reasoning.close) if m and m not in vocab]
+    if missing:
+        raise GrammarError(f"the reasoning markers {missing} are not single tokens of this tokenizer", param="model")
+    separator = tokenizer.encode(reasoning.separator, add_special_tokens=False) if reasoning.separator else []
+    return ReasoningGate(inner, [vocab[reasoning.open]] if reasoning.open else [], vocab[reasoning.close], separator,
+                         reasoning.budget, stop_token_ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import llguidance
@@ -103,8 +104,23 @@ def build_lark(spec: GrammarSpec) -> str:
                 lines.append(f"args_{i}: %json {_json_with(tool.schema_json, ws)}")
     if not alts:
         raise GrammarError("nothing to generate: neither text nor a tool call is allowed")
-    lines.insert(1, "start: " + " | ".join(alts))
+    r = spec.reasoning
+    if r is None:
+        lines.insert(1, "start: " + " | ".join(alts))
+    else:
+        # Thinking first: free text that never spells the close marker (so the first close is the
+        # real one, in tokens and in text), cut at the budget, where only the close marker may follow.
+        think = [_piece(r.open, sp)] if r.open else []
+        think += ["reasoning", _piece(r.close, sp)] + ([_piece(r.separator, sp)] if r.separator else [])
+        lines[1:1] = ["start: think answer_turn", "answer_turn: " + " | ".join(alts), "think: " + " ".join(think),
+                      f"reasoning[max_tokens={r.budget}]: REASONING",
+                      f"REASONING: /(?s:.*)/ & ~/(?s:.*){_regex_escape(r.close)}(?s:.*)/"]
     return "\n".join(lines) + "\n"
+
+
+def _regex_escape(text: str) -> str:
+    """``text`` as a literal inside a Lark /regex/ (the slash delimits it)."""
+    return re.escape(text).replace("/", "\\/")
 
 
 def _error_summary(error: str) -> str:

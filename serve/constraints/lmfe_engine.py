@@ -35,7 +35,7 @@ from lmformatenforcer import (
 )
 from lmformatenforcer.tokenlist import TokenList
 
-from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher
+from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher, reasoning_gate
 from serve.constraints.schema import is_empty_object
 
 log = logging.getLogger(__name__)
@@ -303,9 +303,13 @@ class LMFormatEnforcerEngine(ConstraintEngine):
             compiled["first"] = sorted(allowed)
         return compiled["first"]
 
-    def matcher(self, compiled: dict[str, Any]) -> LMFEMatcher:
+    def matcher(self, compiled: dict[str, Any]) -> Matcher:
         enforcer = TokenEnforcer(self.data, self._root(compiled))
         enforcer.allowed_token_cache = self.token_cache
         spec: GrammarSpec = compiled["spec"]
         both = spec.allow_text and spec.allow_calls and compiled["tools"]
-        return LMFEMatcher(enforcer, (lambda: self._first_allowed(compiled)) if both else None)
+        answer = LMFEMatcher(enforcer, (lambda: self._first_allowed(compiled)) if both else None)
+        if spec.reasoning is None:
+            return answer
+        # The enforcer follows characters, so a token budget is kept token by token, around it.
+        return reasoning_gate(self.tokenizer, spec.reasoning, answer, self.stop_token_ids)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from serve.constraints.base import ConstraintEngine, GrammarSpec, Matcher, ToolGrammar
+from serve.constraints.base import ConstraintEngine, GrammarSpec, Matcher, ReasoningSpec, ToolGrammar
 from toolcall.shapes import ToolCallShape
 
 
@@ -97,7 +97,8 @@ def spec_to_payload(spec: GrammarSpec) -> dict[str, Any]:
     return {"shape": shape, "special_pieces": sorted(spec.special_pieces),
             "tools": [[t.name, t.schema_json] for t in spec.tools], "allow_text": spec.allow_text,
             "allow_calls": spec.allow_calls, "parallel": spec.parallel, "max_whitespace": spec.max_whitespace,
-            "text_schema_json": spec.text_schema_json}
+            "text_schema_json": spec.text_schema_json,
+            "reasoning": dataclasses.asdict(spec.reasoning) if spec.reasoning is not None else None}
 
 
 def spec_from_payload(payload: dict[str, Any]) -> GrammarSpec:
@@ -107,4 +108,5 @@ def spec_from_payload(payload: dict[str, Any]) -> GrammarSpec:
                        tools=tuple(ToolGrammar(name=n, schema_json=s) for n, s in payload["tools"]),
                        allow_text=bool(payload["allow_text"]), allow_calls=bool(payload["allow_calls"]),
                        parallel=bool(payload["parallel"]), max_whitespace=int(payload["max_whitespace"]),
-                       text_schema_json=payload.get("text_schema_json"))
+                       text_schema_json=payload.get("text_schema_json"),
+                       reasoning=ReasoningSpec(**payload["reasoning"]) if payload.get("reasoning") else None)
