@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tool-call format; auto picks octupus when the tokenizer has its special tokens, qwen3 "
                         "(thinking, then hermes calls) when it has <think>, </think> and <tool_call>, else hermes")
     p.add_argument("--reasoning-budget", type=_non_negative, default=1024,
-                   help="qwen3 format: most thinking tokens of a request (effort high; medium 1/2, low 1/4, "
-                        "minimal 1/8, xhigh 2x, max 4x; effort none or enable_thinking false: no thinking); "
-                        "0 turns thinking off for every request")
+                   help="qwen3 format: most thinking tokens of a request with effort high or none given "
+                        "(minimal 1/8, low 1/4, medium 1/2, xhigh 2x, max 4x; effort none or enable_thinking "
+                        "false: no thinking); 0 turns thinking off for every request")
     p.add_argument("--engine", choices=list(ENGINES), default=DEFAULT_ENGINE, help="constraint engine")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
