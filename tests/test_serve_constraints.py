@@ -189,3 +189,23 @@ def test_lm_format_enforcer_same_grammar(lmfe: Checker) -> None:
     bounded = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}
     with pytest.raises(GrammarError, match="minimum"):
         lmfe.engine.compile(spec(lmfe.fmt, schema=bounded))
+
+
+@pytest.mark.parametrize("density", [0.0005, 0.01, 0.5, 0.999, 1.0])
+def test_llguidance_mask_writes_exactly_the_forbidden_tokens(density: float) -> None:
+    """Both paths of the mask (few tokens allowed: save, fill, restore; many: write through the
+    forbidden bits) against the plain reading of the bitmask, with a vocabulary that is no multiple
+    of 32 and padded embedding rows past it."""
+    import numpy as np
+
+    from serve.constraints.llguidance_engine import _mask_in_place
+
+    rng = np.random.default_rng(7)
+    vocab, rows = 1000, 1024
+    bits = rng.random(32 * ((vocab + 31) // 32)) < density
+    words = np.packbits(bits, bitorder="little").view(np.int32).copy()
+    logits = rng.standard_normal(rows).astype(np.float32)
+    expected = np.where(np.r_[bits[:vocab], np.zeros(rows - vocab, bool)], logits, -np.inf).astype(np.float32)
+    out = logits.copy()
+    _mask_in_place(out, words, vocab)
+    assert np.array_equal(out, expected)
