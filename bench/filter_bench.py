@@ -1,20 +1,33 @@
-"""Filter: memory at N and 4N rows, and throughput against the plain row-by-row baseline, in one run.
+"""Filter: memory at M and 4M rows, wall, CPU and peak memory at N rows, and throughput against the
+plain row-by-row baseline, in one run.
 
-    python -m bench filter [--rows 50000] [--baseline-rows 20000] [--workers 1] [--json out.json]
+    python -m bench filter [--rows 50000] [--growth-rows M] [--baseline-rows 20000] [--workers 1] [--json out.json]
+    python -m bench filter --rows 1000000     # a million rows: M = 50,000, so 50k, 200k and 1M are measured
 
-Rows are synthetic raw rows of every kind (stages/synthetic/), mixed like the default sources. They
-are generated once per run (one process per kind, at most ``--gen-processes`` at a time) into a
-temporary directory and deleted at the end: nothing is carried over between runs.
+Rows are synthetic raw rows of the five single-request kinds (stages/synthetic/), mixed like the
+default sources (hermes_fc, toolace, openhermes 2 : fc_zh_hard, wildchat 1); ``--rows`` counts them
+all (N = 1,000,000 is 250,000 rows for each of the three larger kinds; 4,000,000 is a million rows a
+source for those three). They are generated once per run (one process per kind, at most
+``--gen-processes`` at a time) into a temporary directory; the smaller sizes are the first rows of
+each file; everything is deleted at the end: nothing is carried over between runs.
 
-Measured:
-- peak memory: the whole stage (``python -m stages.filter`` with the default filter params) as a
-  fresh process on N and on 4N rows: its peak resident set size (the process's own ``VmHWM``),
-  wall and CPU time. The stage streams, so 4x the rows should cost at most 1.3x the memory;
+Sizes: M = ``--growth-rows`` (default: N, at most 50,000), 4M, and N. By default (N = 50,000) these
+are N and 4N. The memory growth is compared at M and 4M rather than at N and 4N: the stage keeps
+a few dozen bytes per kept row in memory (content keys, offsets, called functions, the mixed
+entries), so past a few hundred thousand rows its peak grows with the rows by design, and a 4N
+run at N = 1M (4M rows, ~10 GB of raw rows, ~13 GB of outputs at the default mix) would take most
+of an hour on 2 cores. N itself is measured for wall, CPU time and peak memory.
+
+Measured, at each size:
+- the whole stage (``python -m stages.filter`` with the default filter params, its sources limited
+  to these five kinds) as a fresh process: its peak resident set size (the process's own
+  ``VmHWM``), wall and CPU time (outputs written, then deleted). Target: at most 1.3x the peak
+  memory for 4M rows against M (it streams);
 - throughput: the stage's per-source path (stages.filter.filter_source: read in chunks, rules,
-  dedup, cap) on the N and the 4N rows, reading the files as the stage does, against the
-  row-by-row baseline (bench/filter_rowwise.py) on the first ``--baseline-rows`` of the N rows,
-  held in memory; and both on exactly that slice, from memory. The mixing and writing of outputs
-  are in no timing here (they are in the stage runs).
+  dedup, cap), reading the files as the stage does, against the row-by-row baseline
+  (bench/filter_rowwise.py) on the first ``--baseline-rows`` of the M rows, held in memory; and
+  both on exactly that slice, from memory. The mixing and writing of outputs are in no timing here
+  (they are in the stage runs). Target: at least 20x the baseline's rows per CPU-second.
 
 The baseline's list-based dedup is quadratic, so on all N rows it would run for hours; its rows/s
 on the smaller slice is therefore an upper bound of its rows/s on N rows, and the headline ratio
@@ -22,18 +35,20 @@ on the smaller slice is therefore an upper bound of its rows/s on N rows, and th
 starts with empty caches (parsers and compiled schema validators).
 
 On a shared machine wall-clock ratios move with the load of other processes (the load average is
-printed at the start and the end); CPU-time ratios move much less. Both sides of each ratio are
-measured in the same run, one after the other.
+printed at the start and the end, with the CPU model); CPU-time ratios move much less. Both sides
+of each ratio are measured in the same run, one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,13 +102,15 @@ def make_input(rows: int, seed: int, directory: Path, processes: int = 2) -> dic
 
 
 def head_files(files: dict[str, Path], fraction: float, directory: Path) -> dict[str, Path]:
-    """The first ``fraction`` of each file's lines, as files in ``directory``."""
+    """The first ``fraction`` of each file's lines, as files in ``directory`` (streamed)."""
     directory.mkdir(parents=True, exist_ok=True)
     out = {}
     for kind, path in files.items():
-        lines = path.read_bytes().splitlines(keepends=True)
+        with path.open("rb") as fh:
+            count = sum(1 for _ in fh)
         out[kind] = directory / path.name
-        out[kind].write_bytes(b"".join(lines[: round(len(lines) * fraction)]))
+        with path.open("rb") as src, out[kind].open("wb") as dst:
+            dst.writelines(itertools.islice(src, round(count * fraction)))
     return out
 
 
@@ -125,9 +142,12 @@ print("VmHWM", status["VmHWM"].split()[0])
 def run_stage(raw_dir: Path, work: Path) -> dict[str, float]:
     """``python -m stages.filter`` on ``raw_dir`` (default filter params) as a fresh process: its
     peak RSS, wall and CPU time."""
-    params = read_params(ROOT / "params.yaml")
-    section = dict(params["filter"], raw_dir=str(raw_dir), out_dir=str(work / "filtered"),
-                   metrics_file=str(work / "filter.json"))
+    section = read_params(ROOT / "params.yaml")["filter"]
+    section.update(raw_dir=str(raw_dir), out_dir=str(work / "filtered"), metrics_file=str(work / "filter.json"),
+                   sources={name: kind for name, kind in section["sources"].items() if name in SHARES},
+                   function_cap_by_source={n: c for n, c in section["function_cap_by_source"].items() if n in SHARES},
+                   mix={stage: {n: r for n, r in ratios.items() if n in SHARES}
+                        for stage, ratios in section["mix"].items()})
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump({"filter": section}, sort_keys=False), encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OCTUPUS_LOG_LEVEL="WARNING")
@@ -144,6 +164,7 @@ def run_stage(raw_dir: Path, work: Path) -> dict[str, float]:
     stdout = (work / "stdout.txt").read_text(encoding="utf-8", errors="replace")
     peak_kb = next(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("VmHWM "))
     metrics = json.loads((work / "filter.json").read_text(encoding="utf-8"))
+    shutil.rmtree(work / "filtered")  # the outputs: gigabytes at a million rows
     return {"peak_rss_mb": peak_kb / 1024, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
             "rows_in": sum(s["rows_in"] for s in metrics["sources"].values()),
             "rows_out": sum(s["rows_out"] for s in metrics["sources"].values())}
@@ -193,9 +214,19 @@ def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench filter", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=50_000, help="N (memory is also measured at 4N)")
+    parser.add_argument("--rows", type=int, default=50_000, help="N: rows over the five kinds")
+    parser.add_argument("--growth-rows", type=int, default=None,
+                        help="M: peak memory compared at M and 4M rows (default: N, at most 50,000)")
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="rows the baseline runs on")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1,
@@ -206,25 +237,28 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     bench_start = time.perf_counter()
     load_start = _load()
-    print(f"load average (1/5/15 min) at start: {load_start}, {os.cpu_count()} CPUs", flush=True)
+    print(f"load average (1/5/15 min) at start: {load_start}, {os.cpu_count()} CPUs ({_cpu_model()})", flush=True)
     n = args.rows
+    m = args.growth_rows or min(n, 50_000)
+    sizes = sorted({m, 4 * m, n})
     with tempfile.TemporaryDirectory(prefix="filter-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        print(f"generating {4 * n} synthetic raw rows ...", flush=True)
-        big = make_input(4 * n, args.seed, tmp / "raw_4n", args.gen_processes)
-        small = head_files(big, 0.25, tmp / "raw_n")
+        largest = sizes[-1]
+        print(f"generating {largest} synthetic raw rows ...", flush=True)
+        files = {largest: make_input(largest, args.seed, tmp / f"raw_{largest}", args.gen_processes)}
+        for size in sizes[:-1]:
+            files[size] = head_files(files[largest], size / largest, tmp / f"raw_{size}")
 
-        stage_n = run_stage(tmp / "raw_n", tmp / "stage_n")
-        print(f"stage on N:  {stage_n['rows_in']:>8} rows, peak RSS {stage_n['peak_rss_mb']:7.1f} MB, "
-              f"{stage_n['wall_s']:6.1f} s wall, {stage_n['cpu_s']:6.1f} s CPU", flush=True)
-        stage_4n = run_stage(tmp / "raw_4n", tmp / "stage_4n")
-        print(f"stage on 4N: {stage_4n['rows_in']:>8} rows, peak RSS {stage_4n['peak_rss_mb']:7.1f} MB, "
-              f"{stage_4n['wall_s']:6.1f} s wall, {stage_4n['cpu_s']:6.1f} s CPU", flush=True)
+        stage = {}
+        for size in sizes:
+            stage[size] = s = run_stage(tmp / f"raw_{size}", tmp / f"stage_{size}")
+            print(f"stage on {s['rows_in']:>8} rows: peak RSS {s['peak_rss_mb']:7.1f} MB, {s['wall_s']:6.1f} s wall, "
+                  f"{s['cpu_s']:6.1f} s CPU", flush=True)
+        rows = {size: stage[size]["rows_in"] for size in sizes}
 
-        rows_n, rows_4n = stage_n["rows_in"], stage_4n["rows_in"]
-        fraction = min(1.0, args.baseline_rows / max(rows_n, 1))
-        sub = {kind: lines[: round(len(lines) * fraction)] for kind, lines in
-               ((kind, read_lines(path)) for kind, path in small.items())}
+        fraction = min(1.0, args.baseline_rows / max(rows[m], 1))
+        sub = {kind: read_lines(path, round(sum(1 for _ in iter_lines(path)) * fraction))
+               for kind, path in files[m].items()}
         rows_sub = sum(map(len, sub.values()))
         gc.freeze()  # the slice stays alive throughout: keep the collector from rescanning it
 
@@ -234,55 +268,52 @@ def main(argv: list[str] | None = None) -> dict:
         print(_line("row-by-row baseline", rows_sub, t_base), flush=True)
         same = kept_sub == kept_base and +drops_sub == +drops_base
         del kept_sub, kept_base
-        t_n, _, drops_n = run_streaming({kind: iter_lines(path) for kind, path in small.items()})
-        print(_line("streaming, 1 process", rows_n, t_n), flush=True)
-        t_4n, _, _ = run_streaming({kind: iter_lines(path) for kind, path in big.items()})
-        print(_line("streaming, 1 process", rows_4n, t_4n), flush=True)
+        streaming = {}
+        for size in sizes:
+            streaming[size], _, drops = run_streaming({kind: iter_lines(path) for kind, path in files[size].items()})
+            print(_line("streaming, 1 process", rows[size], streaming[size]), flush=True)
         t_nw = None
         if args.workers > 1:
-            t_nw, _, _ = run_streaming({kind: iter_lines(path) for kind, path in small.items()}, args.workers)
-            print(_line(f"streaming, {args.workers} processes", rows_n, t_nw), flush=True)
-
-    def rate(rows: int, timing: Timing, which: int) -> float:
-        return rows / timing[which]
+            t_nw, _, _ = run_streaming({kind: iter_lines(path) for kind, path in files[n].items()}, args.workers)
+            print(_line(f"streaming, {args.workers} processes", rows[n], t_nw), flush=True)
 
     def ratios(rows: int, timing: Timing) -> dict[str, float]:
         """Throughput ratio against the baseline, by wall clock and by CPU time."""
-        return {clock: rate(rows, timing, i) / rate(rows_sub, t_base, i) for i, clock in enumerate(("wall", "cpu"))}
+        return {clock: rows / timing[i] / (rows_sub / t_base[i]) for i, clock in enumerate(("wall", "cpu"))}
 
     result = {
-        "rows_n": rows_n, "rows_4n": rows_4n, "baseline_rows": rows_sub,
-        "stage_n": stage_n, "stage_4n": stage_4n,
-        "peak_rss_growth_4n_over_n": stage_4n["peak_rss_mb"] / stage_n["peak_rss_mb"],
-        "stage_cpu_growth_4n_over_n": stage_4n["cpu_s"] / stage_n["cpu_s"],
-        "seconds": {"streaming_slice": t_sub, "baseline_slice": t_base, "streaming_n": t_n, "streaming_4n": t_4n},
-        "rows_per_s": {
-            clock: {"streaming_n": rate(rows_n, t_n, i), "streaming_4n": rate(rows_4n, t_4n, i),
-                    "streaming_slice": rate(rows_sub, t_sub, i), "baseline_slice": rate(rows_sub, t_base, i)}
-            for i, clock in enumerate(("wall", "cpu"))},
-        "ratio_streaming_n_vs_baseline": ratios(rows_n, t_n),
-        "ratio_streaming_4n_vs_baseline": ratios(rows_4n, t_4n),
+        "cpu_model": _cpu_model(), "load_average_start": load_start, "baseline_rows": rows_sub,
+        "growth_rows": [rows[m], rows[4 * m]],
+        "peak_rss_growth_4m_over_m": stage[4 * m]["peak_rss_mb"] / stage[m]["peak_rss_mb"],
+        "sizes": {str(size): {
+            "rows": rows[size], "stage": stage[size], "streaming_seconds": streaming[size],
+            "streaming_rows_per_s": {"wall": rows[size] / streaming[size][0], "cpu": rows[size] / streaming[size][1]},
+            "ratio_vs_baseline": ratios(rows[size], streaming[size])} for size in sizes},
+        "seconds": {"streaming_slice": t_sub, "baseline_slice": t_base},
+        "baseline_rows_per_s": {"wall": rows_sub / t_base[0], "cpu": rows_sub / t_base[1]},
         "ratio_same_slice": ratios(rows_sub, t_sub),
         "same_kept_rows_and_drops": same,
-        "drops_n": dict(sorted(drops_n.items())),
-        "load_average_start": load_start,
+        "drops_n": dict(sorted(drops.items())),
     }
     if t_nw is not None:
         result["workers"] = args.workers
         result["seconds"]["streaming_n_workers"] = t_nw
-        result["ratio_streaming_n_workers_vs_baseline"] = ratios(rows_n, t_nw)
+        result["ratio_streaming_n_workers_vs_baseline"] = ratios(rows[n], t_nw)
     result["load_average_end"] = _load()
     result["bench_seconds"] = time.perf_counter() - bench_start
-    head_ratio, slice_ratio = result["ratio_streaming_4n_vs_baseline"], result["ratio_same_slice"]
-    growth = result["peak_rss_growth_4n_over_n"]
+    growth, slice_ratio = result["peak_rss_growth_4m_over_m"], result["ratio_same_slice"]
     print()
-    print(f"peak RSS of the stage: {stage_n['peak_rss_mb']:.0f} MB on {rows_n} rows, {stage_4n['peak_rss_mb']:.0f} MB "
-          f"on {stage_4n['rows_in']}: {growth:.2f}x for 4x the rows (target <= {RSS_GROWTH_TARGET}x)")
-    print(f"stage CPU time N -> 4N: {result['stage_cpu_growth_4n_over_n']:.2f}x")
-    n_ratio = result["ratio_streaming_n_vs_baseline"]
-    print(f"speed-up, streaming (1 process) on {rows_4n} rows vs baseline on {rows_sub}: "
-          f"{head_ratio['cpu']:.1f}x CPU, {head_ratio['wall']:.1f}x wall (target >= {RATIO_TARGET:.0f}x); "
-          f"on {rows_n} rows: {n_ratio['cpu']:.1f}x CPU, {n_ratio['wall']:.1f}x wall")
+    print(f"peak RSS of the stage: {stage[m]['peak_rss_mb']:.0f} MB on {rows[m]} rows, "
+          f"{stage[4 * m]['peak_rss_mb']:.0f} MB on {rows[4 * m]}: {growth:.2f}x for 4x the rows "
+          f"(target <= {RSS_GROWTH_TARGET}x); stage CPU time {stage[4 * m]['cpu_s'] / stage[m]['cpu_s']:.2f}x")
+    if n > 4 * m:
+        per_row = (stage[n]["peak_rss_mb"] - stage[4 * m]["peak_rss_mb"]) * 2**20 / (rows[n] - rows[4 * m])
+        print(f"stage on {rows[n]} rows: peak RSS {stage[n]['peak_rss_mb']:.0f} MB ({per_row:.0f} bytes a row more "
+              f"than on {rows[4 * m]}), {stage[n]['wall_s']:.0f} s wall, {stage[n]['cpu_s']:.0f} s CPU")
+    for size in sizes:
+        r = result["sizes"][str(size)]["ratio_vs_baseline"]
+        print(f"speed-up, streaming (1 process) on {rows[size]} rows vs baseline on {rows_sub}: "
+              f"{r['cpu']:.1f}x CPU, {r['wall']:.1f}x wall (target >= {RATIO_TARGET:.0f}x)")
     print(f"speed-up on the same {rows_sub}-row slice: {slice_ratio['cpu']:.1f}x CPU, {slice_ratio['wall']:.1f}x wall")
     if t_nw is not None:
         w = result["ratio_streaming_n_workers_vs_baseline"]

@@ -19,6 +19,7 @@ hash of their content, never by input order.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
@@ -113,11 +114,11 @@ def iter_lines(path: Path) -> Iterator[bytes]:
                 yield raw
 
 
-def read_lines(path: Path) -> list[str]:
-    """All of :func:`iter_lines` as text; lines that are not UTF-8 become "" (benchmarks and tests
-    hand these to the row-by-row baseline; the stage streams bytes)."""
+def read_lines(path: Path, limit: int | None = None) -> list[str]:
+    """:func:`iter_lines` as text (the first ``limit``; all when None); lines that are not UTF-8
+    become "" (benchmarks and tests hand these to the row-by-row baseline; the stage streams bytes)."""
     out = []
-    for raw in iter_lines(path):
+    for raw in itertools.islice(iter_lines(path), limit):
         try:
             out.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -304,27 +305,34 @@ def check_rows(rows: list[EncodedRow], max_chars: int) -> tuple[list[EncodedRow]
 ROWS = {"row": pl.get_index_type(), "key": pl.UInt64}
 
 
+def _shares(column: str) -> pl.Expr:
+    """Rows of a table sorted by ``column`` whose value is also the previous or the next row's."""
+    value = pl.col(column)
+    return ((value == value.shift()) | (value == value.shift(-1))).fill_null(False)
+
+
 def deduplicate_and_cap(store: SpilledRows, max_rows_per_function: int | None) -> tuple[pl.DataFrame, Counter[str]]:
     """Exact duplicates, then the per-function cap, over all rows that passed the per-row rules.
 
     Returns the kept rows (:data:`ROWS`) ordered by (content key, messages), and the drops.
     """
-    table = pl.DataFrame({"key": store.key}, schema={"key": pl.UInt64}).with_row_index("row")
-    table = table.with_columns(shared=pl.len().over("key") > 1)
+    table = pl.DataFrame({"key": store.key}, schema={"key": pl.UInt64}).with_row_index("row").sort("key", "row")
     # Equal rows have equal content keys, so only rows sharing a key are compared by their texts
-    # (read from the spill a group at a time); a copy of a row earlier in the source goes, which
+    # (read from the spill a key at a time); a copy of a row earlier in the source goes, which
     # cannot change the output. Rows that only share a key (a hash collision) stay, ranked by
-    # their messages (``tie``), as everywhere the key is the order.
-    survivors = []
-    for key, members in table.filter("shared").group_by("key").agg("row").iter_rows():
+    # their messages (``tie``), as everywhere the key is the order. (key, tie) is unique, so the
+    # order is the same on any thread count.
+    tie = np.zeros(table.height, dtype=np.int32)  # -1: a duplicate
+    shared = table.with_row_index("at").filter(_shares("key"))
+    for _, group in itertools.groupby(shared.iter_rows(), key=lambda entry: entry[2]):
+        members = list(group)  # (at, row, key), by row
         first: dict[tuple[str, str], int] = {}
-        for i in sorted(members):
+        for _, i, _ in members:
             first.setdefault(store.texts(i), i)
-        ranked = sorted(first.items(), key=lambda item: (item[0][0], item[1]))
-        survivors.extend((i, key, tie) for tie, (_, i) in enumerate(ranked))
-    kept = (pl.concat([table.filter(~pl.col("shared")).select(*ROWS, tie=pl.lit(0, pl.UInt32)),
-                       pl.DataFrame(survivors, schema=ROWS | {"tie": pl.UInt32}, orient="row")])
-            .sort("key", "tie").drop("tie"))  # (key, tie) is unique: the order is the same on any thread count
+        rank = {i: r for r, (_, i) in enumerate(sorted(first.items(), key=lambda item: (item[0][0], item[1])))}
+        for at, i, _ in members:
+            tie[at] = rank.get(i, -1)
+    kept = table.with_columns(tie=tie).filter(pl.col("tie") >= 0).sort("key", "tie").drop("tie")
     drops = Counter(duplicate=store.count - kept.height)
     if max_rows_per_function is not None and kept.height:
         # Rank each function's rows by content (order-independent); a row over the cap for any
@@ -407,10 +415,10 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
 # Splitting and mixing
 
 
-def _unit(keys: pl.Series, salt: int, copy: pl.Series | None = None) -> pl.Series:
-    """Deterministic uniform [0, 1) per key (splitmix64 of key ^ salt; with ``copy``, of key ^
-    copy * C ^ salt). numpy, not polars: the hash needs wrapping uint64 multiplication and shifts,
-    which numpy defines and polars neither documents (its overflow behaviour) nor has (shifts)."""
+def _hash53(keys: pl.Series, salt: int, copy: pl.Series | None = None) -> np.ndarray:
+    """Deterministic 53-bit hash per key: splitmix64 of key ^ salt (with ``copy``: of key ^ copy *
+    C ^ salt), top 53 bits. numpy, not polars: it needs wrapping uint64 multiplication and shifts,
+    which numpy defines and polars neither documents (its integer overflow) nor has (shifts)."""
     with np.errstate(over="ignore"):
         x = keys.to_numpy().astype(np.uint64)  # a copy, changed in place: no temporary array per step
         if copy is not None:
@@ -423,9 +431,12 @@ def _unit(keys: pl.Series, salt: int, copy: pl.Series | None = None) -> pl.Serie
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
         x >>= np.uint64(11)
-    out = x.astype(np.float64)
-    out *= 1.0 / (1 << 53)
-    return pl.Series(out)
+    return x
+
+
+def _unit(keys: pl.Series, salt: int) -> pl.Series:
+    """Deterministic uniform [0, 1) per key (exact: a 53-bit hash over 2^53)."""
+    return pl.Series(_hash53(keys, salt) * (1.0 / (1 << 53)))
 
 
 def _salt(seed: int, *parts: str) -> int:
@@ -453,6 +464,7 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, pl.DataFrame]], ratio
     collision) by source, messages, then copy. Returns the source names and the entries in output
     order: ``source`` (index into the names), ``row`` and ``copy``."""
     names = sorted(ratios)
+    assert len(names) < 1 << 11, "at most 2,047 sources a set"
     entries = [pl.DataFrame(schema=ROWS | {"source": pl.UInt32, "copy": pl.UInt32})]
     for s, name in enumerate(names):
         rows = parts[name][1]
@@ -460,18 +472,18 @@ def mix_and_shuffle(parts: dict[str, tuple[FilteredSource, pl.DataFrame]], ratio
         entries.append(rows.with_columns(source=pl.lit(s, pl.UInt32), copy=pl.int_ranges(0, n, dtype=pl.UInt32))
                        .filter(n > 0).explode("copy"))
     mixed = pl.concat(entries)
-    mixed = mixed.select("source", "row", "copy",
-                         position=_unit(mixed["key"], _salt(seed, stage, split, "order"), mixed["copy"]))
-    # Entries sharing (position, source) are rare: ranked (``tie``) by their messages, then copy,
-    # then entry, so that (position, source, tie) is unique and the sort the same on any thread count.
-    tied = mixed.with_row_index("entry").filter(pl.len().over("position", "source") > 1)
+    # Sorted by the hash, then source: one uint64 (53 bits of hash, 11 of source), stable.
+    order = _hash53(mixed["key"], _salt(seed, stage, split, "order"), mixed["copy"]) << np.uint64(11)
+    order |= mixed["source"].to_numpy().astype(np.uint64)
+    mixed = mixed.select("source", "row", "copy", order=order).sort("order", maintain_order=True)
+    # Entries sharing both are rare: ordered by their messages, then copy, then as they came.
+    tied = mixed.with_row_index("at").filter(_shares("order"))
     stores = [parts[name][0].store for name in names]
-    messages = [stores[s].messages(r) for s, r in tied.select("source", "row").iter_rows()]
-    tied = (tied.with_columns(messages=pl.Series(messages, dtype=pl.String))
-            .sort("position", "source", "messages", "copy", "entry")
-            .with_columns(tie=pl.int_range(pl.len(), dtype=pl.UInt32).over("position", "source")))
-    tie = pl.zeros(mixed.height, pl.UInt32, eager=True).scatter(tied["entry"], tied["tie"])
-    return names, mixed.with_columns(tie=tie).sort("position", "source", "tie").select("source", "row", "copy")
+    messages = pl.Series([stores[s].messages(r) for s, r in tied.select("source", "row").iter_rows()], dtype=pl.String)
+    ranked = tied.with_columns(messages=messages).sort("order", "messages", "copy", "at")
+    mixed = mixed.with_columns(mixed["row"].scatter(tied["at"], ranked["row"]),
+                               mixed["copy"].scatter(tied["at"], ranked["copy"]))
+    return names, mixed.drop("order")
 
 
 def write_jsonl(names: list[str], mixed: pl.DataFrame, parts: dict[str, tuple[FilteredSource, pl.DataFrame]],
