@@ -18,8 +18,8 @@ import jsonschema
 import openai
 import pytest
 import torch
+from loopback_server import TEST_BACKEND, scripted_output
 from loopback_server import LoopbackServer as Server
-from loopback_server import scripted_output
 from responses_sse import assembled, stream_events, without_ids
 
 from serve.constraints.base import GrammarSpec, Matcher, ReasoningGate, ReasoningSpec, ToolGrammar
@@ -258,6 +258,7 @@ def test_max_tokens_inside_the_thinking_is_a_cut_answer(client: openai.OpenAI) -
     assert resp.usage.completion_tokens_details.reasoning_tokens == 3
 
 
+@pytest.mark.skipif(TEST_BACKEND == "vllm", reason="a local matcher cannot steer vLLM's sampling")
 def test_calls_written_inside_the_thinking_are_never_calls(qwen3_model_dir: Path) -> None:
     thought = ('Maybe <tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call> '
                'first.')
