@@ -4,7 +4,8 @@
         [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
         [--served-model-name NAME]
 
---backend vllm runs vLLM's V1 engine (GPU: `make setup-gpu` installs it; CPU: scripts/vllm_venv.sh
+--backend llamacpp runs the forward passes in llama.cpp on GGUF weights (--gguf; see
+serve/backends/llamacpp_backend.py); --backend vllm runs vLLM's V1 engine (GPU: `make setup-gpu` installs it; CPU: scripts/vllm_venv.sh
 builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
 --kv-cache-memory-bytes and --enforce-eager; see serve/backends/vllm_backend.py.
 """
@@ -37,7 +38,10 @@ def _non_negative(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model folder (saved transformers model, or one .gguf file)")
-    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--backend", choices=["transformers", "vllm", "llamacpp"], default="transformers")
+    p.add_argument("--gguf", default=None,
+                   help="llamacpp backend: the GGUF weights (default: the one .gguf file in --model, whose "
+                        "tokenizer and chat template render the prompts)")
     p.add_argument("--format", choices=["auto", "octupus", "hermes", "qwen3"], default="auto",
                    help="tool-call format; auto picks octupus when the tokenizer has its special tokens, qwen3 "
                         "(thinking, then hermes calls) when it has <think>, </think> and <tool_call>, else hermes")
@@ -115,6 +119,10 @@ def build_core(args: argparse.Namespace) -> Any:
                               tensor_parallel_size=args.tensor_parallel_size, max_num_seqs=args.max_num_seqs,
                               gpu_memory_utilization=args.gpu_memory_utilization,
                               kv_cache_memory_bytes=args.kv_cache_memory_bytes, enforce_eager=args.enforce_eager)
+    elif args.backend == "llamacpp":
+        from serve.backends.llamacpp_backend import LlamaCppBackend
+
+        backend = LlamaCppBackend(args.model, gguf=args.gguf, max_context=args.max_context, threads=args.threads)
     elif args.max_batch > 1:
         from serve.backends.transformers_batched import BatchedTransformersBackend
 
@@ -159,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
 
         if not vllm_available():
             print(f"error: {VLLM_MISSING}", file=sys.stderr)
+            return 2
+    if args.backend == "llamacpp":
+        from serve.backends.llamacpp_backend import LLAMACPP_MISSING, llamacpp_available
+
+        if not llamacpp_available():
+            print(f"error: {LLAMACPP_MISSING}", file=sys.stderr)
             return 2
     import uvicorn
 

