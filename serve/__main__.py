@@ -5,8 +5,8 @@
         [--served-model-name NAME]
 
 --backend llamacpp runs the forward passes in llama.cpp on GGUF weights (--gguf; see
-serve/backends/llamacpp_backend.py); --backend vllm runs vLLM's V1 engine (GPU: `make setup-gpu` installs it; CPU: scripts/vllm_venv.sh
-builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
+serve/backends/llamacpp_backend.py). --backend vllm runs vLLM's V1 engine (GPU: `make setup-gpu`
+installs it; CPU: scripts/vllm_venv.sh builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
 --kv-cache-memory-bytes and --enforce-eager; see serve/backends/vllm_backend.py.
 """
 
