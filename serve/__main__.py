@@ -1,13 +1,14 @@
 """Serve a model behind an OpenAI-compatible API whose tool calls are always valid.
 
-    python -m serve --model models/stage2 [--backend transformers|vllm] [--format auto|octupus|hermes|qwen3]
-        [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
-        [--served-model-name NAME]
+    python -m serve --model models/stage2 [--backend transformers|vllm|llamacpp]
+        [--format auto|octupus|hermes|qwen3] [--engine llguidance|lm-format-enforcer] [--host 127.0.0.1]
+        [--port 8000] [--api-key KEY] [--served-model-name NAME]
 
 --backend llamacpp runs the forward passes in llama.cpp on GGUF weights (--gguf; see
 serve/backends/llamacpp_backend.py). --backend vllm runs vLLM's V1 engine (GPU: `make setup-gpu`
-installs it; CPU: scripts/vllm_venv.sh builds .venv-vllm) with --tensor-parallel-size, --max-num-seqs, --gpu-memory-utilization,
---kv-cache-memory-bytes and --enforce-eager; see serve/backends/vllm_backend.py.
+installs it; CPU: scripts/vllm_venv.sh builds .venv-vllm) with --tensor-parallel-size,
+--max-num-seqs, --gpu-memory-utilization, --kv-cache-memory-bytes and --enforce-eager; see
+serve/backends/vllm_backend.py.
 """
 
 from __future__ import annotations
