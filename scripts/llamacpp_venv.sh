@@ -8,7 +8,8 @@
 #     time), installed from the same source without compiling llama.cpp a second time: its Python
 #     package loads the shared libraries of the build above (copied into llama_cpp/lib).
 #   - .venv-llamacpp/src/llama.cpp: the vendored source, whose convert_hf_to_gguf.py and gguf-py
-#     scripts/export_gguf.sh uses to convert a transformers model folder to GGUF.
+#     scripts/export_gguf.sh uses to convert a transformers model folder to GGUF (with
+#     .venv-llamacpp/convert-deps: sentencepiece, which the converter imports).
 # Only the first run needs the network (pip downloads the sdist and the server's dependencies);
 # the web UI of llama-server is neither downloaded nor built (it is not needed for the API).
 #
@@ -82,8 +83,10 @@ print(pathlib.Path(importlib.util.find_spec('llama_cpp').origin).parent / 'lib')
 mkdir -p "$LIBDIR"
 cp -a "$BUILD"/bin/lib*.so* "$LIBDIR"/
 
-# 4. What the GGUF conversion needs beside the main .venv's torch and transformers: nothing is
-#    installed for it here (scripts/export_gguf.sh runs the vendored script with the vendored gguf-py).
+# 4. The GGUF conversion runs in the project's .venv (torch, transformers) with the vendored gguf-py;
+#    the one module it imports that .venv lacks (sentencepiece, even for BPE tokenizers) goes into a
+#    folder of its own that scripts/export_gguf.sh puts on PYTHONPATH.
+"$PIP" install -q --no-deps --upgrade --target "$LLAMACPP_VENV/convert-deps" "sentencepiece>=0.1.98,<0.3.0"
 
 "$LLAMACPP_VENV/bin/python" -c "
 import llama_cpp
