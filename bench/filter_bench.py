@@ -13,10 +13,12 @@ each file; everything is deleted at the end: nothing is carried over between run
 
 Sizes: M = ``--growth-rows`` (default: N, at most 50,000), 4M, and N. By default (N = 50,000) these
 are N and 4N. The memory growth is compared at M and 4M rather than at N and 4N: the stage keeps
-a few dozen bytes per kept row in memory (content keys, offsets, called functions, the mixed
-entries), so past a few hundred thousand rows its peak grows with the rows by design, and a 4N
-run at N = 1M (4M rows, ~10 GB of raw rows, ~13 GB of outputs at the default mix) would take most
-of an hour on 2 cores. N itself is measured for wall, CPU time and peak memory.
+about 100 bytes per row in memory (content keys, offsets, called functions, the mixed entries), so
+past a few hundred thousand rows its peak grows with the rows by design and a 4x comparison there
+measures those arrays, not whether the texts stream (306 MB at 1M rows, 573 MB at 4M); and a 4N
+run at N = 1M generates, filters and writes 4M rows (9.7 GB of raw rows; 18 minutes for
+``--rows 4000000`` against 7 for ``--rows 1000000`` on 2 cores). N itself is measured for wall,
+CPU time, peak memory and throughput.
 
 Measured, at each size:
 - the whole stage (``python -m stages.filter`` with the default filter params, its sources limited
@@ -35,8 +37,9 @@ on the smaller slice is therefore an upper bound of its rows/s on N rows, and th
 starts with empty caches (parsers and compiled schema validators).
 
 On a shared machine wall-clock ratios move with the load of other processes (the load average is
-printed at the start and the end, with the CPU model); CPU-time ratios move much less. Both sides
-of each ratio are measured in the same run, one after the other.
+printed at the start and the end, with the CPU model); CPU-time ratios move less, but on a shared
+2-core machine still by up to a third between runs (docs/data.md). Both sides of each ratio are
+measured in the same run, one after the other.
 """
 
 from __future__ import annotations
