@@ -16,6 +16,7 @@ rest. Install: ``make llamacpp-venv`` builds llama-cpp-python; ``make gguf`` con
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -88,6 +89,8 @@ class LlamaCppBackend(Backend):
         self.max_context = int(self.llm.n_ctx())
         self._check_tokenizer()
         self._lock = threading.Lock()
+        self._view: torch.Tensor | None = None
+        self._view_address: int | None = None
         log.info("llama.cpp %s: loaded %s in %.1fs (vocab %d, tokenizer %d, context %d, %d threads)",
                  getattr(llama_cpp, "__version__", "?"), path, time.perf_counter() - start, self.vocab_size,
                  len(self.tokenizer), self.max_context, threads)
@@ -106,9 +109,14 @@ class LlamaCppBackend(Backend):
                              f"{self.vocab_size}")
 
     def _logits(self) -> torch.Tensor:
-        """The last evaluated position's logits, in llama.cpp's own buffer (masked in place)."""
+        """The last evaluated position's logits, in llama.cpp's own buffer (masked in place). The view
+        is kept while llama.cpp keeps the buffer (making one costs about 0.1 ms)."""
         pointer = self.llm._ctx.get_logits_ith(-1)
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)))
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        if address != self._view_address:
+            self._view = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)))
+            self._view_address = address
+        return self._view
 
     def _prefill(self, prompt_ids: list[int]) -> None:
         """Evaluate the prompt, reusing the context's longest common prefix (at least one token is new,
