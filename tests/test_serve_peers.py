@@ -62,10 +62,12 @@ def test_requests_mix_tools_and_lengths_evenly() -> None:
     assert len(with_tools) == 16
     for n in sp.MAX_TOKENS_CYCLE:
         assert sum(r.max_tokens == n and r.toolset is None for r in reqs) == 4
-        assert sum(r.max_tokens == n and r.toolset is not None for r in reqs) == 4
+        for choice in ("auto", "required"):
+            assert sum(r.max_tokens == n and r.tool_choice == choice for r in with_tools) == 2
     assert {r.toolset for r in with_tools} == set(range(len(sets)))
     body = with_tools[0].body(sets)
     assert body["tools"] == sets[with_tools[0].toolset] and body["tool_choice"] == "auto"
+    assert with_tools[1].body(sets)["tool_choice"] == "required"
     assert body["stream"] and body["stream_options"] == {"include_usage": True} and body["temperature"] == 0
     assert "tools" not in reqs[0].body(sets)
     assert sp.make_requests(32, sets) == reqs
@@ -141,9 +143,10 @@ def test_stream_request_without_usage_counts_deltas_and_reports_errors() -> None
     assert not bad.ok and bad.error.startswith("500")
 
 
-def _outcome(latency: float, tokens: int, calls: list | None = None, content: str = "") -> sp.Outcome:
+def _outcome(latency: float, tokens: int, calls: list | None = None, content: str = "",
+             finish: str = "stop") -> sp.Outcome:
     return sp.Outcome(ok=True, latency=latency, ttft=latency / 4, completion_tokens=tokens, prompt_tokens=400,
-                      usage_reported=True, calls=calls or [], content=content, finish_reason="stop")
+                      usage_reported=True, calls=calls or [], content=content, finish_reason=finish)
 
 
 def test_summary_ratios_and_table() -> None:
@@ -158,6 +161,12 @@ def test_summary_ratios_and_table() -> None:
     assert ours["tool_calls"]["valid"] == 2 and ours["tool_calls"]["responses_with_calls"] == 2
     assert peer["tool_calls"]["schema_violation"] == 1 and peer["tool_calls"]["unparsed_call_text"] == 1
     assert ours["prompt_tokens_tools_mean"] == 400
+    assert ours["per_request"][1] == [1, 0, "auto", 16, 400, 10, 0.5, 2.0, "stop", 1]
+    cut = sp.summarize([_outcome(1.0, 16, good, finish="length")], 1.0,
+                       [sp.BenchRequest(0, [], 16, 0, "required")], sets)["tool_calls"]
+    assert cut["cut_by_max_tokens"] == 1 and cut["calls"] == 0 and cut["required_without_call"] == 0
+    missing = sp.summarize([_outcome(1.0, 16)], 1.0, [sp.BenchRequest(0, [], 16, 0, "required")], sets)
+    assert missing["tool_calls"]["required_without_call"] == 1
     levels = {"ours": {"8": ours}, "llama.cpp": {"8": peer}}
     r = sp.ratios(levels)
     assert r["llama.cpp"]["8"]["generated_tok_per_s"] == 0.5
