@@ -2,7 +2,7 @@
 
     python -m bench serve [--model models/base] [--engines llguidance,lm-format-enforcer] [--tokens 48]
         [--rounds 3] [--threads 1] [--out metrics/serve_bench.json]
-        [--only-throughput] [--peers ours,llama.cpp,vllm] [--concurrency 1,8,32] [--throughput-requests 8,32,96]
+        [--only-throughput] [--peers ours,llama.cpp,vllm] [--concurrency 1,8,32] [--throughput-requests 12,32,128]
 
 Measures (all on this machine, CPU):
 - decode tokens/s without and with each engine on the same model and tools prompt (rounds
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "one not installed is skipped with a line that says so")
     p.add_argument("--throughput-tokens", default="16,32,64,128",
                    help="throughput: max_tokens of the requests, cycled through")
-    p.add_argument("--throughput-requests", default="8,32,96",
+    p.add_argument("--throughput-requests", default="12,32,128",
                    help="throughput: requests per level (one count per level, or one number: at least that "
                         "many and one per client)")
     p.add_argument("--throughput-rounds", type=int, default=2,

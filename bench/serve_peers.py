@@ -22,6 +22,8 @@ rounds, checks it), and receives the same request list:
 Peers (a peer that is not installed is skipped with a line that says so):
 
 - ``ours``: ``python -m serve --model MODEL --format hermes --max-batch N`` (fp32);
+  ``ours-b1``: the same, one request at a time; ``ours-llamacpp``: ``--backend llamacpp`` on the
+  GGUF llama.cpp's server gets (not run unless named);
 - ``llama.cpp``: the native ``llama-server`` (parallel slots, continuous batching) built by
   ``scripts/llamacpp_venv.sh``, on MODEL converted to GGUF (f32 by default, the same weights as ours;
   ``scripts/export_gguf.sh``), with ``--jinja`` and ``bench/hermes_tools.jinja``, so that its prompt
@@ -65,7 +67,7 @@ TOOLSET_TARGETS = (400, 700, 1100, 1500)
 MAX_TOKENS_CYCLE = (16, 32, 64, 128)
 # Tokens a request adds to the tool block: the ChatML markers and the user's question.
 CHAT_OVERHEAD_TOKENS = 40
-KNOWN_PEERS = ("ours", "ours-b1", "llama.cpp", "llama-cpp-python", "vllm")
+KNOWN_PEERS = ("ours", "ours-b1", "ours-llamacpp", "llama.cpp", "llama-cpp-python", "vllm")
 DEFAULT_PEERS = ("ours", "llama.cpp", "vllm")
 CALL_MARKUP = "<tool_call>"
 
@@ -528,6 +530,23 @@ def make_peer(name: str, cfg: PeerConfig) -> Peer:
                  "--threads", str(cfg.threads), "--max-batch", str(batch), "--log-level", "WARNING"]
         return Peer(name, lambda port: serve_command(port, flags), version=_ours_version(),
                     notes=f"python -m serve, transformers fp32, --max-batch {batch}, default prefix cache")
+    if name == "ours-llamacpp":
+        # Our server on llama.cpp's forward passes (--backend llamacpp), the bindings of .venv-llamacpp
+        # on the project's interpreter (as make test-llamacpp), on the GGUF llama.cpp's server gets.
+        python = ROOT / cfg.llamacpp_venv / "bin" / "python"
+        site = _run_text([str(python), "-c", "import sysconfig, llama_cpp; print(sysconfig.get_paths()['purelib'])"]
+                         ) if python.is_file() else ""
+        if not site.startswith("/"):
+            return Peer(name, skip=f"skipped: llama-cpp-python is not built in {cfg.llamacpp_venv} "
+                                   "(scripts/llamacpp_venv.sh)")
+        gguf = cfg.gguf_path()
+        flags = ["--backend", "llamacpp", "--model", cfg.model, "--gguf", str(gguf), "--format", "hermes",
+                 "--served-model-name", SERVED_NAME, "--threads", str(cfg.threads), "--log-level", "WARNING"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site.splitlines()[-1],
+                                                                          os.environ.get("PYTHONPATH")])))
+        return Peer(name, lambda port: serve_command(port, flags), env=env, version=_ours_version(),
+                    notes=f"python -m serve --backend llamacpp, {gguf.name}, one request at a time",
+                    prepare=lambda: ensure_gguf(cfg))
     if name == "llama.cpp":
         server = ROOT / cfg.llamacpp_venv / "build" / "bin" / "llama-server"
         if not server.is_file():
@@ -652,11 +671,17 @@ def summarize(outcomes: list[Outcome], wall: float, requests: list[BenchRequest]
     tokens = sum(o.completion_tokens for o in ok)
     validity = {"calls": 0, "valid": 0, "unknown_name": 0, "bad_json": 0, "schema_violation": 0,
                 "cut_by_max_tokens": 0, "unparsed_call_text": 0, "responses_with_calls": 0,
-                "required_without_call": 0}
+                "required_answered_with_text": 0, "required_cut_before_a_call": 0}
     for req, o in zip(requests, outcomes, strict=True):
         if not o.ok or req.toolset is None:
             continue
-        validity["required_without_call"] += req.tool_choice == "required" and not o.calls
+        if req.tool_choice == "required" and not o.calls:
+            # Text where a call was required breaks the contract; nothing at all before max_tokens
+            # is a call cut before its first delta (a server may hold a call back until it is whole).
+            if o.content.strip():
+                validity["required_answered_with_text"] += 1
+            elif o.finish_reason == "length":
+                validity["required_cut_before_a_call"] += 1
         if o.finish_reason == "length" and o.calls:
             # A call cut by max_tokens is no answer to judge (ours reports it cut, see docs/design.md).
             validity["cut_by_max_tokens"] += len(o.calls)
@@ -705,14 +730,20 @@ RATIO_KEYS = (("generated_tok_per_s", "gen tok/s"), ("requests_per_s", "req/s"),
               ("latency_p50_s", "latency p50"), ("latency_p99_s", "latency p99"))
 
 
-def ratios(levels: dict[str, dict[str, Any]], ours: str = "ours") -> dict[str, dict[str, dict[str, float]]]:
+def ratios(levels: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """ours/peer per level and metric (tok/s and req/s: above 1 = ours faster; times: below 1 = ours
-    quicker)."""
+    quicker), keyed ``ours/peer`` for each of our configurations that ran (``ours``, ``ours-b1``,
+    ``ours-llamacpp``) against each other peer."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    if ours not in levels:
-        return out
+    for ours in [n for n in levels if n.startswith("ours")]:
+        out.update({f"{ours}/{peer}": v for peer, v in _ratios_of(levels, ours).items()})
+    return out
+
+
+def _ratios_of(levels: dict[str, dict[str, Any]], ours: str) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for peer, rows in levels.items():
-        if peer == ours:
+        if peer.startswith("ours"):
             continue
         for level, row in rows.items():
             mine = levels[ours].get(level)
@@ -850,10 +881,19 @@ def table(result: dict[str, Any]) -> str:
                          f"{str(tc['valid']) + '/' + str(tc['calls']):>16}"
                          f"{_fmt(row['prompt_tokens_tools_mean'], '>11')}"
                          f"{_fmt(row.get('server_cpu_s'), '>7.1f')}{_fmt(row.get('idle_peers_cpu_s'), '>9.1f')}")
-    for peer, by_level in result.get("ratios_ours_over_peer", {}).items():
+    for pair, by_level in result.get("ratios_ours_over_peer", {}).items():
         for level, entry in by_level.items():
             parts = ", ".join(f"{label} {entry[key]:.2f}x" for key, label in RATIO_KEYS if key in entry)
-            lines.append(f"ours/{peer} at {level} clients: {parts}")
+            lines.append(f"{pair} at {level} clients: {parts}")
+    for name, rows in result["levels"].items():
+        tot: dict[str, int] = {}
+        for row in rows.values():
+            for k, v in row["tool_calls"].items():
+                tot[k] = tot.get(k, 0) + v
+        lines.append(f"{name} tool calls, all levels: {tot.get('valid', 0)}/{tot.get('calls', 0)} valid, "
+                     f"{tot.get('cut_by_max_tokens', 0)} cut by max_tokens, {tot.get('unparsed_call_text', 0)} "
+                     f"left as <tool_call> text; tool_choice required: {tot.get('required_answered_with_text', 0)} "
+                     f"answered with text, {tot.get('required_cut_before_a_call', 0)} cut before a call")
     lines.append("calls valid/all: returned calls valid against their schema (cut by max_tokens left out); "
                  "prompt tok: mean prompt tokens of the requests with tools, as the peer counted them")
     return "\n".join(lines)

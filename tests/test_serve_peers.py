@@ -164,13 +164,17 @@ def test_summary_ratios_and_table() -> None:
     assert ours["per_request"][1] == [1, 0, "auto", 16, 400, 10, 0.5, 2.0, "stop", 1]
     cut = sp.summarize([_outcome(1.0, 16, good, finish="length")], 1.0,
                        [sp.BenchRequest(0, [], 16, 0, "required")], sets)["tool_calls"]
-    assert cut["cut_by_max_tokens"] == 1 and cut["calls"] == 0 and cut["required_without_call"] == 0
-    missing = sp.summarize([_outcome(1.0, 16)], 1.0, [sp.BenchRequest(0, [], 16, 0, "required")], sets)
-    assert missing["tool_calls"]["required_without_call"] == 1
+    assert cut["cut_by_max_tokens"] == 1 and cut["calls"] == 0 and cut["required_answered_with_text"] == 0
+    required = [sp.BenchRequest(0, [], 16, 0, "required")]
+    text = sp.summarize([_outcome(1.0, 16, content="Sure, here is how.")], 1.0, required, sets)["tool_calls"]
+    assert text["required_answered_with_text"] == 1 and text["required_cut_before_a_call"] == 0
+    held = sp.summarize([_outcome(1.0, 16, finish="length")], 1.0, required, sets)["tool_calls"]
+    assert held["required_cut_before_a_call"] == 1 and held["required_answered_with_text"] == 0
     levels = {"ours": {"8": ours}, "llama.cpp": {"8": peer}}
     r = sp.ratios(levels)
-    assert r["llama.cpp"]["8"]["generated_tok_per_s"] == 0.5
-    assert r["llama.cpp"]["8"]["latency_p50_s"] == 2.0
+    assert r["ours/llama.cpp"]["8"]["generated_tok_per_s"] == 0.5
+    assert r["ours/llama.cpp"]["8"]["latency_p50_s"] == 2.0
+    assert set(sp.ratios({**levels, "ours-b1": {"8": peer}})) == {"ours/llama.cpp", "ours-b1/llama.cpp"}
     result = {"machine": {"cpu_model": "Test CPU", "cpus": 2}, "threads": 2, "loadavg_before": [0.1, 0.2, 0.3],
               "loadavg_after": [1.0, 0.5, 0.4], "skipped": {"vllm": "skipped: .venv-vllm does not exist"},
               "levels": levels, "ratios_ours_over_peer": r}
@@ -188,6 +192,7 @@ def test_missing_peers_are_skipped_with_a_line(tmp_path: Path, capsys: pytest.Ca
     assert [p.name for p in peers] == ["llama.cpp", "vllm"]
     assert "llama-server is not built" in peers[0].skip and "does not exist" in peers[1].skip
     assert "not installed" in sp.make_peer("llama-cpp-python", cfg).skip
+    assert "not built" in sp.make_peer("ours-llamacpp", cfg).skip
     with pytest.raises(ValueError, match="unknown peer"):
         sp.make_peer("tgi", cfg)
     result = sp.side_by_side(["llama.cpp", "vllm"], cfg, [1], [2], rounds=1)
