@@ -95,7 +95,7 @@ test-slow: setup
 vllm-venv:
 	bash scripts/vllm_venv.sh
 test-vllm: vllm-venv
-	env -u VLLM_CPU_OMP_THREADS_BIND OCTUPUS_TEST_BACKEND=vllm .venv-vllm/bin/python -m pytest tests/test_serve_e2e.py tests/test_vllm_backend.py $(PYTEST_ARGS)
+	env -u VLLM_CPU_OMP_THREADS_BIND OCTUPUS_TEST_BACKEND=vllm .venv-vllm/bin/python -m pytest tests/test_serve_e2e.py tests/test_vllm_backend.py tests/test_serve_reasoning.py $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench
