@@ -46,8 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,29 +443,7 @@ class Peer:
 
 
 class PeerProcess(ServerProcess):
-    """A :class:`ServerProcess` whose readiness URL is the peer's own (llama-cpp-python has no /health)."""
-
-    def __init__(self, *args: Any, health_path: str = "/health", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.health_path = health_path
-
-    def _wait_healthy(self, timeout_s: float) -> None:
-        assert self.proc is not None
-        url = self.base_url + self.health_path
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerStartError(f"the server exited with code {self.proc.returncode} before becoming healthy; "
-                                       f"last lines of {self.log_path}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.25)
-        raise ServerStartError(f"not healthy at {url} after {timeout_s:.0f} s; last lines of "
-                               f"{self.log_path}:\n{self.log_tail()}")
+    """A :class:`ServerProcess` that also reports the CPU time of the server and its children."""
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the server and everything it started, so far."""

@@ -418,7 +418,7 @@ class ServingCore:
                         break
                 if incremental:
                     yield from diff(parsed, False)
-            thought = answer_start if answer_start is not None and r is not None else len(ids) if r is not None else 0
+            thought = 0 if r is None else answer_start if answer_start is not None else len(ids)
             if ended_early is not None:
                 self._observe(state, ended_early)
                 yield Finished(reason=ended_early, completion_tokens=state.completion_tokens, reasoning_tokens=thought)

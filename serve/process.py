@@ -69,15 +69,17 @@ def shown_command(cmd: Sequence[str]) -> str:
 
 
 class ServerProcess:
-    """One server process: ``cmd`` must serve ``GET /health`` on ``LOOPBACK:port`` once ready.
+    """One server process: ``cmd`` must answer 200 on ``GET health_path`` (``/health``) on
+    ``LOOPBACK:port`` once ready.
 
     ``cmd`` is the whole command line (usually :func:`serve_command`), so a test can start a
     stand-in. Use :func:`running_server`, or :meth:`start` and :meth:`stop` in a ``try``/``finally``.
     """
 
     def __init__(self, cmd: Sequence[str], port: int, log_path: Path, *, env: Mapping[str, str] | None = None,
-                 cwd: str | os.PathLike[str] | None = None) -> None:
+                 cwd: str | os.PathLike[str] | None = None, health_path: str = "/health") -> None:
         self.cmd = list(cmd)
+        self.health_path = health_path
         self.port = port
         self.log_path = Path(log_path)
         self.env = dict(env) if env is not None else None
@@ -108,7 +110,7 @@ class ServerProcess:
 
     def _wait_healthy(self, timeout_s: float) -> None:
         assert self.proc is not None
-        url = self.base_url + "/health"
+        url = self.base_url + self.health_path
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -97,7 +97,7 @@ class LlamaCppBackend(Backend):
 
     def _check_tokenizer(self) -> None:
         """The folder's tokenizer renders and counts the prompt; the GGUF's must give the same ids."""
-        specials = [t for t in getattr(self.tokenizer, "all_special_tokens", [])][:4]
+        specials = list(getattr(self.tokenizer, "all_special_tokens", []))[:4]
         text = "".join(specials) + PROBE
         ours = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         theirs = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -126,7 +126,7 @@ class LlamaCppBackend(Backend):
         same = 0
         while same < limit and held[same] == prompt_ids[same]:
             same += 1
-        self.llm.n_tokens = same  # eval() drops the KV past n_tokens
+        self.llm.n_tokens = same  # llama-cpp-python's next evaluation drops the KV past n_tokens
         self.llm.eval(prompt_ids[same:])
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
