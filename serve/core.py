@@ -141,6 +141,8 @@ class ServingCore:
         self.metrics = metrics or Metrics()
         if getattr(backend, "prefix_cache", None) is not None:
             self.metrics.watch_prefix_cache(backend.prefix_cache)
+        if getattr(backend, "engine_time", None) is not None:
+            self.metrics.watch_engine(backend.engine_time)
         self.special_pieces = fmt.special_pieces()
         self.stop_token_ids = fmt.stop_token_ids()
         # One worker per generation the backend can run at once (1 for the sequential transformers

@@ -45,6 +45,10 @@ class Metrics:
         """Export a backend's prefix-cache counters (read at scrape time)."""
         self.registry.register(_PrefixCacheCollector(cache))
 
+    def watch_engine(self, engine_time: Any) -> None:
+        """Export a backend's forward-pass time (read at scrape time)."""
+        self.registry.register(_EngineTimeCollector(engine_time))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -63,3 +67,20 @@ class _PrefixCacheCollector(Collector):
         yield CounterMetricFamily("octupus_prefilled_tokens", "Prompt tokens run through the model (prefill)",
                                   value=c.prefilled_tokens)
         yield GaugeMetricFamily("octupus_prefix_cache_bytes", "Memory held by the prefix cache", value=c.nbytes)
+
+
+class _EngineTimeCollector(Collector):
+    def __init__(self, engine_time: Any) -> None:
+        self.time = engine_time
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        t = self.time
+        yield CounterMetricFamily("octupus_engine_prefill_seconds", "Time in prompt forward passes (prefill)",
+                                  value=t.prefill_seconds)
+        yield CounterMetricFamily("octupus_engine_prefills", "Prompt forward passes", value=t.prefills)
+        yield CounterMetricFamily("octupus_engine_decode_seconds", "Time in one-token decode steps",
+                                  value=t.decode_seconds)
+        yield CounterMetricFamily("octupus_engine_decode_steps", "Decode steps (one forward pass each)",
+                                  value=t.decode_steps)
+        yield CounterMetricFamily("octupus_engine_decode_rows", "Rows advanced by decode steps (steps x batch)",
+                                  value=t.decode_rows)

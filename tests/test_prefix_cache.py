@@ -159,7 +159,17 @@ def test_server_exports_prefix_cache_counters(tiny_model_dir: Path) -> None:
             assert client.post("/v1/chat/completions", json=body).status_code == 200
         metrics = client.get("/metrics").text
     values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
-              if line.startswith("octupus_prefix_cache") or line.startswith("octupus_prefilled")}
+              if line.startswith(("octupus_prefix_cache", "octupus_prefilled", "octupus_engine",
+                                  "octupus_completion_tokens_total", "octupus_finish_reasons_total"))}
+    # Forward-pass time: one prefill per request, and (ended by length at 2 tokens, or by a stop
+    # token after 0-1) one decode step fewer than the tokens each request generated, one row each.
+    assert values["octupus_engine_prefills_total"] == 2
+    assert values["octupus_engine_prefill_seconds_total"] > 0
+    by_length = values.get('octupus_finish_reasons_total{reason="length"}', 0)
+    steps = values["octupus_engine_decode_steps_total"]
+    assert steps == values["octupus_completion_tokens_total"] - by_length
+    assert values["octupus_engine_decode_rows_total"] == steps
+    assert (values["octupus_engine_decode_seconds_total"] > 0) == (steps > 0)
     assert values["octupus_prefix_cache_lookups_total"] == 2
     assert values["octupus_prefix_cache_hits_total"] == 1
     assert values["octupus_prefix_cache_reused_tokens_total"] > 40

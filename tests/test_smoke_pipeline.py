@@ -100,6 +100,12 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
         assert counters["octupus_prefilled_tokens_total"] > 0
         assert counters["octupus_prefix_cache_hits_total"] >= 1, counters
         assert counters["octupus_prefix_cache_reused_tokens_total"] > 0
+        # ... and where its time went, also in the stage's metrics.
+        server = metrics["server"]
+        assert server["engine_prefill_seconds"] > 0 and server["engine_decode_steps"] > 0
+        max_batch = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["server"]["max_batch"]
+        assert server["engine_decode_steps"] <= server["engine_decode_rows"] <= max_batch * server["engine_decode_steps"]
+        assert server["prefilled_tokens"] == counters["octupus_prefilled_tokens_total"]
         # How every answer ended, logged by the runner inside the real bfcl: one line per query at least.
         outcomes = (repo / "eval" / "bfcl" / key / "responses.jsonl").read_text().splitlines()
         assert len(outcomes) >= len(categories)

@@ -32,6 +32,32 @@ class GenerationState:
     error: str | None = None  # the grammar rejected a sampled token or left no token allowed
 
 
+@dataclass
+class EngineTime:
+    """Where a backend's forward passes spent their time, for ``/metrics``.
+
+    ``prefill`` covers the prompt's forward pass (after the prefix cache), ``decode`` every
+    one-token step; what a request's latency holds beyond the two is queueing, the grammar, the
+    template and HTTP. ``decode_rows`` sums the rows each step advanced, so
+    ``decode_rows / decode_steps`` is the mean batch.
+    """
+
+    prefill_seconds: float = 0.0
+    prefills: int = 0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    decode_rows: int = 0
+
+    def add_prefill(self, seconds: float) -> None:
+        self.prefill_seconds += seconds
+        self.prefills += 1
+
+    def add_step(self, seconds: float, rows: int = 1) -> None:
+        self.decode_seconds += seconds
+        self.decode_steps += 1
+        self.decode_rows += rows
+
+
 class Backend(ABC):
     name: str
     tokenizer: Any
@@ -41,6 +67,8 @@ class Backend(ABC):
     # decodes one sequence at a time on the CPU (transformers) keeps 1 so requests queue in order;
     # one that batches (vLLM) needs them in flight together.
     max_concurrency: int = 1
+    # Forward-pass time, where the backend measures it (the engines that run in this process).
+    engine_time: EngineTime | None = None
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from serve.backends.base import Backend, GenerationState, SamplingParams
+from serve.backends.base import Backend, EngineTime, GenerationState, SamplingParams
 from serve.backends.decode_row import DecodeRow
 from serve.constraints.base import Matcher
 
@@ -89,6 +89,7 @@ class LlamaCppBackend(Backend):
         self.max_context = int(self.llm.n_ctx())
         self._check_tokenizer()
         self._lock = threading.Lock()
+        self.engine_time = EngineTime()
         self._view: torch.Tensor | None = None
         self._view_address: int | None = None
         log.info("llama.cpp %s: loaded %s in %.1fs (vocab %d, tokenizer %d, context %d, %d threads)",
@@ -127,7 +128,9 @@ class LlamaCppBackend(Backend):
         while same < limit and held[same] == prompt_ids[same]:
             same += 1
         self.llm.n_tokens = same  # llama-cpp-python's next evaluation drops the KV past n_tokens
+        start = time.perf_counter()
         self.llm.eval(prompt_ids[same:])
+        self.engine_time.add_prefill(time.perf_counter() - start)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
                  cancel: threading.Event, state: GenerationState) -> Iterator[int]:
@@ -141,7 +144,9 @@ class LlamaCppBackend(Backend):
                 yield token
                 if row.ends_after_token():
                     return
+                start = time.perf_counter()
                 self.llm.eval([token])
+                self.engine_time.add_step(time.perf_counter() - start)
 
     def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
         """llama.cpp's own greedy loop (its sampler), for benchmarking against :meth:`generate`."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from serve.backends.base import Backend, GenerationState, SamplingParams
+from serve.backends.base import Backend, EngineTime, GenerationState, SamplingParams
 from serve.backends.decode_row import DecodeRow
 from serve.backends.kv_cache import new_cache, reusable, seed_cache
 from serve.backends.prefix_cache import PrefixCache
@@ -60,6 +60,7 @@ class TransformersBackend(Backend):
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.max_context = int(max_context or getattr(cfg, "max_position_embeddings", 0) or 4096)
         self.prefix_cache = self._make_prefix_cache(prefix_cache_mb)
+        self.engine_time = EngineTime()
         log.info("loaded %s in %.1fs (%s, vocab rows %d, tokenizer %d, context %d)", model_dir,
                  time.perf_counter() - start, torch_dtype, self.vocab_size, len(self.tokenizer), self.max_context)
 
@@ -74,6 +75,7 @@ class TransformersBackend(Backend):
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 4096)
         self.prefix_cache = self._make_prefix_cache(prefix_cache_mb)
+        self.engine_time = EngineTime()
         return self
 
     def _make_prefix_cache(self, megabytes: float) -> PrefixCache:
@@ -89,6 +91,7 @@ class TransformersBackend(Backend):
         Starts from the longest cached prefix of the prompt (the prefix cache) and keeps the
         prompt's KV for later requests.
         """
+        start = time.perf_counter()
         cache = new_cache(self.model.config)
         reused, keys, values = self.prefix_cache.lookup(prompt_ids)
         if reused:
@@ -96,7 +99,9 @@ class TransformersBackend(Backend):
         ids = torch.tensor([prompt_ids[reused:]], dtype=torch.long, device=self.device)
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         self.prefix_cache.store(prompt_ids, cache)
-        return cache, out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :].float()
+        self.engine_time.add_prefill(time.perf_counter() - start)
+        return cache, logits
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
                  cancel: threading.Event, state: GenerationState) -> Iterator[int]:
@@ -110,9 +115,11 @@ class TransformersBackend(Backend):
                 yield token
                 if row.ends_after_token():
                     return
+                start = time.perf_counter()
                 out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=cache,
                                  use_cache=True)
                 logits = out.logits[:, -1, :].float()
+                self.engine_time.add_step(time.perf_counter() - start)
 
     def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,7 @@ class BatchedTransformersBackend(TransformersBackend):
 
     @torch.inference_mode()
     def _step(self, rows, cache, mask, tokens: list[int]):
+        start = time.perf_counter()
         ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device)
         positions = torch.tensor([[seq.position] for seq in rows], dtype=torch.long, device=self.device)
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], 1)
@@ -227,7 +229,9 @@ class BatchedTransformersBackend(TransformersBackend):
                          use_cache=True)
         for seq in rows:
             seq.position += 1
-        return out.logits[:, -1, :].float(), mask
+        logits = out.logits[:, -1, :].float()
+        self.engine_time.add_step(time.perf_counter() - start, len(rows))
+        return logits, mask
 
 
 def _pad_left(cache: DynamicCache, columns: int) -> None:

@@ -49,9 +49,13 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> tuple
                                            dev.max_output_tokens, config.concurrency, bfcl_root / "dev")
         dev_seconds = time.monotonic() - start
         cases_doc = run_bfcl(config, python, bfcl_root, base_url, api_key)
-        save_server_metrics(base_url.removesuffix("/v1") + "/metrics", bfcl_root / "server_metrics.txt")
+        server_counters = save_server_metrics(base_url.removesuffix("/v1") + "/metrics",
+                                              bfcl_root / "server_metrics.txt")
     seconds = time.monotonic() - start - dev_seconds
     metrics = build_metrics(model_key, entry, config, bfcl_root, cases_doc, seconds)
+    # Where the server's time went over the whole stage (development cases and BFCL): tokens,
+    # prefix-cache reuse, and seconds in prefill and in decode steps (steps x mean batch = rows).
+    metrics["server"] = server_counters
     dev_metrics = None
     if dev_cases is not None and dev_scored is not None:
         margins_start = time.monotonic()

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 # Server counters worth a line in the stage's log (the whole scrape is kept beside bfcl's results).
 _SERVER_COUNTERS = ("octupus_prompt_tokens_total", "octupus_prefilled_tokens_total",
-                    "octupus_prefix_cache_reused_tokens_total", "octupus_completion_tokens_total")
+                    "octupus_prefix_cache_reused_tokens_total", "octupus_completion_tokens_total",
+                    "octupus_engine_prefill_seconds_total", "octupus_engine_decode_seconds_total",
+                    "octupus_engine_decode_steps_total", "octupus_engine_decode_rows_total")
 
 
 def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_name: str,
@@ -50,18 +52,22 @@ def running_server(cmd: list[str], port: int, timeout_s: float, log_path: Path) 
         raise EvalError(str(exc)) from exc
 
 
-def save_server_metrics(url: str, path: Path) -> None:
-    """Keep the server's Prometheus scrape (token counts, prefix-cache reuse, latencies)."""
+def save_server_metrics(url: str, path: Path) -> dict[str, float]:
+    """Keep the server's Prometheus scrape (token counts, prefix-cache reuse, latencies, forward-pass
+    time); returns the counters worth a line in the log and in the stage's metrics."""
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             text = resp.read().decode("utf-8")
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
         log.warning("could not read the server's metrics at %s: %s", url, exc)
-        return
+        return {}
     path.write_text(text, encoding="utf-8")
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in _SERVER_COUNTERS:
-            values[name.removeprefix("octupus_").removesuffix("_total")] = int(float(value))
+            number = float(value)
+            values[name.removeprefix("octupus_").removesuffix("_total")] = (round(number, 1) if "seconds" in name
+                                                                             else int(number))
     log.info("server counters: %s", json.dumps(values))
+    return values
