@@ -54,6 +54,7 @@ def section_configs() -> dict[str, type[StrictModel]]:
     from stages.data_card import DataCardConfig
     from stages.edit_tokenizer import EditTokenizerConfig
     from stages.evaluation.config import EvaluateConfig
+    from stages.export_gguf import ExportConfig
     from stages.filter import FilterConfig
     from stages.raw import RawConfig
     from stages.reanswer import ReanswerConfig
@@ -61,7 +62,7 @@ def section_configs() -> dict[str, type[StrictModel]]:
 
     return {"raw": RawConfig, "filter": FilterConfig, "reanswer": ReanswerConfig, "base_model": BaseModelConfig,
             "edit_tokenizer": EditTokenizerConfig, "train_stage1": Stage1Config, "train_stage2": Stage2Config,
-            "evaluate": EvaluateConfig, "data_card": DataCardConfig}
+            "evaluate": EvaluateConfig, "data_card": DataCardConfig, "export_gguf": ExportConfig}
 
 
 @pytest.fixture(autouse=True)

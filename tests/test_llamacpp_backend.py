@@ -122,3 +122,72 @@ def test_streamed_equals_plain(base_url: str) -> None:
                     args += call["function"].get("arguments") or ""
     assert content == (plain["message"]["content"] or "")
     assert args == "".join(c["function"]["arguments"] for c in plain["message"].get("tool_calls") or [])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMACPP_VENV = ROOT / ".venv-llamacpp"
+
+
+@pytest.mark.skipif(not (LLAMACPP_VENV / "src/llama.cpp/convert_hf_to_gguf.py").is_file(),
+                    reason="the export needs llama.cpp's converter (make llamacpp-venv)")
+def test_export_stage_writes_ggufs_and_measures_their_agreement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2_tokenizer: Any) -> None:
+    """stages/export_gguf.py end to end on a tiny SmolLM2-vocabulary model: the fp32 model's
+    development answers through the transformers backend, then f32 and q8_0 files through llamacpp."""
+    import copy
+    import secrets
+    import shutil
+
+    import yaml
+
+    from serve.process import free_loopback_port, running_server
+    from stages import export_gguf
+    from stages.edit_tokenizer import edit_model, save_edited
+    from stages.evaluation.config import load_config
+    from stages.evaluation.dev import build_devset, generate_and_score, play_and_record
+    from stages.evaluation.server import server_command
+    from stages.hf_assets import build_tiny_model
+    from toolcall.tokens import EMBEDDING_INIT_WORDS
+
+    monkeypatch.chdir(tmp_path)
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    model = build_tiny_model(tokenizer, arch="llama")
+    save_edited(model, tokenizer, tmp_path / "models/stage2",
+                edit_model(model, tokenizer, dict(EMBEDDING_INIT_WORDS), pad_to_multiple_of=64))
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts/export_gguf.sh", tmp_path / "scripts/export_gguf.sh")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    evaluate = params["evaluate"]
+    evaluate["models"]["stage2"] = {"path": "models/stage2", "format": "octupus"}
+    evaluate["server"].update(max_output_tokens=24, threads=1, prefix_cache_mb=0)
+    evaluate["dev"].update(cases_per_category=1, sessions=1, max_output_tokens=24)
+    params["export_gguf"].update(types=["f32", "q8_0"], llamacpp_venv=str(LLAMACPP_VENV), threads=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    # The reference: what the evaluate stage keeps of the fp32 model's development answers.
+    config, entry = load_config("params.yaml", "stage2")
+    port, key = free_loopback_port(), secrets.token_hex(8)
+    reference = tmp_path / config.work_dir / "stage2" / "dev"
+    with running_server(server_command(entry, config.server, port, "ref", key), port, tmp_path / "ref.log",
+                        300) as server:
+        url = server.base_url + "/v1"
+        generate_and_score(build_devset(1, config.dev.seed), url, key, "ref", 24, 4, reference)
+        play_and_record(1, config.dev.seed, url, key, "ref", 24, 4, reference)
+
+    assert export_gguf.main(["--params", "params.yaml"]) == 0
+    manifest = json.loads((tmp_path / "models/gguf/manifest.json").read_text())
+    files = {f["type"]: f for f in manifest["files"]}
+    assert list(files) == ["f32", "q8_0"] and files["q8_0"]["bytes"] < files["f32"]["bytes"]
+    for f in files.values():
+        assert export_gguf.sha256(tmp_path / "models/gguf" / f["file"]) == f["sha256"]
+    metrics = json.loads((tmp_path / "metrics/gguf.json").read_text())
+    for gguf_type in ("f32", "q8_0"):
+        got = metrics["types"][gguf_type]
+        agreement = got["agreement"]
+        assert agreement["cases"] == 11 and agreement["turns"] >= 2
+        for measure in ("cases_identical", "calls_identical", "decisions_same", "turns_same"):
+            assert 0.0 <= agreement[measure] <= 1.0
+        assert agreement["cases_identical"] <= agreement["calls_identical"] <= 1.0
+        assert set(got["dev"]) >= {"full_match", "decision_accuracy", "sessions_full_match"}
+        answers = (tmp_path / "eval/gguf" / gguf_type / "answers.jsonl").read_text().splitlines()
+        assert len(answers) == 11

@@ -73,7 +73,7 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     start = time.monotonic()
     out = sh(repo, "dvc", "repro")
     assert ran(out) == {"raw", "filter", "reanswer", "base_model", "edit_tokenizer", "train_stage1", "train_stage2",
-                        "evaluate@base", "evaluate@stage2", "data_card"}
+                        "evaluate@base", "evaluate@stage2", "data_card", "export_gguf"}
     card = json.loads((repo / "metrics" / "data.json").read_text())
     assert card["sets"]["stage2/train"]["all"]["rows"] > 0
     categories = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["categories"]
@@ -130,8 +130,9 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = sh(repo, "dvc", "status")
     assert "evaluate@base" in status and "evaluate@stage2" in status and "train_stage2" not in status
-    # DVC's own decision, without spending two more evaluations on it.
-    assert ran(sh(repo, "dvc", "repro", "--dry")) == {"evaluate@base", "evaluate@stage2"}
+    # DVC's own decision, without spending two more evaluations on it (the GGUF stage compares
+    # with the trained model's evaluation, so it follows; with no types it only writes its manifest).
+    assert ran(sh(repo, "dvc", "repro", "--dry")) == {"evaluate@base", "evaluate@stage2", "export_gguf"}
     sh(repo, "git", "checkout", "params.yaml")
 
     # V1 and V2 as experiments: stage 1 and the base evaluation are shared, not rerun.
@@ -144,4 +145,13 @@ def test_smoke_pipeline_end_to_end(repo: Path) -> None:
     assert "train_stage2.tool_format" in params_diff and "v1" in params_diff
     metrics_diff = sh(repo, "dvc", "metrics", "diff", "v1", "v2", "--all")
     assert "metrics/bfcl/stage2.json" in metrics_diff and "overall" in metrics_diff
+    # The data card of each recipe side by side: V1 draws no ToolACE rows and twice the Hermes ones.
+    target = "metrics/data_card/tools_offered.csv"
+    out = sh(repo, "dvc", "plots", "diff", "v1", "v2", "--json", "--targets", target)
+    (plot,) = json.JSONDecoder().raw_decode(out[out.index('{"data"'):])[0]["data"][target]
+    assert sorted(plot["revisions"]) == ["v1", "v2"]
+    by_rev: dict[str, list[tuple[str, str]]] = {}
+    for row in plot["content"]["data"]["values"]:
+        by_rev.setdefault(row["rev"], []).append((row["tools"], row["stage2_train"]))
+    assert sorted(by_rev) == ["v1", "v2"] and by_rev["v1"] != by_rev["v2"]
     print(f"smoke pipeline: {time.monotonic() - start:.0f} s")
