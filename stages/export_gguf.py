@@ -10,13 +10,15 @@ builds, into ``<out_dir>/<model folder>-<type>.gguf``.
 
 With ``agreement: true`` every file is then asked the development evaluation (the evaluate stage's
 cases, sessions and server caps) through ``python -m serve --backend llamacpp``, and its answers
-are compared with the ones the evaluate stage got from the same model in fp32 through the
-transformers backend (``<evaluate.work_dir>/stage2/dev``):
+are compared with the ones the evaluate stage got from the same model (``<evaluate.work_dir>/stage2/dev``;
+fp32 through the transformers backend on the CPU default, bf16 through vLLM on the GPU recipe), on
+the same cases (checked):
 
 - ``cases_identical``: single-request cases answered with the same calls and arguments, or the
   same text; ``calls_identical``: the same calls (text answers count when both answered in text);
   ``decisions_same``: the same choice between calling and answering in text;
-- ``turns_same``: session turns that called the same functions and ended the same way.
+- ``turns_same``: session turns that called the same functions and ended the same way;
+- ``failed_requests``: cases where either side got no answer (never counted as agreeing).
 
 Writes ``<out_dir>/manifest.json`` (the files, their sizes and sha256), the answers under
 ``<work_dir>/<type>/``, and ``<metrics>``: per type the size, the export time, the development
@@ -64,6 +66,11 @@ class ExportConfig(StrictModel):
 # ----------------------------------------------------------------------------- agreement
 
 
+def _failed(answer: dict[str, Any]) -> bool:
+    """A request that got no answer (the server refused it or went away): never counted as agreeing."""
+    return answer.get("finish") == "error"
+
+
 def answer_agreement(reference: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str, Any]:
     """How far ``answers`` (rows of ``answers.jsonl``) agree with ``reference`` on the same case ids."""
     by_id = {row["id"]: row["answer"] for row in reference}
@@ -71,20 +78,24 @@ def answer_agreement(reference: list[dict[str, Any]], answers: list[dict[str, An
     if missing or len(answers) != len(by_id):
         raise ValueError(f"the answers and the reference cover different cases ({len(answers)} vs {len(by_id)}; "
                          f"not in the reference: {missing[:5]})")
-    identical = calls = decisions = 0
+    identical = calls = decisions = errors = 0
     for row in answers:
         mine, theirs = row["answer"], by_id[row["id"]]
+        if _failed(mine) or _failed(theirs):
+            errors += 1
+            continue
         same_calls = mine["calls"] == theirs["calls"]
         calls += same_calls
         decisions += bool(mine["calls"]) == bool(theirs["calls"])
         identical += same_calls and (mine["content"] or "") == (theirs["content"] or "")
     n = len(answers)
     return {"cases": n, "cases_identical": identical / n if n else None, "calls_identical": calls / n if n else None,
-            "decisions_same": decisions / n if n else None}
+            "decisions_same": decisions / n if n else None, "failed_requests": errors}
 
 
 def session_agreement(reference: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Turns of the same sessions that called the same functions and ended the same way."""
+    """Turns of the same sessions that called the same functions and ended the same way (a turn that
+    ended on a failed request never counts as the same)."""
     by_id = {row["id"]: row["outcome"]["turns"] for row in reference}
     if sorted(by_id) != sorted(row["id"] for row in sessions):
         raise ValueError("the sessions and the reference cover different sessions")
@@ -92,8 +103,20 @@ def session_agreement(reference: list[dict[str, Any]], sessions: list[dict[str, 
     for row in sessions:
         for mine, theirs in zip(row["outcome"]["turns"], by_id[row["id"]], strict=True):
             turns += 1
-            same += mine["calls"] == theirs["calls"] and mine["failure"] == theirs["failure"]
+            same += (mine["calls"] == theirs["calls"] and mine["failure"] == theirs["failure"]
+                     and "error" not in (mine["failure"], theirs["failure"]))
     return {"turns": turns, "turns_same": same / turns if turns else None}
+
+
+def same_cases(reference_dir: Path, work: Path) -> None:
+    """The GGUF was asked exactly the cases and sessions the reference was (ids are positions)."""
+    if (reference_dir / "cases.jsonl").read_bytes() != (work / "cases.jsonl").read_bytes():
+        raise ValueError(f"the development cases differ from {reference_dir / 'cases.jsonl'} (the generator or "
+                         "evaluate.dev changed since the evaluate stage ran: run it again)")
+    scripts = [[{k: v for k, v in row.items() if k != "outcome"} for row in read_jsonl(d / "sessions.jsonl")]
+               for d in (reference_dir, work)]
+    if scripts[0] != scripts[1]:
+        raise ValueError(f"the development sessions differ from {reference_dir / 'sessions.jsonl'}")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -129,8 +152,12 @@ def llamacpp_site(venv: str) -> str:
     python = Path(venv) / "bin" / "python"
     if not python.is_file():
         raise ConfigError(f"no llama.cpp build at {venv}: run `make llamacpp-venv` (about 8 minutes) first")
-    return subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    found = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        raise ConfigError(f"the llama.cpp venv's python at {python} does not run ({found.stderr.strip()[-300:]}): "
+                          "rebuild it with `make llamacpp-venv`")
+    return found.stdout.strip()
 
 
 def ask_dev(gguf: Path, entry: Any, evaluate: Any, config: ExportConfig, work: Path) -> dict[str, Any]:
@@ -170,16 +197,16 @@ def run(config: ExportConfig, params: str) -> dict[str, Any]:
 
     evaluate, entry = load_config(params, REFERENCE)
     out_dir, work_dir = Path(config.out_dir), Path(config.work_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    work_dir.mkdir(parents=True)
     reference_dir = Path(evaluate.work_dir) / REFERENCE / "dev"
     reference_cases = read_jsonl(reference_dir / "answers.jsonl")
     reference_sessions = read_jsonl(reference_dir / "sessions.jsonl")
     if config.types and config.agreement and not reference_cases:
         raise ConfigError(f"no reference answers in {reference_dir}: the evaluate stage of '{REFERENCE}' "
                           "writes them (run it first, with evaluate.dev.cases_per_category > 0)")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    work_dir.mkdir(parents=True)
     files, per_type = [], {}
     for gguf_type in config.types:
         out = out_dir / f"{Path(entry.path).name}-{gguf_type}.gguf"
@@ -195,6 +222,7 @@ def run(config: ExportConfig, params: str) -> dict[str, Any]:
             work = work_dir / gguf_type
             result["dev"] = ask_dev(out, entry, evaluate, config, work)
             result["dev_seconds"] = round(time.monotonic() - start, 1)
+            same_cases(reference_dir, work)
             result["agreement"] = answer_agreement(reference_cases, read_jsonl(work / "answers.jsonl"))
             if reference_sessions:
                 result["agreement"].update(session_agreement(reference_sessions, read_jsonl(work / "sessions.jsonl")))
@@ -205,6 +233,9 @@ def run(config: ExportConfig, params: str) -> dict[str, Any]:
                                            encoding="utf-8")
     metrics: dict[str, Any] = {"model": entry.path, "types": per_type}
     if per_type and config.agreement:
+        # What the answers are compared with: the evaluate stage's server (transformers in fp32 on the
+        # CPU default; the GPU recipe's is vLLM in bf16).
+        metrics["reference"] = {"backend": evaluate.server.backend, "answers": str(reference_dir)}
         reference_metrics = Path(evaluate.dev.metrics_dir) / f"{REFERENCE}.json"
         if reference_metrics.is_file():
             metrics["reference_dev"] = json.loads(reference_metrics.read_text(encoding="utf-8"))["summary"]
@@ -221,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    except json.JSONDecodeError as exc:
+        log.error("a development answers file is not JSON lines: %s", exc)
+        return 1
     except ValueError as exc:  # the answers do not match the reference's cases (params changed under it)
-        log.error("comparing with the fp32 answers: %s", exc)
+        log.error("comparing with the reference answers: %s", exc)
         return 1
     path = Path(config.metrics)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,32 @@ def test_answer_agreement_counts_each_measure() -> None:
                _answer("4", content="hello"),  # both text: same calls (none), not identical
                _answer("5", content="no")]  # other decision
     got = answer_agreement(reference, answers)
-    assert got == {"cases": 5, "cases_identical": 2 / 5, "calls_identical": 3 / 5, "decisions_same": 4 / 5}
+    assert got == {"cases": 5, "cases_identical": 2 / 5, "calls_identical": 3 / 5, "decisions_same": 4 / 5,
+                   "failed_requests": 0}
+
+
+def test_failed_requests_never_agree() -> None:
+    failed = {"content": None, "calls": [], "finish": "error"}
+    reference = [_answer("1"), {"id": "2", "answer": failed}]
+    answers = [{"id": "1", "answer": failed}, {"id": "2", "answer": failed}]
+    assert answer_agreement(reference, answers) == {"cases": 2, "cases_identical": 0.0, "calls_identical": 0.0,
+                                                    "decisions_same": 0.0, "failed_requests": 2}
+    both_error = [_session("s", [([], "error")])]
+    assert session_agreement(both_error, both_error) == {"turns": 1, "turns_same": 0.0}
+
+
+def test_same_cases_refuses_another_devset(tmp_path: Path) -> None:
+    for name, outcome in (("ref", (["a"], None)), ("gguf", (["b"], "wrong_function"))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cases.jsonl").write_text('{"id": "simple_0"}\n')
+        (tmp_path / name / "sessions.jsonl").write_text(json.dumps(_session("s", [outcome])) + "\n")
+    export_gguf.same_cases(tmp_path / "ref", tmp_path / "gguf")  # outcomes may differ, scripts may not
+    (tmp_path / "gguf" / "sessions.jsonl").write_text(json.dumps({"id": "s", "system": "other", "outcome": {}}) + "\n")
+    with pytest.raises(ValueError, match="sessions differ"):
+        export_gguf.same_cases(tmp_path / "ref", tmp_path / "gguf")
+    (tmp_path / "gguf" / "cases.jsonl").write_text('{"id": "simple_1"}\n')
+    with pytest.raises(ValueError, match="cases differ"):
+        export_gguf.same_cases(tmp_path / "ref", tmp_path / "gguf")
 
 
 def test_answer_agreement_refuses_other_cases() -> None:

@@ -184,7 +184,7 @@ def test_export_stage_writes_ggufs_and_measures_their_agreement(
     for gguf_type in ("f32", "q8_0"):
         got = metrics["types"][gguf_type]
         agreement = got["agreement"]
-        assert agreement["cases"] == 11 and agreement["turns"] >= 2
+        assert agreement["cases"] == 11 and agreement["turns"] >= 2 and agreement["failed_requests"] == 0
         for measure in ("cases_identical", "calls_identical", "decisions_same", "turns_same"):
             assert 0.0 <= agreement[measure] <= 1.0
         assert agreement["cases_identical"] <= agreement["calls_identical"] <= 1.0
