@@ -15,6 +15,7 @@ BENCHMARKS = {
     "serve": "bench.serve_bench",
     "tools": "bench.tools_bench",
     "toolset": "bench.toolset_bench",
+    "forward": "bench.forward_bench",
 }
 
 
