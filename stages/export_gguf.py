@@ -9,7 +9,9 @@ converts the trained model (``evaluate.models.stage2``) with the llama.cpp that 
 builds, into ``<out_dir>/<model folder>-<type>.gguf``.
 
 With ``agreement: true`` every file is then asked the development evaluation (the evaluate stage's
-cases, sessions and server caps) through ``python -m serve --backend llamacpp``, and its answers
+cases and server caps; its sessions too with ``sessions: true``, slow on this backend, which keeps
+one context: eight sessions at once re-evaluate their whole conversations at every step) through
+``python -m serve --backend llamacpp``, and its answers
 are compared with the ones the evaluate stage got from the same model (``<evaluate.work_dir>/stage2/dev``;
 fp32 through the transformers backend on the CPU default, bf16 through vLLM on the GPU recipe), on
 the same cases (checked):
@@ -56,6 +58,7 @@ REFERENCE = "stage2"
 class ExportConfig(StrictModel):
     types: list[str] = Field(description="GGUF types to write: f32, f16, bf16, q8_0, or llama-quantize types")
     agreement: bool = Field(description="ask each file the development evaluation and compare")
+    sessions: bool = Field(description="also play the development sessions (slow on the one-context llamacpp backend)")
     llamacpp_venv: str
     threads: int | None = Field(ge=1, description="llama.cpp threads (null: every core)")
     out_dir: str
@@ -108,11 +111,13 @@ def session_agreement(reference: list[dict[str, Any]], sessions: list[dict[str, 
     return {"turns": turns, "turns_same": same / turns if turns else None}
 
 
-def same_cases(reference_dir: Path, work: Path) -> None:
-    """The GGUF was asked exactly the cases and sessions the reference was (ids are positions)."""
+def same_cases(reference_dir: Path, work: Path, sessions: bool = True) -> None:
+    """The GGUF was asked exactly the cases (and sessions) the reference was (ids are positions)."""
     if (reference_dir / "cases.jsonl").read_bytes() != (work / "cases.jsonl").read_bytes():
         raise ValueError(f"the development cases differ from {reference_dir / 'cases.jsonl'} (the generator or "
                          "evaluate.dev changed since the evaluate stage ran: run it again)")
+    if not sessions:
+        return
     scripts = [[{k: v for k, v in row.items() if k != "outcome"} for row in read_jsonl(d / "sessions.jsonl")]
                for d in (reference_dir, work)]
     if scripts[0] != scripts[1]:
@@ -185,8 +190,10 @@ def ask_dev(gguf: Path, entry: Any, evaluate: Any, config: ExportConfig, work: P
             base_url = proc.base_url + "/v1"
             scored = generate_and_score(build_devset(dev.cases_per_category, dev.seed), base_url, api_key, name,
                                         dev.max_output_tokens, evaluate.concurrency, work)
-            sessions = play_and_record(dev.sessions, dev.seed, base_url, api_key, name, dev.max_output_tokens,
-                                       evaluate.concurrency, work)
+            sessions = None
+            if config.sessions:
+                sessions = play_and_record(dev.sessions, dev.seed, base_url, api_key, name, dev.max_output_tokens,
+                                           evaluate.concurrency, work)
     except ServerStartError as exc:
         raise ConfigError(str(exc)) from exc
     return summarize(scored, None, sessions)["summary"]
@@ -222,9 +229,9 @@ def run(config: ExportConfig, params: str) -> dict[str, Any]:
             work = work_dir / gguf_type
             result["dev"] = ask_dev(out, entry, evaluate, config, work)
             result["dev_seconds"] = round(time.monotonic() - start, 1)
-            same_cases(reference_dir, work)
+            same_cases(reference_dir, work, config.sessions)
             result["agreement"] = answer_agreement(reference_cases, read_jsonl(work / "answers.jsonl"))
-            if reference_sessions:
+            if reference_sessions and config.sessions:
                 result["agreement"].update(session_agreement(reference_sessions, read_jsonl(work / "sessions.jsonl")))
             log.info("%s: development %s; agreement with fp32 %s", gguf_type, json.dumps(result["dev"]),
                      json.dumps(result["agreement"]))

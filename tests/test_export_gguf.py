@@ -59,6 +59,7 @@ def test_same_cases_refuses_another_devset(tmp_path: Path) -> None:
     (tmp_path / "gguf" / "sessions.jsonl").write_text(json.dumps({"id": "s", "system": "other", "outcome": {}}) + "\n")
     with pytest.raises(ValueError, match="sessions differ"):
         export_gguf.same_cases(tmp_path / "ref", tmp_path / "gguf")
+    export_gguf.same_cases(tmp_path / "ref", tmp_path / "gguf", sessions=False)  # sessions not played
     (tmp_path / "gguf" / "cases.jsonl").write_text('{"id": "simple_1"}\n')
     with pytest.raises(ValueError, match="cases differ"):
         export_gguf.same_cases(tmp_path / "ref", tmp_path / "gguf")

@@ -161,7 +161,7 @@ def test_export_stage_writes_ggufs_and_measures_their_agreement(
     evaluate["models"]["stage2"] = {"path": "models/stage2", "format": "octupus"}
     evaluate["server"].update(max_output_tokens=24, threads=1, prefix_cache_mb=0)
     evaluate["dev"].update(cases_per_category=1, sessions=1, max_output_tokens=24)
-    params["export_gguf"].update(types=["f32", "q8_0"], llamacpp_venv=str(LLAMACPP_VENV), threads=1)
+    params["export_gguf"].update(types=["f32", "q8_0"], llamacpp_venv=str(LLAMACPP_VENV), threads=1, sessions=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # The reference: what the evaluate stage keeps of the fp32 model's development answers.
