@@ -134,11 +134,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def export(model_dir: str, out: Path, gguf_type: str, config: ExportConfig) -> None:
@@ -167,26 +164,22 @@ def llamacpp_site(venv: str) -> str:
 
 def ask_dev(gguf: Path, entry: Any, evaluate: Any, config: ExportConfig, work: Path) -> dict[str, Any]:
     """The development evaluation of one GGUF through our server's llamacpp backend."""
-    from serve.process import ServerStartError, free_loopback_port, running_server, serve_command
+    from serve.process import ServerStartError, free_loopback_port, running_server
     from stages.evaluation.dev import build_devset, generate_and_score, play_and_record, summarize
+    from stages.evaluation.server import server_command
 
-    dev, server = evaluate.dev, evaluate.server
+    dev = evaluate.dev
     api_key, port, name = secrets.token_hex(16), free_loopback_port(), "gguf"
-    flags = ["--model", entry.path, "--format", entry.format, "--backend", "llamacpp", "--gguf", str(gguf),
-             "--engine", server.engine, "--served-model-name", name, "--api-key", api_key,
-             "--default-max-tokens", str(server.max_output_tokens)]
-    if server.max_text_tokens:
-        flags += ["--default-max-text-tokens", str(server.max_text_tokens)]
-    if server.max_context is not None:
-        flags += ["--max-context", str(server.max_context)]
-    if config.threads:
-        flags += ["--threads", str(config.threads)]
+    # The evaluate stage's server command with this backend: the same format, engine and caps; the
+    # evaluate stage's own extra flags are for its backend (vLLM on the GPU recipe), not this one.
+    server = evaluate.server.model_copy(update={"backend": "llamacpp", "threads": config.threads,
+                                                "extra_args": ["--gguf", str(gguf)]})
+    cmd = server_command(entry, server, port, name, api_key)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (llamacpp_site(config.llamacpp_venv), os.environ.get("PYTHONPATH")) if p)}
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with running_server(serve_command(port, flags), port, work / "server.log", server.startup_timeout_s,
-                            env=env) as proc:
+        with running_server(cmd, port, work / "server.log", server.startup_timeout_s, env=env) as proc:
             base_url = proc.base_url + "/v1"
             scored = generate_and_score(build_devset(dev.cases_per_category, dev.seed), base_url, api_key, name,
                                         dev.max_output_tokens, evaluate.concurrency, work)
