@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import threading
@@ -118,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default="metrics/forward_bench.json")
     args = parser.parse_args(argv)
 
+    import torch
+
     from serve.backends.transformers_batched import BatchedTransformersBackend
 
     rows = [int(r) for r in args.rows.split(",") if r]
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = random.Random(0)
     result: dict[str, Any] = {"machine": machine_info(), "loadavg_before": loadavg(), "model": args.model,
                               "dtype": str(next(backend.model.parameters()).dtype),
-                              "threads": __import__("torch").get_num_threads(),
+                              "threads": torch.get_num_threads(),
                               "non_embedding_params": _non_embedding_params(backend.model)}
     print(f"forward passes of {args.model}: {result['machine']}, load {result['loadavg_before']}, "
           f"{result['threads']} threads", flush=True)
@@ -145,5 +146,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
