@@ -22,8 +22,8 @@ rounds, checks it), and receives the same request list:
 Peers (a peer that is not installed is skipped with a line that says so):
 
 - ``ours``: ``python -m serve --model MODEL --format hermes --max-batch N`` (fp32);
-  ``ours-b1``: the same, one request at a time; ``ours-llamacpp``: ``--backend llamacpp`` on the
-  GGUF llama.cpp's server gets (not run unless named);
+  ``ours-b1``: the same, one request at a time; ``ours-llamacpp``: ``--backend llamacpp
+  --max-batch N`` on the GGUF llama.cpp's server gets, with its slots' context (not run unless named);
 - ``llama.cpp``: the native ``llama-server`` (parallel slots, continuous batching) built by
   ``scripts/llamacpp_venv.sh``, on MODEL converted to GGUF (f32 by default, the same weights as ours;
   ``scripts/export_gguf.sh``), with ``--jinja`` and ``bench/hermes_tools.jinja``, so that its prompt
@@ -517,11 +517,13 @@ def make_peer(name: str, cfg: PeerConfig) -> Peer:
                                    "(scripts/llamacpp_venv.sh)")
         gguf = cfg.gguf_path()
         flags = ["--backend", "llamacpp", "--model", cfg.model, "--gguf", str(gguf), "--format", "hermes",
-                 "--served-model-name", SERVED_NAME, "--threads", str(cfg.threads), "--log-level", "WARNING"]
+                 "--served-model-name", SERVED_NAME, "--threads", str(cfg.threads), "--log-level", "WARNING",
+                 "--max-batch", str(cfg.max_batch), "--max-context", str(cfg.ctx_per_slot)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site.splitlines()[-1],
                                                                           os.environ.get("PYTHONPATH")])))
         return Peer(name, lambda port: serve_command(port, flags), env=env, version=_ours_version(),
-                    notes=f"python -m serve --backend llamacpp, {gguf.name}, one request at a time",
+                    notes=f"python -m serve --backend llamacpp, {gguf.name}, --max-batch {cfg.max_batch} "
+                          f"(KV slots x {cfg.ctx_per_slot} ctx)",
                     prepare=lambda: ensure_gguf(cfg))
     if name == "llama.cpp":
         server = ROOT / cfg.llamacpp_venv / "build" / "bin" / "llama-server"

@@ -88,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=None, help="override the model's context size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--max-batch", type=int, default=1,
-                   help="transformers backend: requests decoded together (continuous batching); 1 = one at a time")
+                   help="transformers and llamacpp backends: requests decoded together (continuous batching; "
+                        "llamacpp keeps a KV cache slot per request); 1 = one at a time")
     p.add_argument("--max-batch-tokens", type=int, default=32768,
                    help="transformers backend: most padded KV positions (rows x longest row) a batch may hold")
     p.add_argument("--prefix-cache-mb", type=float, default=512,
-                   help="transformers backend: memory for the KV of recent prompts, reused when a new prompt "
-                        "starts with one of them (multi-turn conversations); 0 = off")
+                   help="transformers and llamacpp backends: memory for the KV of recent prompts, reused when a "
+                        "new prompt starts with one of them (multi-turn conversations, repeated tool lists); "
+                        "0 = off (llamacpp still reuses what its slots hold)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend: GPUs one model is split over")
     p.add_argument("--max-num-seqs", type=int, default=256,
                    help="vLLM backend: sequences batched at once (also the server's concurrent generations)")
@@ -123,7 +125,8 @@ def build_core(args: argparse.Namespace) -> Any:
     elif args.backend == "llamacpp":
         from serve.backends.llamacpp_backend import LlamaCppBackend
 
-        backend = LlamaCppBackend(args.model, gguf=args.gguf, max_context=args.max_context, threads=args.threads)
+        backend = LlamaCppBackend(args.model, gguf=args.gguf, max_context=args.max_context, threads=args.threads,
+                                  max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb)
     elif args.max_batch > 1:
         from serve.backends.transformers_batched import BatchedTransformersBackend
 

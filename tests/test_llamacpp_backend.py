@@ -72,8 +72,83 @@ def test_a_prompt_extending_the_last_one_reuses_it_with_the_same_answer(backend:
                  add_special_tokens=False)["input_ids"]
     _greedy(backend, first, 4)
     reused = _greedy(backend, second, 16)  # the context holds the first prompt: only the rest is evaluated
-    backend.llm.reset()
+    assert backend.slots[0].tokens[:len(first)] == first
+    backend.reset()
+    assert backend.slots[0].tokens == []
     assert reused == _greedy(backend, second, 16)
+
+
+def _prompt(backend: Any, question: str) -> list[int]:
+    tok = backend.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+QUESTIONS = ["What is the weather in Paris?", "Tell me a joke.", "Count to five.", "Why is the sky blue?",
+             "Name three rivers.", "What is 2 + 2?"]
+
+
+@pytest.fixture(scope="module")
+def batched(gguf_dir: Path) -> Iterator[Any]:
+    from serve.backends.llamacpp_backend import LlamaCppBackend
+
+    b = LlamaCppBackend(gguf_dir, threads=1, max_batch=4, max_context=1024)
+    yield b
+    b.close()
+
+
+def test_batched_rows_give_the_answers_they_give_alone(backend: Any, batched: Any) -> None:
+    """Six requests at once on four KV slots (two wait for a slot): each row's greedy tokens are the
+    ones the one-sequence backend gives it, and the steps really held several rows."""
+    prompts = [_prompt(backend, q) for q in QUESTIONS]
+    alone = [_greedy(backend, p, 20) for p in prompts]
+    got: list[list[int] | None] = [None] * len(prompts)
+
+    def run(i: int) -> None:
+        got[i] = _greedy(batched, prompts[i], 20)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert got == alone
+    assert batched.max_rows_seen > 1 and batched.max_concurrency == 4 and batched.max_context == 1024
+    assert not any(slot.busy for slot in batched.slots)
+    time = batched.engine_time
+    assert time.prefills >= len(prompts) and time.decode_rows > time.decode_steps > 0
+
+
+def test_a_request_takes_the_slot_that_holds_its_prefix(batched: Any) -> None:
+    first, other = _prompt(batched, "What is the weather in Paris?"), _prompt(batched, "Tell me a joke.")
+    _greedy(batched, first, 4)
+    _greedy(batched, other, 4)
+    holder = next(s for s in batched.slots if s.tokens[:len(first)] == first)
+    tok = batched.tokenizer
+    longer = tok(tok.apply_chat_template([{"role": "user", "content": "What is the weather in Paris?"},
+                                          {"role": "assistant", "content": "Sunny."},
+                                          {"role": "user", "content": "And in Rome?"}],
+                                         add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+    prefills = batched.engine_time.prefills
+    _greedy(batched, longer, 4)
+    assert holder.tokens[:len(longer)] == longer and batched.engine_time.prefills == prefills + 1
+
+
+def test_a_cancelled_row_ends_and_frees_its_slot(batched: Any) -> None:
+    cancel = threading.Event()
+    state = GenerationState()
+    tokens = []
+    for token in batched.generate(_prompt(batched, "Count to one hundred."),
+                                  SamplingParams(max_tokens=200, temperature=0.0), None, cancel, state):
+        tokens.append(token)
+        if len(tokens) == 3:
+            cancel.set()
+    assert state.finish_reason == "cancelled" and 3 <= len(tokens) < 200
+    for _ in range(100):  # the engine frees the slot at its next step
+        if not any(slot.busy for slot in batched.slots):
+            break
+        threading.Event().wait(0.05)
+    assert not any(slot.busy for slot in batched.slots)
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,45 @@ sampled here (greedy, or temperature / top-p with the request's seeded generator
 is validated again by the core. So the guarantees are the transformers backend's; only the
 numbers the model computes come from another engine (and, quantized, from other weights).
 
-One sequence at a time (like ``--max-batch 1``); the context keeps the last request's tokens, and
-a prompt that starts with them (the next step of a multi-turn conversation) evaluates only the
-rest. Install: ``make llamacpp-venv`` builds llama-cpp-python; ``make gguf`` converts a model folder.
+Continuous batching over ``max_batch`` sequences (llama.cpp's multi-sequence KV cache, one stream
+of ``max_context`` cells per sequence slot). One engine thread runs one ``llama_decode`` a step,
+holding the next token of every decoding row and, in the room left under ``n_batch``, the next
+chunk of waiting prompts (the last token of a prompt asks for logits, and its row starts decoding).
+A slot keeps its tokens after its request ends; a new request takes the free slot whose tokens
+share the longest prefix with its prompt and evaluates only the rest, so the next turn of a
+conversation (or a request with the same tool list) reuses what the last one computed. Before a
+slot gives up a long prompt, its KV state is copied to host memory (``prefix_cache_mb``,
+least recently used first out); a request whose prompt shares more with a saved state, or with a
+busy slot, than with any free slot gets that state copied into its slot (``llama_state_seq_*``).
+Under load, when the one free slot holds another tool list, this is what keeps a request from
+prefilling its own from scratch.
+
+Time accounting (``/metrics``): a step that carries prompt tokens counts as prefill, wholly (the
+decode rows riding along are a few tokens beside up to ``N_BATCH`` prompt tokens); a step of decode
+rows only counts as a decode step of that many rows.
+
+Install: ``make llamacpp-venv`` builds llama-cpp-python; ``make gguf`` converts a model folder.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from serve.backends.base import Backend, EngineTime, GenerationState, SamplingParams
-from serve.backends.decode_row import DecodeRow
-from serve.constraints.base import Matcher
+from serve.backends.base import Backend, EngineTime
+from serve.backends.engine_thread import EngineThread, QueuedSequence
+from serve.backends.prefix_cache import common_prefix as array_prefix
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +55,11 @@ LLAMACPP_MISSING = ("the llamacpp backend needs llama-cpp-python (`make llamacpp
                     "`pip install llama-cpp-python`)")
 # Text whose tokens must agree between the folder's tokenizer and the GGUF's (special tokens included).
 PROBE = 'Weather in Paris? {"city": "Paris", "unit": "celsius"} 12.5°C, 東京\n\n'
+# A slot is reused for its shared prefix when that prefix is at least this share of the prompt.
+SIMILAR = 0.1
+# A slot about to lose at least this many tokens saves its state first (when prefix_cache_mb > 0).
+SAVE_TOKENS = 64
+N_BATCH = 512  # tokens a step may hold (decode rows + prompt chunks): llama.cpp's default micro-batch
 
 
 def llamacpp_available() -> bool:
@@ -63,13 +84,79 @@ def find_gguf(model_dir: Path, gguf: str | Path | None) -> Path:
     return found[0]
 
 
-class LlamaCppBackend(Backend):
+@dataclass
+class Slot:
+    """One llama.cpp sequence: the tokens whose KV it holds, and whether a request is using it."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    busy: bool = False
+    last_used: int = 0
+
+
+class SavedPrompts:
+    """Sequence states (``llama_state_seq_get_data``) of prompts slots gave up, by their tokens; LRU
+    within ``max_bytes``. A state whose tokens start a newer one's is dropped (the newer serves it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
+        self.bytes = 0
+        self.saved = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def best(self, prompt: np.ndarray) -> tuple[tuple[int, ...] | None, int]:
+        """The saved tokens sharing the longest prefix with ``prompt``, and that length."""
+        best, length = None, 0
+        for tokens in self._entries:
+            shared = array_prefix(np.asarray(tokens), prompt)
+            if shared > length:
+                best, length = tokens, shared
+        return best, length
+
+    def put(self, tokens: tuple[int, ...], state: bytes) -> None:
+        if len(state) > self.max_bytes:
+            return
+        for old in [t for t in self._entries if len(t) <= len(tokens) and tokens[:len(t)] == t]:
+            self.bytes -= len(self._entries.pop(old))
+        self._entries[tokens] = state
+        self.bytes += len(state)
+        self.saved += 1
+        while self.bytes > self.max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self.bytes -= len(dropped)
+
+    def get(self, tokens: tuple[int, ...]) -> bytes:
+        self._entries.move_to_end(tokens)
+        return self._entries[tokens]
+
+    def covers(self, tokens: list[int]) -> bool:
+        """Whether a saved state already holds ``tokens`` (or more)."""
+        return any(len(t) >= len(tokens) and list(t[:len(tokens)]) == tokens for t in self._entries)
+
+
+@dataclass
+class _Entry:
+    """One token of a step's batch: whose it is, and whether its logits are wanted."""
+
+    seq: QueuedSequence
+    token: int
+    logits: bool
+
+
+class LlamaCppBackend(EngineThread, Backend):
     name = "llamacpp"
 
     def __init__(self, model_dir: str | Path, gguf: str | Path | None = None, max_context: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_batch: int = 1, prefix_cache_mb: float = 0) -> None:
         import llama_cpp
+        import llama_cpp._logger
 
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._lib = llama_cpp
         model_dir = Path(model_dir)
         path = find_gguf(model_dir, gguf)
         start = time.perf_counter()
@@ -77,89 +164,318 @@ class LlamaCppBackend(Backend):
         has_tokenizer = (model_dir / "tokenizer_config.json").is_file() or (model_dir / "tokenizer.json").is_file()
         self.tokenizer = (AutoTokenizer.from_pretrained(model_dir) if has_tokenizer
                           else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+        llama_cpp._logger.set_verbose(log.isEnabledFor(logging.DEBUG))
+        llama_cpp.llama_backend_init()
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+        if not self._model:
+            raise ValueError(f"llama.cpp could not load {path}")
+        self._ctx = None
+        self._batch = None
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.vocab_size = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        # Each sequence gets the trained context, at most 8192 cells (KV memory), unless told.
+        per_sequence = int(max_context or min(int(llama_cpp.llama_model_n_ctx_train(self._model)), 8192))
         threads = threads or os.cpu_count() or 1
-        if not max_context:  # the trained context from the file's metadata, at most 8192 (KV memory)
-            meta = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False).metadata
-            trained = next((int(v) for k, v in meta.items() if k.endswith(".context_length")), 4096)
-            max_context = min(trained, 8192)
-        context = int(max_context)
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=min(context, 512),
-                                   n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
-        self.vocab_size = int(self.llm.n_vocab())
-        self.max_context = int(self.llm.n_ctx())
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = per_sequence * max_batch
+        params.n_seq_max = max_batch
+        params.kv_unified = False  # a stream per sequence: each row attends over its own cells only
+        params.n_batch = params.n_ubatch = N_BATCH
+        params.n_threads = params.n_threads_batch = threads
+        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise ValueError(f"llama.cpp could not make a context of {max_batch} x {per_sequence} tokens")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.max_context = int(llama_cpp.llama_n_ctx_seq(self._ctx))
+        self.max_batch = self.max_concurrency = max_batch
+        self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._check_tokenizer()
-        self._lock = threading.Lock()
+        self.slots = [Slot(i) for i in range(max_batch)]
+        self.saved = SavedPrompts(int(prefix_cache_mb * 2**20))
+        self.copied = 0  # prompts started from another slot's or a saved state
+        self._clock = 0
+        self._decode_lock = threading.Lock()  # the engine's steps and bare_generate share the context
         self.engine_time = EngineTime()
-        self._view: torch.Tensor | None = None
-        self._view_address: int | None = None
-        log.info("llama.cpp %s: loaded %s in %.1fs (vocab %d, tokenizer %d, context %d, %d threads)",
+        self.steps = 0
+        self.max_rows_seen = 0
+        self._init_queue()
+        log.info("llama.cpp %s: loaded %s in %.1fs (vocab %d, tokenizer %d, %d sequences x %d tokens, %d threads)",
                  getattr(llama_cpp, "__version__", "?"), path, time.perf_counter() - start, self.vocab_size,
-                 len(self.tokenizer), self.max_context, threads)
+                 len(self.tokenizer), max_batch, self.max_context, threads)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The GGUF's own tokenizer (special tokens parsed)."""
+        data = text.encode("utf-8")
+        room = len(data) + 8
+        out = (self._lib.llama_token * room)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), out, room, False, True)
+        if n < 0:
+            raise ValueError("llama.cpp could not tokenize the probe text")
+        return list(out[:n])
 
     def _check_tokenizer(self) -> None:
         """The folder's tokenizer renders and counts the prompt; the GGUF's must give the same ids."""
         specials = list(getattr(self.tokenizer, "all_special_tokens", []))[:4]
         text = "".join(specials) + PROBE
         ours = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        theirs = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if ours != list(theirs):
+        theirs = self.tokenize(text)
+        if ours != theirs:
             raise ValueError(f"the GGUF's tokenizer does not match the model folder's ({len(theirs)} vs {len(ours)} "
                              "tokens for the same text): convert the GGUF from this folder (`make gguf`)")
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens, the GGUF's output layer "
                              f"{self.vocab_size}")
 
-    def _logits(self) -> torch.Tensor:
-        """The last evaluated position's logits, in llama.cpp's own buffer (masked in place). The view
-        is kept while llama.cpp keeps the buffer (making one costs about 0.1 ms)."""
-        pointer = self.llm._ctx.get_logits_ith(-1)
-        address = ctypes.cast(pointer, ctypes.c_void_p).value
-        if address != self._view_address:
-            self._view = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)))
-            self._view_address = address
-        return self._view
+    # ------------------------------------------------------------------ the KV cache's slots
 
-    def _prefill(self, prompt_ids: list[int]) -> None:
-        """Evaluate the prompt, reusing the context's longest common prefix (at least one token is new,
-        so its logits are fresh)."""
-        held = self.llm.input_ids[: self.llm.n_tokens].tolist()
-        limit = min(len(held), len(prompt_ids) - 1)
-        same = 0
-        while same < limit and held[same] == prompt_ids[same]:
-            same += 1
-        self.llm.n_tokens = same  # llama-cpp-python's next evaluation drops the KV past n_tokens
+    def _take_slot(self, prompt_ids: list[int]) -> tuple[Slot, int] | None:
+        """A free slot for the prompt, trimmed to the prefix it shares with it; None when every slot
+        is busy. The free slot sharing the longest prefix, if that prefix is at least ``SIMILAR`` of
+        the prompt; else the least recently used one (so that a few shared template tokens do not
+        evict a cached tool list). When a busy slot or a saved state shares more, its state is
+        copied into the slot first. At least one prompt token stays to evaluate, so the prompt's
+        last position yields fresh logits."""
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        limit = len(prompt_ids) - 1
+        prompt = np.asarray(prompt_ids)
+
+        def shared(tokens: list[int] | tuple[int, ...]) -> int:
+            return min(array_prefix(np.asarray(tokens), prompt), limit)
+
+        best = max(free, key=lambda s: (shared(s.tokens), -s.last_used))
+        same = shared(best.tokens)
+        if same < SIMILAR * len(prompt_ids):
+            best = min(free, key=lambda s: s.last_used)
+            same = shared(best.tokens)
+        donor: Slot | tuple[int, ...] | None = None
+        donor_same = max(same, math.ceil(SIMILAR * len(prompt_ids)) - 1)
+        for slot in self.slots:
+            if slot.busy and shared(slot.tokens) > donor_same:
+                donor, donor_same = slot, shared(slot.tokens)
+        if len(self.saved):
+            saved, saved_same = self.saved.best(prompt)
+            if saved is not None and min(saved_same, limit) > donor_same:
+                donor, donor_same = saved, min(saved_same, limit)
+        if donor is not None:
+            self._save(best, keep=0)
+            if isinstance(donor, Slot):
+                state, tokens = self._state(donor), list(donor.tokens)
+            else:
+                state, tokens = self.saved.get(donor), list(donor)
+            if state and self._load(best, state, tokens):
+                same = donor_same
+                self.copied += 1
+            else:
+                same = 0
+        else:
+            self._save(best, keep=same)
+        if not self._lib.llama_memory_seq_rm(self._memory, best.seq_id, same, -1):
+            same = 0  # the cache cannot drop a suffix (not the case for transformer models): start over
+            self._lib.llama_memory_seq_rm(self._memory, best.seq_id, -1, -1)
+        del best.tokens[same:]
+        best.busy = True
+        self._clock += 1
+        best.last_used = self._clock
+        return best, same
+
+    def _state(self, slot: Slot) -> bytes:
+        """The slot's sequence state (its KV cells), as ``llama_state_seq_get_data`` writes it."""
+        with self._decode_lock:
+            size = self._lib.llama_state_seq_get_size(self._ctx, slot.seq_id)
+            buffer = (ctypes.c_uint8 * size)()
+            written = self._lib.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
+        return bytes(memoryview(buffer)[:written])
+
+    def _load(self, slot: Slot, state: bytes, tokens: list[int]) -> bool:
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        with self._decode_lock:
+            self._lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            ok = self._lib.llama_state_seq_set_data(self._ctx, buffer, len(state), slot.seq_id) != 0
+        slot.tokens[:] = tokens if ok else []
+        return ok
+
+    def _save(self, slot: Slot, keep: int) -> None:
+        """Copy the slot's state to host memory if it is about to lose ``SAVE_TOKENS`` or more tokens
+        that no saved state holds."""
+        if self.saved.max_bytes <= 0 or len(slot.tokens) - keep < SAVE_TOKENS or self.saved.covers(slot.tokens):
+            return
+        state = self._state(slot)
+        if state:
+            self.saved.put(tuple(slot.tokens), state)
+
+    def _release(self, seq: QueuedSequence) -> None:
+        if seq.slot is not None:
+            seq.slot.busy = False
+            seq.slot = None
+
+    def reset(self) -> None:
+        """Forget every slot's tokens and every saved state (the next prompts are evaluated in full)."""
+        with self._decode_lock:
+            self._lib.llama_memory_clear(self._memory, True)
+            for slot in self.slots:
+                slot.tokens.clear()
+            self.saved = SavedPrompts(self.saved.max_bytes)
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _engine(self) -> None:
+        decoding: list[QueuedSequence] = []  # rows with a sampled token to feed
+        prefilling: list[tuple[QueuedSequence, list[int]]] = []  # rows and their prompt tokens not yet evaluated
+        while True:
+            try:
+                if not decoding and not prefilling:
+                    seq = self._next_waiting(block=True)
+                    self._held = seq
+                self._admit(decoding, prefilling)
+                decoding[:] = [s for s in decoding if not self._ended_if_gone(s)]
+                prefilling[:] = [(s, rest) for s, rest in prefilling if not self._ended_if_gone(s)]
+                # A decoding row feeds the token it emitted last.
+                entries = [_Entry(s, s.row.generated[-1], True) for s in decoding]
+                decode_rows, prompts_done = len(entries), 0
+                room = N_BATCH - len(entries)
+                while prefilling and room > 0:
+                    seq, rest = prefilling[0]
+                    chunk, rest = rest[:room], rest[room:]
+                    entries += [_Entry(seq, t, not rest and i == len(chunk) - 1) for i, t in enumerate(chunk)]
+                    room -= len(chunk)
+                    if rest:
+                        prefilling[0] = (seq, rest)
+                    else:
+                        prefilling.pop(0)
+                        decoding.append(seq)
+                        prompts_done += 1
+                if not entries:
+                    continue
+                self._step(entries, decode_rows, prompts_done)
+                still: list[QueuedSequence] = []
+                for index, entry in enumerate(entries):
+                    if not entry.logits:
+                        continue
+                    token = entry.seq.row.next_token(self._logits(index))
+                    if token is not None:
+                        entry.seq.out.put(token)
+                        if not entry.seq.row.ends_after_token():
+                            still.append(entry.seq)
+                            continue
+                    entry.seq.finish()
+                    self._release(entry.seq)
+                decoding[:] = still
+            except Exception as exc:  # a failed step fails the running requests, not the server
+                log.exception("llama.cpp step failed")
+                for seq in decoding + [s for s, _ in prefilling]:
+                    if seq.slot is not None:  # its cache is in an unknown state: forget it
+                        self._lib.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
+                        seq.slot.tokens.clear()
+                    self._release(seq)
+                    seq.fail(f"generation failed: {exc}")
+                decoding, prefilling = [], []
+
+    def _ended_if_gone(self, seq: QueuedSequence) -> bool:
+        if seq.drop_if_gone():
+            self._release(seq)
+            return True
+        return False
+
+    def _admit(self, decoding: list[QueuedSequence], prefilling: list[tuple[QueuedSequence, list[int]]]) -> None:
+        while True:
+            seq = self._next_waiting(block=False)
+            if seq is None:
+                return
+            if seq.drop_if_gone():
+                continue
+            taken = self._take_slot(seq.prompt_ids)
+            if taken is None:
+                self._held = seq  # every slot is busy: wait for a row to leave
+                return
+            seq.slot, same = taken
+            seq.position = same
+            log.debug("slot %d: %d prompt tokens, %d reused", seq.slot.seq_id, len(seq.prompt_ids), same)
+            prefilling.append((seq, seq.prompt_ids[same:]))
+
+    def _step(self, entries: list[_Entry], decode_rows: int, prompts_done: int) -> None:
+        """One ``llama_decode`` over ``entries``: ``decode_rows`` rows' next tokens, then prompt chunks
+        (``prompts_done`` prompts end in this step)."""
+        batch = self._batch
+        for i, entry in enumerate(entries):
+            batch.token[i] = entry.token
+            batch.pos[i] = entry.seq.position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = entry.seq.slot.seq_id
+            batch.logits[i] = entry.logits
+            entry.seq.position += 1
+        batch.n_tokens = len(entries)
         start = time.perf_counter()
-        self.llm.eval(prompt_ids[same:])
-        self.engine_time.add_prefill(time.perf_counter() - start)
+        with self._decode_lock:
+            code = self._lib.llama_decode(self._ctx, batch)
+        seconds = time.perf_counter() - start
+        if code != 0:
+            why = " (no room left in the KV cache)" if code == 1 else ""
+            raise RuntimeError(f"llama_decode returned {code}{why}")
+        for entry in entries:
+            entry.seq.slot.tokens.append(entry.token)
+        self.steps += 1
+        self.max_rows_seen = max(self.max_rows_seen, decode_rows)
+        if len(entries) > decode_rows:  # prompt tokens: the whole step is prefill time
+            self.engine_time.prefill_seconds += seconds
+            self.engine_time.prefills += prompts_done
+        else:
+            self.engine_time.add_step(seconds, decode_rows)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
-                 cancel: threading.Event, state: GenerationState) -> Iterator[int]:
-        row = DecodeRow(params, matcher, cancel, state)
-        with self._lock:
-            self._prefill(prompt_ids)
-            while True:
-                token = row.next_token(self._logits())
-                if token is None:
-                    return
-                yield token
-                if row.ends_after_token():
-                    return
-                start = time.perf_counter()
-                self.llm.eval([token])
-                self.engine_time.add_step(time.perf_counter() - start)
+    def _logits(self, index: int) -> torch.Tensor:
+        """Batch entry ``index``'s logits, a view of llama.cpp's own buffer (masked in place)."""
+        pointer = self._lib.llama_get_logits_ith(self._ctx, index)
+        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)))
+
+    # ------------------------------------------------------------------ benchmark reference
 
     def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
-        """llama.cpp's own greedy loop (its sampler), for benchmarking against :meth:`generate`."""
-        with self._lock:
-            self.llm.reset()
-            out = []
-            for token in self.llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True):
-                out.append(int(token))
-                if len(out) >= max_tokens:
-                    break
-            return out
+        """llama.cpp's own greedy loop (its sampler, one sequence), for benchmarking against
+        :meth:`generate`; run it while no request is running."""
+        lib = self._lib
+        sampler = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        lib.llama_sampler_chain_add(sampler, lib.llama_sampler_init_greedy())
+        out: list[int] = []
+        try:
+            with self._decode_lock:
+                slot = self.slots[0]
+                lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                slot.tokens.clear()
+                tokens, position = list(prompt_ids), 0
+                while len(out) < max_tokens:
+                    for begin in range(0, len(tokens), N_BATCH):
+                        chunk = tokens[begin:begin + N_BATCH]
+                        for i, token in enumerate(chunk):
+                            self._batch.token[i] = token
+                            self._batch.pos[i] = position + i
+                            self._batch.n_seq_id[i] = 1
+                            self._batch.seq_id[i][0] = slot.seq_id
+                            self._batch.logits[i] = begin + i == len(tokens) - 1
+                        self._batch.n_tokens = len(chunk)
+                        if lib.llama_decode(self._ctx, self._batch) != 0:
+                            raise RuntimeError("llama_decode failed")
+                        position += len(chunk)
+                    slot.tokens += tokens
+                    token = int(lib.llama_sampler_sample(sampler, self._ctx, -1))
+                    if lib.llama_vocab_is_eog(self._vocab, token):
+                        break
+                    out.append(token)
+                    tokens = [token]
+        finally:
+            lib.llama_sampler_free(sampler)
+        return out
 
     def close(self) -> None:
-        llm: Any = getattr(self, "llm", None)
-        if llm is not None:
-            llm.close()
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lib.llama_model_free(self._model)
+            self._model = None

@@ -20,41 +20,20 @@ row would have alone. Leading columns that no row uses any more are dropped as r
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
 from serve.backends.attention import use_grouped_decode
-from serve.backends.base import GenerationState, SamplingParams
-from serve.backends.decode_row import DecodeRow
+from serve.backends.engine_thread import EngineThread, QueuedSequence
 from serve.backends.transformers_backend import TransformersBackend
-from serve.constraints.base import Matcher
 
 log = logging.getLogger(__name__)
 
-_END = object()
 
-
-@dataclass
-class _Sequence:
-    prompt_ids: list[int]
-    row: DecodeRow
-    out: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
-    position: int = 0  # this row's next position id (its own token count)
-
-    @property
-    def gone(self) -> bool:
-        """Cancelled, or its consumer left: nothing more to compute for it."""
-        return self.row.cancel.is_set() or self.row.abandoned
-
-
-class BatchedTransformersBackend(TransformersBackend):
+class BatchedTransformersBackend(EngineThread, TransformersBackend):
     """Continuous batching over :class:`TransformersBackend`'s model, with the same per-token rules."""
 
     name = "transformers"
@@ -85,49 +64,21 @@ class BatchedTransformersBackend(TransformersBackend):
         # prompt joins short ones. A request that alone exceeds it still runs, just not batched.
         self.max_batch_tokens = max_batch_tokens
         self.max_concurrency = max_batch
-        self._waiting: queue.SimpleQueue[_Sequence] = queue.SimpleQueue()
-        self._held: _Sequence | None = None  # taken from the queue but not yet admitted (no room)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._init_queue()
         self.steps = 0  # decode steps run (a step advances every running row by one token)
         self.max_rows_seen = 0
-
-    # ------------------------------------------------------------------ consumer side (request threads)
-
-    def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
-                 cancel: threading.Event, state: GenerationState) -> Iterator[int]:
-        seq = _Sequence(prompt_ids=list(prompt_ids), row=DecodeRow(params, matcher, cancel, state),
-                        position=len(prompt_ids))
-        self._ensure_engine()
-        self._waiting.put(seq)
-        try:
-            while True:
-                item = seq.out.get()
-                if item is _END:
-                    return
-                yield item  # type: ignore[misc]
-        finally:
-            # A consumer that stops early (stop string, error) frees its row at the next step.
-            seq.row.abandoned = True
-
-    def _ensure_engine(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._engine, name="batch-engine", daemon=True)
-                self._thread.start()
 
     # ------------------------------------------------------------------ engine thread
 
     def _engine(self) -> None:
-        rows: list[_Sequence] = []
+        rows: list[QueuedSequence] = []
         cache: DynamicCache | None = None
         mask: torch.Tensor | None = None  # [rows, columns] 1 = a real token, 0 = left padding
         logits: torch.Tensor | None = None  # [rows, vocab] next-token logits of each row
         while True:
             try:
                 if not rows:
-                    seq = self._held or self._waiting.get()  # idle: block until a request comes
-                    self._held = None
+                    seq = self._next_waiting(block=True)  # idle: block until a request comes
                     rows, cache, mask, logits = self._admit([], None, None, None, seq)
                 rows, cache, mask, logits = self._admit_waiting(rows, cache, mask, logits)
                 if not rows:
@@ -137,7 +88,7 @@ class BatchedTransformersBackend(TransformersBackend):
                 keep = [i for i, t in enumerate(tokens) if t is not None]
                 for i, seq in enumerate(rows):
                     if tokens[i] is None:
-                        seq.out.put(_END)
+                        seq.finish()
                 if not keep:
                     rows, cache, mask, logits = [], None, None, None
                     continue
@@ -149,37 +100,28 @@ class BatchedTransformersBackend(TransformersBackend):
             except Exception as exc:  # a failed forward pass fails the running requests, not the server
                 log.exception("batch step failed")
                 for seq in rows:
-                    seq.row.end("error", f"generation failed: {exc}")
-                    seq.out.put(_END)
+                    seq.fail(f"generation failed: {exc}")
                 rows, cache, mask, logits = [], None, None, None
 
     def _admit_waiting(self, rows, cache, mask, logits):
         while len(rows) < self.max_batch:
-            if self._held is None:
-                try:
-                    self._held = self._waiting.get_nowait()
-                except queue.Empty:
-                    break
-            seq = self._held
-            if seq.gone:
-                self._held = None
-                seq.row.cancelled()
-                seq.out.put(_END)
+            seq = self._next_waiting(block=False)
+            if seq is None:
+                break
+            if seq.drop_if_gone():
                 continue
             columns = max(mask.shape[1] if mask is not None else 0, len(seq.prompt_ids))
             if rows and (len(rows) + 1) * columns > self.max_batch_tokens:
+                self._held = seq
                 break  # wait for rows to leave
-            self._held = None
             rows, cache, mask, logits = self._admit(rows, cache, mask, logits, seq)
         return rows, cache, mask, logits
 
     @torch.inference_mode()
-    def _admit(self, rows, cache, mask, logits, seq: _Sequence):
+    def _admit(self, rows, cache, mask, logits, seq: QueuedSequence):
         """Prefill ``seq`` alone (from the prefix cache when it can), then join its cache to the batch's,
         left-padding the shorter side."""
-        if seq.gone:
-            seq.row.cancelled()
-            seq.out.put(_END)
+        if seq.drop_if_gone():
             return rows, cache, mask, logits
         own, new_logits = self.prefill(seq.prompt_ids)
         length = len(seq.prompt_ids)
@@ -199,7 +141,7 @@ class BatchedTransformersBackend(TransformersBackend):
             layer.values = torch.cat([layer.values, new.values], 0)
         return rows + [seq], cache, torch.cat([mask, new_mask], 0), torch.cat([logits, new_logits], 0)
 
-    def _choose(self, seq: _Sequence, row_logits: torch.Tensor) -> int | None:
+    def _choose(self, seq: QueuedSequence, row_logits: torch.Tensor) -> int | None:
         """The row's next token (handed to its consumer), or None when the row ends here."""
         # A copy: the batch's logits are inference tensors, which the grammar mask cannot write in place here.
         token = seq.row.next_token(row_logits.clone())

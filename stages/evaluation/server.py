@@ -35,7 +35,7 @@ def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_
         flags += ["--max-context", str(server.max_context)]
     if server.threads is not None:
         flags += ["--threads", str(server.threads)]
-    if server.backend == "transformers":
+    if server.backend in ("transformers", "llamacpp"):
         if server.max_batch > 1:
             flags += ["--max-batch", str(server.max_batch)]
         flags += ["--prefix-cache-mb", f"{server.prefix_cache_mb:g}"]
