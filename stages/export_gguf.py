@@ -9,9 +9,8 @@ converts the trained model (``evaluate.models.stage2``) with the llama.cpp that 
 builds, into ``<out_dir>/<model folder>-<type>.gguf``.
 
 With ``agreement: true`` every file is then asked the development evaluation (the evaluate stage's
-cases and server caps; its sessions too with ``sessions: true``, slow on this backend, which keeps
-one context: eight sessions at once re-evaluate their whole conversations at every step) through
-``python -m serve --backend llamacpp``, and its answers
+cases and server caps, ``max_batch`` sequences at once; its sessions too with ``sessions: true``)
+through ``python -m serve --backend llamacpp``, and its answers
 are compared with the ones the evaluate stage got from the same model (``<evaluate.work_dir>/stage2/dev``;
 fp32 through the transformers backend on the CPU default, bf16 through vLLM on the GPU recipe), on
 the same cases (checked):
@@ -33,10 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,11 +42,9 @@ from typing import Any
 from pydantic import Field
 
 from stages.config import ConfigError, StrictModel, load_section, log_config, setup_logging, stage_argparser
+from stages.evaluation.gguf import export, llamacpp_env
 
 log = logging.getLogger("stages.export_gguf")
-
-SCRIPT = Path("scripts/export_gguf.sh")
-
 
 # The model exported and compared: this key of evaluate.models (dvc.yaml names its folders).
 REFERENCE = "stage2"
@@ -58,7 +53,7 @@ REFERENCE = "stage2"
 class ExportConfig(StrictModel):
     types: list[str] = Field(description="GGUF types to write: f32, f16, bf16, q8_0, or llama-quantize types")
     agreement: bool = Field(description="ask each file the development evaluation and compare")
-    sessions: bool = Field(description="also play the development sessions (slow on the one-context llamacpp backend)")
+    sessions: bool = Field(description="also play the development sessions")
     llamacpp_venv: str
     threads: int | None = Field(ge=1, description="llama.cpp threads (null: every core)")
     out_dir: str
@@ -138,30 +133,6 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def export(model_dir: str, out: Path, gguf_type: str, config: ExportConfig) -> None:
-    env = {**os.environ, "LLAMACPP_VENV": config.llamacpp_venv, "PY": sys.executable}
-    if config.threads:
-        env["THREADS"] = str(config.threads)
-    result = subprocess.run(["bash", str(SCRIPT), model_dir, str(out), gguf_type], env=env, capture_output=True,
-                            text=True, check=False)
-    if result.returncode != 0 or not out.is_file():
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-        raise ConfigError(f"exporting {model_dir} as {gguf_type} failed (exit {result.returncode}):\n{tail}")
-
-
-def llamacpp_site(venv: str) -> str:
-    """The site-packages of the llama.cpp venv: the server imports llama_cpp from there."""
-    python = Path(venv) / "bin" / "python"
-    if not python.is_file():
-        raise ConfigError(f"no llama.cpp build at {venv}: run `make llamacpp-venv` (about 8 minutes) first")
-    found = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           capture_output=True, text=True, check=False)
-    if found.returncode != 0:
-        raise ConfigError(f"the llama.cpp venv's python at {python} does not run ({found.stderr.strip()[-300:]}): "
-                          "rebuild it with `make llamacpp-venv`")
-    return found.stdout.strip()
-
-
 def ask_dev(gguf: Path, entry: Any, evaluate: Any, config: ExportConfig, work: Path) -> dict[str, Any]:
     """The development evaluation of one GGUF through our server's llamacpp backend."""
     from serve.process import ServerStartError, free_loopback_port, running_server
@@ -175,8 +146,7 @@ def ask_dev(gguf: Path, entry: Any, evaluate: Any, config: ExportConfig, work: P
     server = evaluate.server.model_copy(update={"backend": "llamacpp", "threads": config.threads,
                                                 "extra_args": ["--gguf", str(gguf)]})
     cmd = server_command(entry, server, port, name, api_key)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (llamacpp_site(config.llamacpp_venv), os.environ.get("PYTHONPATH")) if p)}
+    env = llamacpp_env(config.llamacpp_venv)
     work.mkdir(parents=True, exist_ok=True)
     try:
         with running_server(cmd, port, work / "server.log", server.startup_timeout_s, env=env) as proc:
@@ -211,7 +181,7 @@ def run(config: ExportConfig, params: str) -> dict[str, Any]:
     for gguf_type in config.types:
         out = out_dir / f"{Path(entry.path).name}-{gguf_type}.gguf"
         start = time.monotonic()
-        export(entry.path, out, gguf_type, config)
+        export(entry.path, out, gguf_type, config.llamacpp_venv, config.threads)
         exported = time.monotonic() - start
         files.append({"file": out.name, "type": gguf_type, "bytes": out.stat().st_size, "sha256": sha256(out)})
         result: dict[str, Any] = {"megabytes": round(out.stat().st_size / 2**20, 1),

@@ -19,7 +19,7 @@ class ModelEntry(StrictModel):
 
 
 class ServerSettings(StrictModel):
-    backend: Literal["transformers", "vllm"]
+    backend: Literal["transformers", "vllm", "llamacpp"]
     engine: Literal["llguidance", "lm-format-enforcer"]
     # BFCL sends no max_tokens: this is the server's default output cap for every request.
     max_output_tokens: int
@@ -28,11 +28,15 @@ class ServerSettings(StrictModel):
     # null: the model's own context (SmolLM2: 8,192; some multi-turn cases need > 4,096).
     max_context: int | None
     threads: int | None
-    # transformers backend: requests decoded together (continuous batching; 1 = one at a time).
+    # transformers and llamacpp backends: requests decoded together (continuous batching; 1 = one at a time).
     max_batch: int = Field(ge=1)
-    # transformers backend: MiB of prompt KV kept for reuse (multi-turn steps resend the whole
-    # conversation); 0 = off.
+    # transformers and llamacpp backends: MiB of prompt KV kept for reuse (multi-turn steps resend
+    # the whole conversation); 0 = off.
     prefix_cache_mb: float = Field(ge=0)
+    # llamacpp backend: the model is converted to a GGUF of this type for the run (f32: the same
+    # weights), with the llama.cpp build of this venv (`make llamacpp-venv`).
+    gguf_type: str = "f32"
+    llamacpp_venv: str = ".venv-llamacpp"
     startup_timeout_s: float
     extra_args: list[str]
 

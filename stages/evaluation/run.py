@@ -20,6 +20,7 @@ from stages.evaluation.dev import (
     play_and_record,
     summarize,
 )
+from stages.evaluation.gguf import export, llamacpp_env
 from stages.evaluation.metrics import build_metrics
 from stages.evaluation.server import running_server, save_server_metrics, server_command
 
@@ -36,11 +37,19 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> tuple
     bfcl_root.mkdir(parents=True)
     api_key = secrets.token_hex(16)
     port = free_loopback_port()
-    cmd = server_command(entry, config.server, port, config.api_model_name, api_key)
+    server, env = config.server, None
+    start = time.monotonic()
+    gguf_dir = Path(config.work_dir) / f"{model_key}-gguf"
+    if server.backend == "llamacpp":
+        # llama.cpp serves a GGUF of the model, written for this run and removed after it.
+        gguf = gguf_dir / f"{Path(entry.path).name}-{server.gguf_type}.gguf"
+        export(entry.path, gguf, server.gguf_type, server.llamacpp_venv, server.threads)
+        server = server.model_copy(update={"extra_args": ["--gguf", str(gguf), *server.extra_args]})
+        env = llamacpp_env(server.llamacpp_venv)
+    cmd = server_command(entry, server, port, config.api_model_name, api_key)
     dev = config.dev
     dev_cases = dev_scored = dev_sessions = None
-    start = time.monotonic()
-    with running_server(cmd, port, config.server.startup_timeout_s, bfcl_root / "server.log") as base_url:
+    with running_server(cmd, port, server.startup_timeout_s, bfcl_root / "server.log", env=env) as base_url:
         if dev.cases_per_category or dev.sessions:
             dev_cases = build_devset(dev.cases_per_category, dev.seed)
             dev_scored = generate_and_score(dev_cases, base_url, api_key, config.api_model_name,
@@ -51,6 +60,7 @@ def evaluate(config: EvaluateConfig, model_key: str, entry: ModelEntry) -> tuple
         cases_doc = run_bfcl(config, python, bfcl_root, base_url, api_key)
         server_counters = save_server_metrics(base_url.removesuffix("/v1") + "/metrics",
                                               bfcl_root / "server_metrics.txt")
+    shutil.rmtree(gguf_dir, ignore_errors=True)
     seconds = time.monotonic() - start - dev_seconds
     metrics = build_metrics(model_key, entry, config, bfcl_root, cases_doc, seconds)
     # Where the server's time went over the whole stage (development cases and BFCL): tokens,

@@ -6,7 +6,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,10 +43,11 @@ def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_
 
 
 @contextmanager
-def running_server(cmd: list[str], port: int, timeout_s: float, log_path: Path) -> Iterator[str]:
+def running_server(cmd: list[str], port: int, timeout_s: float, log_path: Path,
+                   env: Mapping[str, str] | None = None) -> Iterator[str]:
     """The server started and healthy; yields its ``/v1`` base URL; always stops it."""
     try:
-        with running_server_process(cmd, port, log_path, timeout_s) as server:
+        with running_server_process(cmd, port, log_path, timeout_s, env=env) as server:
             yield server.base_url + "/v1"
     except ServerStartError as exc:
         raise EvalError(str(exc)) from exc
