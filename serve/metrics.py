@@ -43,44 +43,44 @@ class Metrics:
 
     def watch_prefix_cache(self, cache: Any) -> None:
         """Export a backend's prefix-cache counters (read at scrape time)."""
-        self.registry.register(_PrefixCacheCollector(cache))
+        self.registry.register(_AttributeCollector(cache, PREFIX_CACHE_FIELDS))
 
     def watch_engine(self, engine_time: Any) -> None:
         """Export a backend's forward-pass time (read at scrape time)."""
-        self.registry.register(_EngineTimeCollector(engine_time))
+        self.registry.register(_AttributeCollector(engine_time, ENGINE_TIME_FIELDS))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _PrefixCacheCollector(Collector):
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
+# (metric, help, attribute, kind) of the values a backend keeps and /metrics reads at scrape time.
+PREFIX_CACHE_FIELDS = (
+    ("octupus_prefix_cache_lookups", "Prompts looked up in the prefix cache", "lookups", CounterMetricFamily),
+    ("octupus_prefix_cache_hits", "Prompts that reused a cached prefix", "hits", CounterMetricFamily),
+    ("octupus_prefix_cache_reused_tokens", "Prompt tokens taken from the prefix cache", "reused_tokens",
+     CounterMetricFamily),
+    ("octupus_prefilled_tokens", "Prompt tokens run through the model (prefill)", "prefilled_tokens",
+     CounterMetricFamily),
+    ("octupus_prefix_cache_bytes", "Memory held by the prefix cache", "nbytes", GaugeMetricFamily),
+)
+ENGINE_TIME_FIELDS = (
+    ("octupus_engine_prefill_seconds", "Time in prompt forward passes (prefill)", "prefill_seconds",
+     CounterMetricFamily),
+    ("octupus_engine_prefills", "Prompt forward passes", "prefills", CounterMetricFamily),
+    ("octupus_engine_decode_seconds", "Time in one-token decode steps", "decode_seconds", CounterMetricFamily),
+    ("octupus_engine_decode_steps", "Decode steps (one forward pass each)", "decode_steps", CounterMetricFamily),
+    ("octupus_engine_decode_rows", "Rows advanced by decode steps (steps x batch)", "decode_rows",
+     CounterMetricFamily),
+)
+
+
+class _AttributeCollector(Collector):
+    """Metrics read from an object's attributes when Prometheus scrapes."""
+
+    def __init__(self, source: Any, fields: tuple[tuple[str, str, str, Any], ...]) -> None:
+        self.source = source
+        self.fields = fields
 
     def collect(self):  # type: ignore[no-untyped-def]
-        c = self.cache
-        yield CounterMetricFamily("octupus_prefix_cache_lookups", "Prompts looked up in the prefix cache",
-                                  value=c.lookups)
-        yield CounterMetricFamily("octupus_prefix_cache_hits", "Prompts that reused a cached prefix", value=c.hits)
-        yield CounterMetricFamily("octupus_prefix_cache_reused_tokens", "Prompt tokens taken from the prefix cache",
-                                  value=c.reused_tokens)
-        yield CounterMetricFamily("octupus_prefilled_tokens", "Prompt tokens run through the model (prefill)",
-                                  value=c.prefilled_tokens)
-        yield GaugeMetricFamily("octupus_prefix_cache_bytes", "Memory held by the prefix cache", value=c.nbytes)
-
-
-class _EngineTimeCollector(Collector):
-    def __init__(self, engine_time: Any) -> None:
-        self.time = engine_time
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        t = self.time
-        yield CounterMetricFamily("octupus_engine_prefill_seconds", "Time in prompt forward passes (prefill)",
-                                  value=t.prefill_seconds)
-        yield CounterMetricFamily("octupus_engine_prefills", "Prompt forward passes", value=t.prefills)
-        yield CounterMetricFamily("octupus_engine_decode_seconds", "Time in one-token decode steps",
-                                  value=t.decode_seconds)
-        yield CounterMetricFamily("octupus_engine_decode_steps", "Decode steps (one forward pass each)",
-                                  value=t.decode_steps)
-        yield CounterMetricFamily("octupus_engine_decode_rows", "Rows advanced by decode steps (steps x batch)",
-                                  value=t.decode_rows)
+        for name, documentation, attribute, family in self.fields:
+            yield family(name, documentation, value=getattr(self.source, attribute))

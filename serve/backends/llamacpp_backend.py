@@ -103,6 +103,22 @@ class SavedPrompts:
         self._entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
         self.bytes = 0
         self.saved = 0
+        # What /metrics reports as the backend's prefix cache (slots and saved states together).
+        self.lookups = self.hits = self.reused_tokens = self.prefilled_tokens = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+    def count(self, prompt_tokens: int, reused: int) -> None:
+        self.lookups += 1
+        self.hits += reused > 0
+        self.reused_tokens += reused
+        self.prefilled_tokens += prompt_tokens - reused
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -191,7 +207,7 @@ class LlamaCppBackend(EngineThread, Backend):
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._check_tokenizer()
         self.slots = [Slot(i) for i in range(max_batch)]
-        self.saved = SavedPrompts(int(prefix_cache_mb * 2**20))
+        self.saved = self.prefix_cache = SavedPrompts(int(prefix_cache_mb * 2**20))
         self.copied = 0  # prompts started from another slot's or a saved state
         self._clock = 0
         self._decode_lock = threading.Lock()  # the engine's steps and bare_generate share the context
@@ -316,7 +332,7 @@ class LlamaCppBackend(EngineThread, Backend):
             self._lib.llama_memory_clear(self._memory, True)
             for slot in self.slots:
                 slot.tokens.clear()
-            self.saved = SavedPrompts(self.saved.max_bytes)
+            self.saved.clear()
 
     # ------------------------------------------------------------------ engine thread
 
@@ -391,6 +407,7 @@ class LlamaCppBackend(EngineThread, Backend):
                 return
             seq.slot, same = taken
             seq.position = same
+            self.saved.count(len(seq.prompt_ids), same)
             log.debug("slot %d: %d prompt tokens, %d reused", seq.slot.seq_id, len(seq.prompt_ids), same)
             prefilling.append((seq, seq.prompt_ids[same:]))
 

@@ -85,6 +85,13 @@ class TransformersBackend(Backend):
         return PrefixCache(int(megabytes * 2**20))
 
     @torch.inference_mode()
+    def since(self, start: float) -> float:
+        """Seconds since ``start`` (``time.perf_counter``), for ``engine_time``: on a GPU after its
+        queued kernels finished (the sampler would wait for them right after anyway)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
     def prefill(self, prompt_ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
         """A one-row cache holding ``prompt_ids`` and the logits of its last position.
 
@@ -100,7 +107,7 @@ class TransformersBackend(Backend):
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         self.prefix_cache.store(prompt_ids, cache)
         logits = out.logits[:, -1, :].float()
-        self.engine_time.add_prefill(time.perf_counter() - start)
+        self.engine_time.add_prefill(self.since(start))
         return cache, logits
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, matcher: Matcher | None,
@@ -119,7 +126,7 @@ class TransformersBackend(Backend):
                 out = self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=cache,
                                  use_cache=True)
                 logits = out.logits[:, -1, :].float()
-                self.engine_time.add_step(time.perf_counter() - start)
+                self.engine_time.add_step(self.since(start))
 
     def bare_generate(self, prompt_ids: list[int], max_tokens: int) -> list[int]:
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)

@@ -172,7 +172,7 @@ class BatchedTransformersBackend(EngineThread, TransformersBackend):
         for seq in rows:
             seq.position += 1
         logits = out.logits[:, -1, :].float()
-        self.engine_time.add_step(time.perf_counter() - start, len(rows))
+        self.engine_time.add_step(self.since(start), len(rows))
         return logits, mask
 
 
