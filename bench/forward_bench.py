@@ -64,7 +64,7 @@ def bench_decode(backend: Any, context: int, rows: int, steps: int, rng: random.
     greedy decode steps of the whole batch, each timed (the engine's own ``_step``)."""
     from serve.backends.base import GenerationState, SamplingParams
     from serve.backends.decode_row import DecodeRow
-    from serve.backends.transformers_batched import _Sequence
+    from serve.backends.engine_thread import QueuedSequence
 
     vocab = len(backend.tokenizer)
     batch: list[Any] = []
@@ -74,7 +74,7 @@ def bench_decode(backend: Any, context: int, rows: int, steps: int, rng: random.
         row = DecodeRow(SamplingParams(max_tokens=steps + 1, temperature=0.0), None, threading.Event(),
                         GenerationState())
         batch, cache, mask, logits = backend._admit(batch, cache, mask, logits,
-                                                    _Sequence(prompt_ids=ids, row=row, position=context))
+                                                    QueuedSequence(prompt_ids=ids, row=row, position=context))
     times = []
     for _ in range(steps):
         tokens = [int(t) for t in logits.argmax(-1)]
