@@ -12,6 +12,7 @@ import ctypes
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 
 from serve.backends.llamacpp_backend import SAVE_TOKENS, LlamaCppBackend, SavedPrompts, Slot
@@ -117,8 +118,8 @@ def test_saved_prompts_keep_their_budget_least_recently_used_first_out() -> None
     saved.put((3, 4), b"b" * 100)
     saved.get((1, 2))  # used: (3, 4) is now the oldest
     saved.put((5, 6), b"c" * 100)
-    assert saved.bytes == 200 and saved.best(__import__("numpy").asarray([3, 4, 9]))[1] == 0
-    assert saved.best(__import__("numpy").asarray([1, 2, 9])) == ((1, 2), 2)
+    assert saved.bytes == 200 and saved.best(np.asarray([3, 4, 9]))[1] == 0
+    assert saved.best(np.asarray([1, 2, 9])) == ((1, 2), 2)
     saved.put((1, 2, 7, 8), b"d" * 100)  # holds (1, 2): the older entry goes
     assert len(saved) == 2 and saved.covers([1, 2, 7]) and not saved.covers([1, 2, 9])
     saved.put((9,), b"e" * 1000)  # larger than the whole budget: not kept

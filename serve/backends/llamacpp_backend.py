@@ -102,7 +102,6 @@ class SavedPrompts:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
         self.bytes = 0
-        self.saved = 0
         # What /metrics reports as the backend's prefix cache (slots and saved states together).
         self.lookups = self.hits = self.reused_tokens = self.prefilled_tokens = 0
 
@@ -139,7 +138,6 @@ class SavedPrompts:
             self.bytes -= len(self._entries.pop(old))
         self._entries[tokens] = state
         self.bytes += len(state)
-        self.saved += 1
         while self.bytes > self.max_bytes:
             _, dropped = self._entries.popitem(last=False)
             self.bytes -= len(dropped)
@@ -212,7 +210,6 @@ class LlamaCppBackend(EngineThread, Backend):
         self._clock = 0
         self._decode_lock = threading.Lock()  # the engine's steps and bare_generate share the context
         self.engine_time = EngineTime()
-        self.steps = 0
         self.max_rows_seen = 0
         self._init_queue()
         log.info("llama.cpp %s: loaded %s in %.1fs (vocab %d, tokenizer %d, %d sequences x %d tokens, %d threads)",
@@ -257,19 +254,16 @@ class LlamaCppBackend(EngineThread, Backend):
         limit = len(prompt_ids) - 1
         prompt = np.asarray(prompt_ids)
 
-        def shared(tokens: list[int] | tuple[int, ...]) -> int:
-            return min(array_prefix(np.asarray(tokens), prompt), limit)
-
-        best = max(free, key=lambda s: (shared(s.tokens), -s.last_used))
-        same = shared(best.tokens)
-        if same < SIMILAR * len(prompt_ids):
+        shared = {slot.seq_id: min(array_prefix(np.asarray(slot.tokens), prompt), limit) for slot in self.slots}
+        best = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
+        if shared[best.seq_id] < SIMILAR * len(prompt_ids):
             best = min(free, key=lambda s: s.last_used)
-            same = shared(best.tokens)
+        same = shared[best.seq_id]
         donor: Slot | tuple[int, ...] | None = None
         donor_same = max(same, math.ceil(SIMILAR * len(prompt_ids)) - 1)
         for slot in self.slots:
-            if slot.busy and shared(slot.tokens) > donor_same:
-                donor, donor_same = slot, shared(slot.tokens)
+            if slot.busy and shared[slot.seq_id] > donor_same:
+                donor, donor_same = slot, shared[slot.seq_id]
         if len(self.saved):
             saved, saved_same = self.saved.best(prompt)
             if saved is not None and min(saved_same, limit) > donor_same:
@@ -414,31 +408,37 @@ class LlamaCppBackend(EngineThread, Backend):
     def _step(self, entries: list[_Entry], decode_rows: int, prompts_done: int) -> None:
         """One ``llama_decode`` over ``entries``: ``decode_rows`` rows' next tokens, then prompt chunks
         (``prompts_done`` prompts end in this step)."""
-        batch = self._batch
-        for i, entry in enumerate(entries):
-            batch.token[i] = entry.token
-            batch.pos[i] = entry.seq.position
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = entry.seq.slot.seq_id
-            batch.logits[i] = entry.logits
+        rows = []
+        for entry in entries:  # a prompt chunk's tokens take consecutive positions of their row
+            rows.append((entry.token, entry.seq.position, entry.seq.slot.seq_id, entry.logits))
             entry.seq.position += 1
-        batch.n_tokens = len(entries)
         start = time.perf_counter()
-        with self._decode_lock:
-            code = self._lib.llama_decode(self._ctx, batch)
+        self._decode(rows)
         seconds = time.perf_counter() - start
-        if code != 0:
-            why = " (no room left in the KV cache)" if code == 1 else ""
-            raise RuntimeError(f"llama_decode returned {code}{why}")
         for entry in entries:
             entry.seq.slot.tokens.append(entry.token)
-        self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, decode_rows)
         if len(entries) > decode_rows:  # prompt tokens: the whole step is prefill time
             self.engine_time.prefill_seconds += seconds
             self.engine_time.prefills += prompts_done
         else:
             self.engine_time.add_step(seconds, decode_rows)
+
+    def _decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
+        """One ``llama_decode`` of ``(token, position, sequence, wants logits)`` rows."""
+        batch = self._batch
+        for i, (token, position, seq_id, logits) in enumerate(rows):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = logits
+        batch.n_tokens = len(rows)
+        with self._decode_lock:
+            code = self._lib.llama_decode(self._ctx, batch)
+        if code != 0:
+            why = " (no room left in the KV cache)" if code == 1 else ""
+            raise RuntimeError(f"llama_decode returned {code}{why}")
 
     def _logits(self, index: int) -> torch.Tensor:
         """Batch entry ``index``'s logits, a view of llama.cpp's own buffer (masked in place)."""
@@ -455,30 +455,23 @@ class LlamaCppBackend(EngineThread, Backend):
         lib.llama_sampler_chain_add(sampler, lib.llama_sampler_init_greedy())
         out: list[int] = []
         try:
+            slot = self.slots[0]
             with self._decode_lock:
-                slot = self.slots[0]
                 lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-                slot.tokens.clear()
-                tokens, position = list(prompt_ids), 0
-                while len(out) < max_tokens:
-                    for begin in range(0, len(tokens), N_BATCH):
-                        chunk = tokens[begin:begin + N_BATCH]
-                        for i, token in enumerate(chunk):
-                            self._batch.token[i] = token
-                            self._batch.pos[i] = position + i
-                            self._batch.n_seq_id[i] = 1
-                            self._batch.seq_id[i][0] = slot.seq_id
-                            self._batch.logits[i] = begin + i == len(tokens) - 1
-                        self._batch.n_tokens = len(chunk)
-                        if lib.llama_decode(self._ctx, self._batch) != 0:
-                            raise RuntimeError("llama_decode failed")
-                        position += len(chunk)
-                    slot.tokens += tokens
+            slot.tokens.clear()
+            tokens = list(prompt_ids)
+            while len(out) < max_tokens:
+                for begin in range(0, len(tokens), N_BATCH):
+                    position = len(slot.tokens) + begin
+                    self._decode([(token, position + i, slot.seq_id, begin + i == len(tokens) - 1)
+                                  for i, token in enumerate(tokens[begin:begin + N_BATCH])])
+                slot.tokens += tokens
+                with self._decode_lock:
                     token = int(lib.llama_sampler_sample(sampler, self._ctx, -1))
-                    if lib.llama_vocab_is_eog(self._vocab, token):
-                        break
-                    out.append(token)
-                    tokens = [token]
+                if lib.llama_vocab_is_eog(self._vocab, token):
+                    break
+                out.append(token)
+                tokens = [token]
         finally:
             lib.llama_sampler_free(sampler)
         return out
