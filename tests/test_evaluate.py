@@ -498,3 +498,52 @@ def test_calls_returned_cut_are_counted_as_incomplete_not_invalid():
     v = ev_results.check_validity(cases, results, cut_calls={"simple_python_0": 1}).as_dict()
     assert (v["incomplete_calls"], v["tool_calls"], v["valid_calls"], v["bad_json"]) == (1, 2, 1, 1)
     assert v["validity"] == pytest.approx(0.5)
+
+
+def test_the_llamacpp_backend_serves_a_gguf_written_for_the_run_and_removed_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``server.backend: llamacpp``: the model is exported to ``<work_dir>/<key>-gguf/`` with the
+    configured type and venv, the server gets ``--gguf`` and the llama.cpp venv's environment, and
+    the file is gone once the run ends. The export, the server and bfcl are stand-ins here; the real
+    path is exercised by ``make test-llamacpp`` (export_gguf's end-to-end test)."""
+    from contextlib import contextmanager
+
+    from stages.evaluation import run as ev_run
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    section = evaluate_section(work_dir=str(tmp_path / "work"))
+    section["models"]["stage2"]["path"] = str(model_dir)
+    section["server"].update(backend="llamacpp", gguf_type="q8_0", llamacpp_venv="/opt/llama-venv")
+    config, entry = ev_config.load_config(write_params(tmp_path / "params.yaml", section), "stage2")
+    exported: list[tuple] = []
+    served: dict = {}
+
+    def fake_export(model: str, out: Path, gguf_type: str, venv: str, threads: int | None = None) -> None:
+        exported.append((model, out, gguf_type, venv))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"GGUF")
+
+    @contextmanager
+    def fake_server(cmd, port, timeout_s, log_path, env=None):
+        gguf = Path(cmd[cmd.index("--gguf") + 1])
+        served.update(cmd=cmd, env=env, existed=gguf.is_file())
+        yield "http://127.0.0.1:1/v1"
+
+    monkeypatch.setattr(ev_run, "bfcl_python", lambda config: "python")
+    monkeypatch.setattr(ev_run, "export", fake_export)
+    monkeypatch.setattr(ev_run, "llamacpp_env", lambda venv: {"PYTHONPATH": venv + "/site"})
+    monkeypatch.setattr(ev_run, "running_server", fake_server)
+    monkeypatch.setattr(ev_run, "run_bfcl", lambda *args: {})
+    monkeypatch.setattr(ev_run, "save_server_metrics", lambda url, path: {"prompt_tokens": 1})
+    monkeypatch.setattr(ev_run, "build_metrics", lambda *args: {"overall": 0.0})
+
+    metrics, dev = ev_run.evaluate(config, "stage2", entry)
+
+    gguf = tmp_path / "work" / "stage2-gguf" / "model-q8_0.gguf"
+    assert exported == [(str(model_dir), gguf, "q8_0", "/opt/llama-venv")]
+    cmd = served["cmd"]
+    assert served["existed"] and cmd[cmd.index("--gguf") + 1] == str(gguf)
+    assert cmd[cmd.index("--backend") + 1] == "llamacpp" and cmd[cmd.index("--max-batch") + 1] == "2"
+    assert served["env"] == {"PYTHONPATH": "/opt/llama-venv/site"}
+    assert not gguf.parent.exists() and metrics["server"] == {"prompt_tokens": 1} and dev is None
