@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from serve.backends.llamacpp_backend import SAVE_TOKENS, LlamaCppBackend, SavedPrompts, Slot
+from serve.backends.base import EngineTime
+from serve.backends.llamacpp_backend import N_BATCH, SAVE_TOKENS, LlamaCppBackend, SavedPrompts, Slot, _Entry
 
 
 class FakeLib:
@@ -137,3 +139,68 @@ def test_the_evaluate_stage_passes_batching_and_the_prefix_cache_to_both_cpu_bac
     cmd = server_command(ModelEntry(path="models/stage2", format="octupus"), server, 8000, "m", "k")
     assert cmd[cmd.index("--max-batch") + 1] == "8" and cmd[cmd.index("--prefix-cache-mb") + 1] == "3072"
     assert cmd[cmd.index("--backend") + 1] == backend_name
+
+
+# ---------------------------------------------------------------------------------------- a step's batch
+
+
+def stepping(slots: list[list[int]], max_context: int = 4096) -> tuple[Any, FakeLib, list[list[tuple[int, ...]]]]:
+    """A backend whose ``_decode`` records the rows it is given."""
+    b, lib = backend(slots)
+    b.max_context, b.max_batch = max_context, len(slots)
+    b.engine_time, b.placeholders, b.max_rows_seen = EngineTime(), 0, 0
+    batches: list[list[tuple[int, ...]]] = []
+    b._decode = batches.append
+    return b, lib, batches
+
+
+def decoding(b: Any, seq_id: int, token: int) -> _Entry:
+    """A decode row of slot ``seq_id``: its next position is the end of the slot's tokens."""
+    slot = b.slots[seq_id]
+    slot.busy = True
+    return _Entry(SimpleNamespace(slot=slot, position=len(slot.tokens)), token, True)
+
+
+def test_a_step_puts_its_rows_in_slot_order_and_each_entry_finds_its_logits() -> None:
+    b, _, batches = stepping([[1] * 5, [2] * 7, [3] * 3])
+    entries = [decoding(b, 2, 30), decoding(b, 0, 10), decoding(b, 1, 20)]
+    b._step(entries, decode_rows=3, prompts_done=0)
+    assert batches == [[(10, 5, 0, True), (20, 7, 1, True), (30, 3, 2, True)]]
+    assert [e.index for e in entries] == [2, 0, 1]
+    assert [len(s.tokens) for s in b.slots] == [6, 8, 4] and b.placeholders == 0
+
+
+def test_an_idle_slot_between_two_rows_gets_a_placeholder_that_is_removed_after_the_step() -> None:
+    # llama.cpp cuts a micro-batch at a gap in the sequence ids; slot 1 is idle with 4 cells.
+    b, lib, batches = stepping([[1] * 5, [2] * 4, [3] * 3, [4] * 9])
+    entries = [decoding(b, 2, 30), decoding(b, 0, 10)]
+    b._step(entries, decode_rows=2, prompts_done=0)
+    assert batches == [[(10, 5, 0, True), (0, 4, 1, False), (30, 3, 2, True)]]  # slot 3 is not between
+    assert [e.index for e in entries] == [2, 0]
+    assert ("rm", 1, 4, -1) in lib.calls and b.placeholders == 1
+    assert b.slots[1].tokens == [2] * 4 and not b.slots[1].busy
+
+
+def test_no_placeholder_when_its_cells_would_lengthen_every_rows_attention() -> None:
+    # The idle slot holds 600 cells; the rows' longest is 5, padded to 256: cutting costs less.
+    b, lib, batches = stepping([[1] * 5, [2] * 600, [3] * 3])
+    b._step([decoding(b, 0, 10), decoding(b, 2, 30)], decode_rows=2, prompts_done=0)
+    assert batches == [[(10, 5, 0, True), (30, 3, 2, True)]]
+    assert not [c for c in lib.calls if c[0] == "rm"] and b.placeholders == 0
+
+
+def test_a_prompt_chunk_keeps_its_order_and_placeholders_never_overflow_the_batch() -> None:
+    # Slots 1 and 2 are idle between a decode row (slot 0) and a prompt chunk (slot 3); the step's
+    # 511 tokens leave room for one placeholder.
+    b, _, batches = stepping([[1] * 5, [], [], [3] * 3])
+    b.slots[3].busy = True
+    chunk_seq = SimpleNamespace(slot=b.slots[3], position=3)
+    size = N_BATCH - 2
+    chunk = [_Entry(chunk_seq, t, i == size - 1) for i, t in enumerate(range(100, 100 + size))]
+    row = decoding(b, 0, 10)
+    b._step(chunk + [row], decode_rows=1, prompts_done=1)
+    (rows,) = batches
+    assert len(rows) == N_BATCH and rows[:2] == [(10, 5, 0, True), (0, 0, 1, False)]
+    assert [r[0] for r in rows[2:]] == list(range(100, 100 + size)) and {r[2] for r in rows[2:]} == {3}
+    assert [r[1] for r in rows[2:]] == list(range(3, 3 + size)) and chunk_seq.position == 3 + size
+    assert row.index == 0 and chunk[-1].index == N_BATCH - 1 and b.placeholders == 1
