@@ -101,7 +101,7 @@ class SavedPrompts:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, ...], bytearray] = OrderedDict()
         self.bytes = 0
         # What /metrics reports as the backend's prefix cache (slots and saved states together).
         self.lookups = self.hits = self.reused_tokens = self.prefilled_tokens = 0
@@ -132,7 +132,7 @@ class SavedPrompts:
                 best, length = tokens, shared
         return best, length
 
-    def put(self, tokens: tuple[int, ...], state: bytes) -> None:
+    def put(self, tokens: tuple[int, ...], state: bytearray) -> None:
         if len(state) > self.max_bytes:
             return
         for old in [t for t in self._entries if len(t) <= len(tokens) and tokens[:len(t)] == t]:
@@ -143,7 +143,7 @@ class SavedPrompts:
             _, dropped = self._entries.popitem(last=False)
             self.bytes -= len(dropped)
 
-    def get(self, tokens: tuple[int, ...]) -> bytes:
+    def get(self, tokens: tuple[int, ...]) -> bytearray:
         self._entries.move_to_end(tokens)
         return self._entries[tokens]
 
@@ -293,19 +293,24 @@ class LlamaCppBackend(EngineThread, Backend):
         best.last_used = self._clock
         return best, same
 
-    def _state(self, slot: Slot) -> bytes:
-        """The slot's sequence state (its KV cells), as ``llama_state_seq_get_data`` writes it."""
+    def _state(self, slot: Slot) -> bytearray:
+        """The slot's sequence state (its KV cells), as ``llama_state_seq_get_data`` writes it (written
+        in place: a state is tens of MB, copied once)."""
         with self._decode_lock:
             size = self._lib.llama_state_seq_get_size(self._ctx, slot.seq_id)
-            buffer = (ctypes.c_uint8 * size)()
-            written = self._lib.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
-        return bytes(memoryview(buffer)[:written])
+            state = bytearray(size)
+            view = (ctypes.c_uint8 * size).from_buffer(state)
+            written = self._lib.llama_state_seq_get_data(self._ctx, view, size, slot.seq_id)
+        del view  # releases the buffer, so that it can shrink
+        del state[written:]
+        return state
 
-    def _load(self, slot: Slot, state: bytes, tokens: list[int]) -> bool:
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+    def _load(self, slot: Slot, state: bytearray, tokens: list[int]) -> bool:
+        view = (ctypes.c_uint8 * len(state)).from_buffer(state)  # read in place
         with self._decode_lock:
             self._lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            ok = self._lib.llama_state_seq_set_data(self._ctx, buffer, len(state), slot.seq_id) != 0
+            ok = self._lib.llama_state_seq_set_data(self._ctx, view, len(state), slot.seq_id) != 0
+        del view
         slot.tokens[:] = tokens if ok else []
         return ok
 
