@@ -105,6 +105,41 @@ def test_a_slot_giving_up_a_long_prompt_saves_it_and_a_later_prompt_gets_it_back
     assert len(b.saved) == 2  # the [50] * 100 prompt it gave up is saved in turn
 
 
+def test_a_saved_donor_is_read_before_saving_the_slot_can_evict_it() -> None:
+    # The budget holds one state: saving the slot's own 100 tokens evicts the saved tool list,
+    # which the prompt is about to be given.
+    b, lib = backend([[50] * 100])
+    b.saved = SavedPrompts(max_bytes=320)
+    b.saved.put(tuple(TOOLS), bytearray(t % 256 for t in TOOLS))
+    slot, same = b._take_slot(TOOLS + [8])
+    assert same == 300 and slot.tokens == TOOLS and b.copied == 1
+    assert lib.states[0] == bytes(t % 256 for t in TOOLS)
+    assert list(b.saved._entries) == [tuple([50] * 100)]
+
+
+def test_a_request_whose_slot_cannot_be_prepared_fails_instead_of_waiting_forever() -> None:
+    from serve.backends.base import GenerationState, SamplingParams
+    from serve.backends.decode_row import DecodeRow
+    from serve.backends.engine_thread import END, QueuedSequence
+
+    b, lib = backend([[1, 2, 3], [4, 5]], busy=(1,))
+    b._init_queue()
+
+    def broken(prompt: list[int]) -> None:
+        b.slots[0].tokens.append(99)  # half done: the slot's tokens no longer match its cells
+        raise KeyError("lost")
+
+    b._take_slot = broken
+    state = GenerationState()
+    seq = QueuedSequence([7, 8], DecodeRow(SamplingParams(max_tokens=4), None, threading.Event(), state))
+    b._waiting.put(seq)
+    prefilling: list[Any] = []
+    b._admit([], prefilling)
+    assert seq.out.get_nowait() is END and state.finish_reason == "error" and "lost" in (state.error or "")
+    assert prefilling == [] and b.slots[0].tokens == [] and ("rm", 0, -1, -1) in lib.calls
+    assert b.slots[1].tokens == [4, 5]  # a busy slot is left alone
+
+
 def test_a_short_loss_is_not_saved_and_nothing_is_saved_without_a_budget() -> None:
     b, _ = backend([TOOLS + [7] * (SAVE_TOKENS - 1)], saved_mb=1)
     b._take_slot(TOOLS + [8])

@@ -272,11 +272,12 @@ class LlamaCppBackend(EngineThread, Backend):
             if saved is not None and min(saved_same, limit) > donor_same:
                 donor, donor_same = saved, min(saved_same, limit)
         if donor is not None:
-            self._save(best, keep=0)
+            # The donor's state first: saving the slot's own below may evict a saved donor.
             if isinstance(donor, Slot):
                 state, tokens = self._state(donor), list(donor.tokens)
             else:
                 state, tokens = self.saved.get(donor), list(donor)
+            self._save(best, keep=0)
             if state and self._load(best, state, tokens):
                 same = donor_same
                 self.copied += 1
@@ -322,6 +323,13 @@ class LlamaCppBackend(EngineThread, Backend):
         state = self._state(slot)
         if state:
             self.saved.put(tuple(slot.tokens), state)
+
+    def _forget_free_slots(self) -> None:
+        """Empty every slot no request is using (their cells and tokens may disagree after a failure)."""
+        for slot in self.slots:
+            if not slot.busy:
+                self._lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                slot.tokens.clear()
 
     def _release(self, seq: QueuedSequence) -> None:
         if seq.slot is not None:
@@ -404,7 +412,13 @@ class LlamaCppBackend(EngineThread, Backend):
                 return
             if seq.drop_if_gone():
                 continue
-            taken = self._take_slot(seq.prompt_ids)
+            try:
+                taken = self._take_slot(seq.prompt_ids)
+            except Exception as exc:  # the request fails, never waits forever; no free slot is trusted
+                log.exception("llama.cpp could not give a request a slot")
+                self._forget_free_slots()
+                seq.fail(f"generation failed: {exc}")
+                continue
             if taken is None:
                 self._held = seq  # every slot is busy: wait for a row to leave
                 return
