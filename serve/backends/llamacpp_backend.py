@@ -324,12 +324,15 @@ class LlamaCppBackend(EngineThread, Backend):
         if state:
             self.saved.put(tuple(slot.tokens), state)
 
+    def _forget(self, slot: Slot) -> None:
+        """Empty the slot: its cells and its tokens (after a failure they may disagree)."""
+        self._lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        slot.tokens.clear()
+
     def _forget_free_slots(self) -> None:
-        """Empty every slot no request is using (their cells and tokens may disagree after a failure)."""
         for slot in self.slots:
             if not slot.busy:
-                self._lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-                slot.tokens.clear()
+                self._forget(slot)
 
     def _release(self, seq: QueuedSequence) -> None:
         if seq.slot is not None:
@@ -393,8 +396,7 @@ class LlamaCppBackend(EngineThread, Backend):
                 log.exception("llama.cpp step failed")
                 for seq in decoding + [s for s, _ in prefilling]:
                     if seq.slot is not None:  # its cache is in an unknown state: forget it
-                        self._lib.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
-                        seq.slot.tokens.clear()
+                        self._forget(seq.slot)
                     self._release(seq)
                     seq.fail(f"generation failed: {exc}")
                 decoding, prefilling = [], []
@@ -444,7 +446,8 @@ class LlamaCppBackend(EngineThread, Backend):
         for entry in entries:  # a prompt chunk's tokens keep their order
             by_slot.setdefault(entry.seq.slot.seq_id, []).append(entry)
         ids = sorted(by_slot)
-        longest = max(entry.seq.position + len(by_slot[entry.seq.slot.seq_id]) for entry in entries)
+        # Positions are read before the loop below advances them: a row's first token is its group's.
+        longest = max(group[0].seq.position + len(group) for group in by_slot.values())
         padded = math.ceil(longest / KV_PAD) * KV_PAD
         rows: list[tuple[int, int, int, bool]] = []
         placeholders: list[tuple[int, int]] = []  # (sequence, position) to remove after the step
