@@ -24,6 +24,8 @@ Peers (a peer that is not installed is skipped with a line that says so):
 - ``ours``: ``python -m serve --model MODEL --format hermes --max-batch N`` (fp32);
   ``ours-b1``: the same, one request at a time; ``ours-llamacpp``: ``--backend llamacpp
   --max-batch N`` on the GGUF llama.cpp's server gets, with its slots' context (not run unless named);
+  ``ours-llamacpp-stepwise``: the same with ``--fast-forward 0`` (a decode step for every token,
+  also the ones the grammar forces), to measure what feeding forced tokens together saves;
 - ``llama.cpp``: the native ``llama-server`` (parallel slots, continuous batching) built by
   ``scripts/llamacpp_venv.sh``, on MODEL converted to GGUF (f32 by default, the same weights as ours;
   ``scripts/export_gguf.sh``), with ``--jinja`` and ``bench/hermes_tools.jinja``, so that its prompt
@@ -65,7 +67,7 @@ TOOLSET_TARGETS = (400, 700, 1100, 1500)
 MAX_TOKENS_CYCLE = (16, 32, 64, 128)
 # Tokens a request adds to the tool block: the ChatML markers and the user's question.
 CHAT_OVERHEAD_TOKENS = 40
-KNOWN_PEERS = ("ours", "ours-b1", "ours-llamacpp", "llama.cpp", "llama-cpp-python", "vllm")
+KNOWN_PEERS = ("ours", "ours-b1", "ours-llamacpp", "ours-llamacpp-stepwise", "llama.cpp", "llama-cpp-python", "vllm")
 DEFAULT_PEERS = ("ours", "llama.cpp", "vllm")
 CALL_MARKUP = "<tool_call>"
 
@@ -506,7 +508,7 @@ def make_peer(name: str, cfg: PeerConfig) -> Peer:
                  "--threads", str(cfg.threads), "--max-batch", str(batch), "--log-level", "WARNING"]
         return Peer(name, lambda port: serve_command(port, flags), version=_ours_version(),
                     notes=f"python -m serve, transformers fp32, --max-batch {batch}, default prefix cache")
-    if name == "ours-llamacpp":
+    if name in ("ours-llamacpp", "ours-llamacpp-stepwise"):
         # Our server on llama.cpp's forward passes (--backend llamacpp), the bindings of .venv-llamacpp
         # on the project's interpreter (as make test-llamacpp), on the GGUF llama.cpp's server gets.
         python = ROOT / cfg.llamacpp_venv / "bin" / "python"
@@ -519,11 +521,13 @@ def make_peer(name: str, cfg: PeerConfig) -> Peer:
         flags = ["--backend", "llamacpp", "--model", cfg.model, "--gguf", str(gguf), "--format", "hermes",
                  "--served-model-name", SERVED_NAME, "--threads", str(cfg.threads), "--log-level", "WARNING",
                  "--max-batch", str(cfg.max_batch), "--max-context", str(cfg.ctx_per_slot)]
+        stepwise = name == "ours-llamacpp-stepwise"
+        flags += ["--fast-forward", "0"] if stepwise else []
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site.splitlines()[-1],
                                                                           os.environ.get("PYTHONPATH")])))
         return Peer(name, lambda port: serve_command(port, flags), env=env, version=_ours_version(),
                     notes=f"python -m serve --backend llamacpp, {gguf.name}, --max-batch {cfg.max_batch} "
-                          f"(KV slots x {cfg.ctx_per_slot} ctx)",
+                          f"(KV slots x {cfg.ctx_per_slot} ctx)" + (", --fast-forward 0" if stepwise else ""),
                     prepare=lambda: ensure_gguf(cfg))
     if name == "llama.cpp":
         server = ROOT / cfg.llamacpp_venv / "build" / "bin" / "llama-server"

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers and llamacpp backends: memory for the KV of recent prompts, reused when a "
                         "new prompt starts with one of them (multi-turn conversations, repeated tool lists); "
                         "0 = off (llamacpp still reuses what its slots hold)")
+    p.add_argument("--fast-forward", type=_non_negative, default=None,
+                   help="llamacpp backend: most tokens the grammar forces (a call's fixed keys and punctuation) "
+                        "that a row feeds in one step beside its sampled token, instead of a step each "
+                        "(default 32; 0 = off)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM backend: GPUs one model is split over")
     p.add_argument("--max-num-seqs", type=int, default=256,
                    help="vLLM backend: sequences batched at once (also the server's concurrent generations)")
@@ -126,7 +130,8 @@ def build_core(args: argparse.Namespace) -> Any:
         from serve.backends.llamacpp_backend import LlamaCppBackend
 
         backend = LlamaCppBackend(args.model, gguf=args.gguf, max_context=args.max_context, threads=args.threads,
-                                  max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb)
+                                  max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb,
+                                  **({} if args.fast_forward is None else {"fast_forward": args.fast_forward}))
     elif args.max_batch > 1:
         from serve.backends.transformers_batched import BatchedTransformersBackend
 

@@ -71,6 +71,8 @@ ENGINE_TIME_FIELDS = (
     ("octupus_engine_decode_steps", "Decode steps (one forward pass each)", "decode_steps", CounterMetricFamily),
     ("octupus_engine_decode_rows", "Rows advanced by decode steps (steps x batch)", "decode_rows",
      CounterMetricFamily),
+    ("octupus_engine_forced_tokens", "Tokens the grammar forced, fed without a decode step of their own",
+     "forced_tokens", CounterMetricFamily),
 )
 
 

@@ -203,6 +203,51 @@ ROOT = Path(__file__).resolve().parents[1]
 LLAMACPP_VENV = ROOT / ".venv-llamacpp"
 
 
+@pytest.fixture(scope="module")
+def stepwise_url(gguf_dir: Path) -> Iterator[str]:
+    """The server of ``base_url`` with fast-forward off: one decode step for every token."""
+    from loopback_server import LoopbackServer
+
+    srv = LoopbackServer(["--backend", "llamacpp", "--model", str(gguf_dir), "--format", "hermes", "--threads", "1",
+                          "--served-model-name", "m", "--max-string-length", "16", "--fast-forward", "0"])
+    yield srv.base
+    srv.stop()
+
+
+def _counter(base: str, name: str) -> float:
+    for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _answer(choice: dict[str, Any]) -> tuple[Any, ...]:
+    message = choice["message"]
+    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+    return message["content"], calls, choice["finish_reason"]
+
+
+def test_forced_tokens_ride_along_without_changing_an_answer(base_url: str, stepwise_url: str) -> None:
+    """The grammar's fixed text (a call's opening, its name when one tool is left, the keys) is fed
+    beside the sampled token instead of one step each: same greedy answers, fewer steps."""
+    bodies = [dict(tools=TOOLS, tool_choice="required", max_tokens=60),
+              dict(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60),
+              dict(tools=TOOLS, max_tokens=40)]
+    forced = _counter(base_url, "octupus_engine_forced_tokens_total")
+    steps = [_counter(u, "octupus_engine_decode_steps_total") for u in (base_url, stepwise_url)]
+    tokens = 0
+    for body in bodies:
+        fast, slow = _chat(base_url, **body), _chat(stepwise_url, **body)
+        assert _answer(fast["choices"][0]) == _answer(slow["choices"][0])
+        assert fast["usage"]["completion_tokens"] == slow["usage"]["completion_tokens"]
+        tokens += fast["usage"]["completion_tokens"]
+    ridden = _counter(base_url, "octupus_engine_forced_tokens_total") - forced
+    assert ridden >= 10 and _counter(stepwise_url, "octupus_engine_forced_tokens_total") == 0
+    saved = (_counter(stepwise_url, "octupus_engine_decode_steps_total") - steps[1]) - \
+        (_counter(base_url, "octupus_engine_decode_steps_total") - steps[0])
+    assert saved == ridden, (saved, ridden, tokens)
+
+
 @pytest.mark.skipif(not (LLAMACPP_VENV / "src/llama.cpp/convert_hf_to_gguf.py").is_file(),
                     reason="the export needs llama.cpp's converter (make llamacpp-venv)")
 def test_export_stage_writes_ggufs_and_measures_their_agreement(

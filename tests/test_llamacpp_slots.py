@@ -199,7 +199,7 @@ def decoding(b: Any, seq_id: int, token: int) -> _Entry:
 def test_a_step_puts_its_rows_in_slot_order_and_each_entry_finds_its_logits() -> None:
     b, _, batches = stepping([[1] * 5, [2] * 7, [3] * 3])
     entries = [decoding(b, 2, 30), decoding(b, 0, 10), decoding(b, 1, 20)]
-    b._step(entries, decode_rows=3, prompts_done=0)
+    b._step(entries, decode_rows=3, decode_tokens=3, prompts_done=0)
     assert batches == [[(10, 5, 0, True), (20, 7, 1, True), (30, 3, 2, True)]]
     assert [e.index for e in entries] == [2, 0, 1]
     assert [len(s.tokens) for s in b.slots] == [6, 8, 4] and b.placeholders == 0
@@ -209,7 +209,7 @@ def test_an_idle_slot_between_two_rows_gets_a_placeholder_that_is_removed_after_
     # llama.cpp cuts a micro-batch at a gap in the sequence ids; slot 1 is idle with 4 cells.
     b, lib, batches = stepping([[1] * 5, [2] * 4, [3] * 3, [4] * 9])
     entries = [decoding(b, 2, 30), decoding(b, 0, 10)]
-    b._step(entries, decode_rows=2, prompts_done=0)
+    b._step(entries, decode_rows=2, decode_tokens=2, prompts_done=0)
     assert batches == [[(10, 5, 0, True), (0, 4, 1, False), (30, 3, 2, True)]]  # slot 3 is not between
     assert [e.index for e in entries] == [2, 0]
     assert ("rm", 1, 4, -1) in lib.calls and b.placeholders == 1
@@ -219,7 +219,7 @@ def test_an_idle_slot_between_two_rows_gets_a_placeholder_that_is_removed_after_
 def test_no_placeholder_when_its_cells_would_lengthen_every_rows_attention() -> None:
     # The idle slot holds 600 cells; the rows' longest is 5, padded to 256: cutting costs less.
     b, lib, batches = stepping([[1] * 5, [2] * 600, [3] * 3])
-    b._step([decoding(b, 0, 10), decoding(b, 2, 30)], decode_rows=2, prompts_done=0)
+    b._step([decoding(b, 0, 10), decoding(b, 2, 30)], decode_rows=2, decode_tokens=2, prompts_done=0)
     assert batches == [[(10, 5, 0, True), (30, 3, 2, True)]]
     assert not [c for c in lib.calls if c[0] == "rm"] and b.placeholders == 0
 
@@ -233,7 +233,7 @@ def test_a_prompt_chunk_keeps_its_order_and_placeholders_never_overflow_the_batc
     size = N_BATCH - 2
     chunk = [_Entry(chunk_seq, t, i == size - 1) for i, t in enumerate(range(100, 100 + size))]
     row = decoding(b, 0, 10)
-    b._step(chunk + [row], decode_rows=1, prompts_done=1)
+    b._step(chunk + [row], decode_rows=1, decode_tokens=1, prompts_done=1)
     (rows,) = batches
     assert len(rows) == N_BATCH and rows[:2] == [(10, 5, 0, True), (0, 0, 1, False)]
     assert [r[0] for r in rows[2:]] == list(range(100, 100 + size)) and {r[2] for r in rows[2:]} == {3}

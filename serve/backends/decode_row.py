@@ -151,6 +151,35 @@ class DecodeRow:
                 return False
         return True
 
+    def take_forced(self, limit: int) -> tuple[list[int], bool]:
+        """After an emitted token that did not end the row: the tokens the grammar forces next (at
+        most ``limit``), each counted and consumed as if sampled, so that a backend can feed them in
+        one forward pass instead of one step each. Returns them and whether the row ended among them.
+
+        A forced token is the only one the mask would allow, so a greedy row emits the same tokens
+        either way, except where the model would have spelled the forced text in other tokens than
+        the tokenizer's (which sampling could also do); the row's next token is then chosen from the
+        logits after the last forced one, as usual."""
+        if self.matcher is None or self.sampler is not None or limit <= 0:
+            return [], False
+        start = time.perf_counter()
+        forced = self.matcher.forced_tokens()[:limit]
+        self.state.constraint_seconds[-1] += time.perf_counter() - start
+        taken: list[int] = []
+        for token in forced:
+            if self.cancelled() or self.abandoned:
+                return taken, True
+            if len(self.generated) >= self.params.max_tokens:
+                self.end("length")
+                return taken, True
+            self.state.constraint_seconds.append(0.0)  # one entry per token; its advance is added by take()
+            if not self.take(token):
+                return taken, True
+            taken.append(token)
+            if self.ends_after_token():
+                return taken, True
+        return taken, False
+
     def ends_after_token(self) -> bool:
         """After a token was emitted: whether it was the row's last (step 4)."""
         if repeats_cycle(self.generated, self.params.repetition_window):

@@ -60,6 +60,9 @@ SIMILAR = 0.1
 # A slot about to lose at least this many tokens saves its state first (when prefix_cache_mb > 0).
 SAVE_TOKENS = 64
 N_BATCH = 512  # tokens a step may hold (decode rows + prompt chunks): llama.cpp's default micro-batch
+# Most grammar-forced tokens a row feeds in one step beside the token it sampled (0: none). With 8
+# rows this stays within N_BATCH with room for prompt chunks.
+FAST_FORWARD = 32
 KV_PAD = 256  # llama.cpp pads a micro-batch's KV length (its longest stream's used cells) to this
 
 
@@ -166,12 +169,16 @@ class LlamaCppBackend(EngineThread, Backend):
     name = "llamacpp"
 
     def __init__(self, model_dir: str | Path, gguf: str | Path | None = None, max_context: int | None = None,
-                 threads: int | None = None, max_batch: int = 1, prefix_cache_mb: float = 0) -> None:
+                 threads: int | None = None, max_batch: int = 1, prefix_cache_mb: float = 0,
+                 fast_forward: int = FAST_FORWARD) -> None:
         import llama_cpp
         import llama_cpp._logger
 
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if fast_forward < 0:
+            raise ValueError("fast_forward must be at least 0")
+        self.fast_forward = fast_forward
         self._lib = llama_cpp
         model_dir = Path(model_dir)
         path = find_gguf(model_dir, gguf)
@@ -350,7 +357,8 @@ class LlamaCppBackend(EngineThread, Backend):
     # ------------------------------------------------------------------ engine thread
 
     def _engine(self) -> None:
-        decoding: list[QueuedSequence] = []  # rows with a sampled token to feed
+        # Decoding rows and the tokens each feeds next: the one it emitted last, then any the grammar forced.
+        decoding: list[tuple[QueuedSequence, list[int]]] = []
         prefilling: list[tuple[QueuedSequence, list[int]]] = []  # rows and their prompt tokens not yet evaluated
         while True:
             try:
@@ -358,13 +366,12 @@ class LlamaCppBackend(EngineThread, Backend):
                     seq = self._next_waiting(block=True)
                     self._held = seq
                 self._admit(decoding, prefilling)
-                decoding[:] = [s for s in decoding if not self._ended_if_gone(s)]
+                decoding[:] = [(s, feed) for s, feed in decoding if not self._ended_if_gone(s)]
                 prefilling[:] = [(s, rest) for s, rest in prefilling if not self._ended_if_gone(s)]
-                # A decoding row feeds the token it emitted last.
-                entries = [_Entry(s, s.row.generated[-1], True) for s in decoding]
-                decode_rows, prompts_done = len(entries), 0
+                entries = [_Entry(s, t, i == len(feed) - 1) for s, feed in decoding for i, t in enumerate(feed)]
+                decode_rows, decode_tokens, prompts_done = len(decoding), len(entries), 0
                 # Room for prompt tokens; the idle slots between the step's rows may take a placeholder each.
-                room = N_BATCH - max(len(entries), min(self.max_batch, N_BATCH // 2))
+                room = N_BATCH - decode_tokens - max(0, min(self.max_batch, N_BATCH // 2) - decode_rows)
                 while prefilling and room > 0:
                     seq, rest = prefilling[0]
                     chunk, rest = rest[:room], rest[room:]
@@ -374,27 +381,33 @@ class LlamaCppBackend(EngineThread, Backend):
                         prefilling[0] = (seq, rest)
                     else:
                         prefilling.pop(0)
-                        decoding.append(seq)
+                        decoding.append((seq, []))
                         prompts_done += 1
                 if not entries:
                     continue
-                self._step(entries, decode_rows, prompts_done)
-                still: list[QueuedSequence] = []
+                self._step(entries, decode_rows, decode_tokens, prompts_done)
+                still: list[tuple[QueuedSequence, list[int]]] = []
                 for entry in entries:
                     if not entry.logits:
                         continue
-                    token = entry.seq.row.next_token(self._logits(entry.index))
+                    row = entry.seq.row
+                    token = row.next_token(self._logits(entry.index))
                     if token is not None:
                         entry.seq.out.put(token)
-                        if not entry.seq.row.ends_after_token():
-                            still.append(entry.seq)
-                            continue
+                        if not row.ends_after_token():
+                            forced, ended = row.take_forced(self.fast_forward)
+                            for t in forced:
+                                entry.seq.out.put(t)
+                            self.engine_time.forced_tokens += len(forced)
+                            if not ended:
+                                still.append((entry.seq, [token, *forced]))
+                                continue
                     entry.seq.finish()
                     self._release(entry.seq)
                 decoding[:] = still
             except Exception as exc:  # a failed step fails the running requests, not the server
                 log.exception("llama.cpp step failed")
-                for seq in decoding + [s for s, _ in prefilling]:
+                for seq in [s for s, _ in decoding] + [s for s, _ in prefilling]:
                     if seq.slot is not None:  # its cache is in an unknown state: forget it
                         self._forget(seq.slot)
                     self._release(seq)
@@ -407,7 +420,8 @@ class LlamaCppBackend(EngineThread, Backend):
             return True
         return False
 
-    def _admit(self, decoding: list[QueuedSequence], prefilling: list[tuple[QueuedSequence, list[int]]]) -> None:
+    def _admit(self, decoding: list[tuple[QueuedSequence, list[int]]],
+               prefilling: list[tuple[QueuedSequence, list[int]]]) -> None:
         while True:
             seq = self._next_waiting(block=False)
             if seq is None:
@@ -430,9 +444,10 @@ class LlamaCppBackend(EngineThread, Backend):
             log.debug("slot %d: %d prompt tokens, %d reused", seq.slot.seq_id, len(seq.prompt_ids), same)
             prefilling.append((seq, seq.prompt_ids[same:]))
 
-    def _step(self, entries: list[_Entry], decode_rows: int, prompts_done: int) -> None:
-        """One ``llama_decode`` over ``entries``: ``decode_rows`` rows' next tokens, then prompt chunks
-        (``prompts_done`` prompts end in this step). Sets each entry's ``index`` in the batch.
+    def _step(self, entries: list[_Entry], decode_rows: int, decode_tokens: int, prompts_done: int) -> None:
+        """One ``llama_decode`` over ``entries``: ``decode_rows`` rows' next tokens (``decode_tokens``
+        with the tokens their grammars forced), then prompt chunks (``prompts_done`` prompts end in
+        this step). Sets each entry's ``index`` in the batch.
 
         With a stream per sequence, llama.cpp cuts a batch into micro-batches of sequences whose ids
         follow each other in batch order (``split_equal``), and each micro-batch reads every weight
@@ -475,7 +490,7 @@ class LlamaCppBackend(EngineThread, Backend):
             entry.seq.slot.tokens.append(entry.token)
         self.placeholders += len(placeholders)
         self.max_rows_seen = max(self.max_rows_seen, decode_rows)
-        if len(entries) > decode_rows:  # prompt tokens: the whole step is prefill time
+        if len(entries) > decode_tokens:  # prompt tokens: the whole step is prefill time
             self.engine_time.prefill_seconds += seconds
             self.engine_time.prefills += prompts_done
         else:

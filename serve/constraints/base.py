@@ -104,6 +104,11 @@ class Matcher(ABC):
     def is_accepting(self) -> bool:
         """The output so far is complete (ending here is allowed)."""
 
+    def forced_tokens(self) -> list[int]:
+        """Tokens the grammar forces next, whatever the model would prefer (none when the engine
+        cannot tell). A backend may feed them without asking the model for each one."""
+        return []
+
 
 class ConstraintEngine(ABC):
     """Prepares tokenizer data once (constructor) and compiles specs with an LRU cache."""
@@ -200,6 +205,11 @@ class ReasoningGate(Matcher):
             self.used += 1
             return True
         return self.inner.consume(token_id)
+
+    def forced_tokens(self) -> list[int]:
+        if self.forced:
+            return list(self.forced)
+        return [] if self.thinking else self.inner.forced_tokens()
 
     def is_finished(self) -> bool:
         return not (self.thinking or self.forced) and self.inner.is_finished()

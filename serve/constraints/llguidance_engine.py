@@ -199,6 +199,13 @@ class LLGuidanceMatcher(Matcher):
         self._at_start = False
         return self._m.consume_token(token_id)
 
+    def forced_tokens(self) -> list[int]:
+        """llguidance's fast-forward tokens: the bytes the grammar forces from here, as the tokens
+        the tokenizer would write them (a last token that longer text could merge into is left out)."""
+        if self._m.is_stopped() or self._m.is_error():
+            return []
+        return list(self._m.compute_ff_tokens())
+
     def is_finished(self) -> bool:
         return self._m.is_stopped()
 
