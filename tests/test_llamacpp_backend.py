@@ -248,6 +248,47 @@ def test_forced_tokens_ride_along_without_changing_an_answer(base_url: str, step
     assert saved == ridden, (saved, ridden, tokens)
 
 
+def _tool_rows(b: Any, n: int, fast_forward: int) -> list[list[int]]:
+    """``n`` greedy tool-call generations decoded together (tool_choice required) on ``b``."""
+    from serve.constraints.base import GrammarSpec, ToolGrammar
+    from serve.constraints.llguidance_engine import LLGuidanceEngine
+    from serve.formats import make_format
+
+    fmt = make_format("hermes", b.tokenizer)
+    engine = LLGuidanceEngine(b.tokenizer, b.vocab_size, fmt.stop_token_ids())
+    spec = GrammarSpec(shape=fmt.shape, special_pieces=fmt.special_pieces(), allow_text=False, allow_calls=True,
+                       parallel=False, max_whitespace=2,
+                       tools=tuple(ToolGrammar(t["function"]["name"], json.dumps(t["function"]["parameters"]))
+                                   for t in TOOLS))
+    compiled = engine.compile(spec)
+    b.fast_forward = fast_forward
+    got: list[list[int]] = [[] for _ in range(n)]
+
+    def run(i: int) -> None:
+        prompt = b.tokenizer(fmt.render([{"role": "user", "content": QUESTIONS[i]}], TOOLS),
+                             add_special_tokens=False)["input_ids"]
+        got[i] = list(b.generate(prompt, SamplingParams(max_tokens=40, temperature=0.0), engine.matcher(compiled),
+                                 threading.Event(), GenerationState()))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return got
+
+
+def test_rows_decoding_together_feed_forced_tokens_one_a_step(batched: Any) -> None:
+    """Beside other rows a row feeds its forced tokens one a step (extra tokens of one sequence would
+    cost llama.cpp a micro-batch of their own): the same tokens as without fast-forward."""
+    stepwise = _tool_rows(batched, 3, 0)
+    forced = batched.engine_time.forced_tokens
+    together = _tool_rows(batched, 3, 32)
+    assert together == stepwise and all(len(row) > 10 for row in together)
+    assert batched.max_rows_seen > 1
+    assert batched.engine_time.forced_tokens >= forced  # rode along only in steps where a row was alone
+
+
 @pytest.mark.skipif(not (LLAMACPP_VENV / "src/llama.cpp/convert_hf_to_gguf.py").is_file(),
                     reason="the export needs llama.cpp's converter (make llamacpp-venv)")
 def test_export_stage_writes_ggufs_and_measures_their_agreement(

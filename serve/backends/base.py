@@ -47,7 +47,7 @@ class EngineTime:
     decode_seconds: float = 0.0
     decode_steps: int = 0
     decode_rows: int = 0
-    forced_tokens: int = 0  # tokens the grammar forced, fed beside a row's sampled token (no step of their own)
+    forced_tokens: int = 0  # grammar-forced tokens fed in the step of the row's sampled token (no step of their own)
 
     def add_prefill(self, seconds: float) -> None:
         self.prefill_seconds += seconds

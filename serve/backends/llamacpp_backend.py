@@ -368,8 +368,19 @@ class LlamaCppBackend(EngineThread, Backend):
                 self._admit(decoding, prefilling)
                 decoding[:] = [(s, feed) for s, feed in decoding if not self._ended_if_gone(s)]
                 prefilling[:] = [(s, rest) for s, rest in prefilling if not self._ended_if_gone(s)]
-                entries = [_Entry(s, t, i == len(feed) - 1) for s, feed in decoding for i, t in enumerate(feed)]
+                # A row feeds all its tokens only when it is the step's one sequence: with a KV stream
+                # per sequence, llama.cpp gives each micro-batch the same number of tokens of every
+                # sequence in it, so one row's extra tokens would cost a micro-batch (a pass over the
+                # weights) of their own. Beside other rows, each feeds one token a step.
+                alone = len(decoding) == 1 and not prefilling
+                entries, waiting = [], []
+                for s, feed in decoding:
+                    now, rest = (feed, []) if alone else (feed[:1], feed[1:])
+                    entries += [_Entry(s, t, not rest and i == len(now) - 1) for i, t in enumerate(now)]
+                    if rest:
+                        waiting.append((s, rest))
                 decode_rows, decode_tokens, prompts_done = len(decoding), len(entries), 0
+                self.engine_time.forced_tokens += decode_tokens - decode_rows  # fed without a step of their own
                 # Room for prompt tokens; the idle slots between the step's rows may take a placeholder each.
                 room = N_BATCH - decode_tokens - max(0, min(self.max_batch, N_BATCH // 2) - decode_rows)
                 while prefilling and room > 0:
@@ -386,7 +397,7 @@ class LlamaCppBackend(EngineThread, Backend):
                 if not entries:
                     continue
                 self._step(entries, decode_rows, decode_tokens, prompts_done)
-                still: list[tuple[QueuedSequence, list[int]]] = []
+                still: list[tuple[QueuedSequence, list[int]]] = waiting  # rows still feeding forced tokens
                 for entry in entries:
                     if not entry.logits:
                         continue
@@ -398,10 +409,10 @@ class LlamaCppBackend(EngineThread, Backend):
                             forced, ended = row.take_forced(self.fast_forward)
                             for t in forced:
                                 entry.seq.out.put(t)
-                            self.engine_time.forced_tokens += len(forced)
                             if not ended:
                                 still.append((entry.seq, [token, *forced]))
                                 continue
+                            self.engine_time.forced_tokens += len(forced)  # the row ended: never fed
                     entry.seq.finish()
                     self._release(entry.seq)
                 decoding[:] = still
