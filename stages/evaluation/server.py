@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 _SERVER_COUNTERS = ("octupus_prompt_tokens_total", "octupus_prefilled_tokens_total",
                     "octupus_prefix_cache_reused_tokens_total", "octupus_completion_tokens_total",
                     "octupus_engine_prefill_seconds_total", "octupus_engine_decode_seconds_total",
-                    "octupus_engine_decode_steps_total", "octupus_engine_decode_rows_total")
+                    "octupus_engine_decode_steps_total", "octupus_engine_decode_rows_total",
+                    "octupus_engine_forced_tokens_total")
 
 
 def server_command(entry: ModelEntry, server: ServerSettings, port: int, served_name: str,
