@@ -12,8 +12,9 @@ With ``agreement: true`` every file is then asked the development evaluation (th
 cases and server caps, ``max_batch`` sequences at once; its sessions too with ``sessions: true``)
 through ``python -m serve --backend llamacpp``, and its answers
 are compared with the ones the evaluate stage got from the same model (``<evaluate.work_dir>/stage2/dev``;
-fp32 through the transformers backend on the CPU default, bf16 through vLLM on the GPU recipe), on
-the same cases (checked):
+on the CPU default the model's f32 GGUF through the llamacpp backend, i.e. the fp32 weights, so
+the f32 file's agreement there shows only batch-order rounding; with ``evaluate.server.backend:
+transformers`` fp32 through torch; bf16 through vLLM on the GPU recipe), on the same cases (checked):
 
 - ``cases_identical``: single-request cases answered with the same calls and arguments, or the
   same text; ``calls_identical``: the same calls (text answers count when both answered in text);

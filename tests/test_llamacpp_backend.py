@@ -320,7 +320,8 @@ def test_export_stage_writes_ggufs_and_measures_their_agreement(
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     evaluate = params["evaluate"]
     evaluate["models"]["stage2"] = {"path": "models/stage2", "format": "octupus"}
-    evaluate["server"].update(max_output_tokens=24, threads=1, prefix_cache_mb=0)
+    # The reference served by torch (the CPU default evaluates on llamacpp itself): GGUF against fp32.
+    evaluate["server"].update(backend="transformers", max_output_tokens=24, threads=1, prefix_cache_mb=0)
     evaluate["dev"].update(cases_per_category=1, sessions=1, max_output_tokens=24)
     params["export_gguf"].update(types=["f32", "q8_0"], llamacpp_venv=str(LLAMACPP_VENV), threads=1, sessions=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
