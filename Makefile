@@ -126,9 +126,21 @@ test-llamacpp: setup llamacpp-venv
 bench-serve: setup llamacpp-venv
 	$(PY) -m bench serve --only-throughput --model models/base
 
-serve: setup
+# make serve BACKEND=llamacpp: llama.cpp's forward passes (built once by llamacpp-venv) on MODEL
+# converted to a GGUF of SERVE_GGUF_TYPE at each start (f32: the weights the evaluation serves;
+# seconds for SmolLM2), 8 requests decoded together; the masks, checks and API are the same.
+BACKEND ?= transformers
+SERVE_GGUF_TYPE ?= f32
+SERVE_GGUF = bench_out/gguf/serve-$(notdir $(MODEL))-$(SERVE_GGUF_TYPE).gguf
+SERVE_ARGS = --model $(MODEL) --host $(HOST) --port $(PORT) --served-model-name $(SERVED_NAMES)
+serve: setup $(if $(filter llamacpp,$(BACKEND)),llamacpp-venv)
 	test -d $(MODEL) || $(VENV)/bin/dvc repro train_stage2
-	$(PY) -m serve --model $(MODEL) --host $(HOST) --port $(PORT) --served-model-name $(SERVED_NAMES)
+ifeq ($(BACKEND),llamacpp)
+	bash scripts/export_gguf.sh $(MODEL) $(SERVE_GGUF) $(SERVE_GGUF_TYPE)
+	PYTHONPATH=$(LLAMACPP_SITE) $(PY) -m serve --backend llamacpp --gguf $(SERVE_GGUF) --max-batch 8 $(SERVE_ARGS)
+else
+	$(PY) -m serve --backend $(BACKEND) $(SERVE_ARGS)
+endif
 
 clean:
 	rm -rf $(VENV) .venv-bfcl .venv-vllm .venv-llamacpp .pytest_cache build *.egg-info
