@@ -134,7 +134,7 @@ def test_a_request_whose_slot_cannot_be_prepared_fails_instead_of_waiting_foreve
     seq = QueuedSequence([7, 8], DecodeRow(SamplingParams(max_tokens=4), None, threading.Event(), state))
     b._waiting.put(seq)
     prefilling: list[Any] = []
-    b._admit([], prefilling)
+    b._admit(prefilling)
     assert seq.out.get_nowait() is END and state.finish_reason == "error" and "lost" in (state.error or "")
     assert prefilling == [] and b.slots[0].tokens == [] and ("rm", 0, -1, -1) in lib.calls
     assert b.slots[1].tokens == [4, 5]  # a busy slot is left alone

@@ -365,7 +365,7 @@ class LlamaCppBackend(EngineThread, Backend):
                 if not decoding and not prefilling:
                     seq = self._next_waiting(block=True)
                     self._held = seq
-                self._admit(decoding, prefilling)
+                self._admit(prefilling)
                 decoding[:] = [(s, feed) for s, feed in decoding if not self._ended_if_gone(s)]
                 prefilling[:] = [(s, rest) for s, rest in prefilling if not self._ended_if_gone(s)]
                 # A row feeds all its tokens only when it is the step's one sequence: with a KV stream
@@ -431,8 +431,7 @@ class LlamaCppBackend(EngineThread, Backend):
             return True
         return False
 
-    def _admit(self, decoding: list[tuple[QueuedSequence, list[int]]],
-               prefilling: list[tuple[QueuedSequence, list[int]]]) -> None:
+    def _admit(self, prefilling: list[tuple[QueuedSequence, list[int]]]) -> None:
         while True:
             seq = self._next_waiting(block=False)
             if seq is None:
