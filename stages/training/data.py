@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stages.config import ConfigError
-from stages.training.config import SFTStageConfig
+from stages.training.config import SFTStageConfig, ToolListPadding
 from toolcall.arguments import ArgumentsError
 from toolcall.messages import canonicalize_messages
 
@@ -42,6 +42,8 @@ class TokenizedSplit:
     truncated: int = 0
     rows_read: int = 0
     system_prompts_dropped: int = 0
+    tool_lists_padded: int = 0
+    tools_added: int = 0
 
     def add(self, row: TokenizedRow) -> None:
         self.truncated += row.truncated
@@ -134,6 +136,48 @@ def tokenize_conversation(
     return TokenizedRow(input_ids, labels, truncated)
 
 
+def _tool_name(tool: Any) -> str | None:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = (function if isinstance(function, dict) else tool if isinstance(tool, dict) else {}).get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def tool_pool(lines: list[str]) -> list[dict[str, Any]]:
+    """Every distinct tool of the rows (the first one seen under each name), sorted by name: what
+    lengthened tool lists draw from. Rows that do not parse are skipped here (``read_split`` counts them)."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        try:
+            _, tools, _ = decode_row_with_source(line)
+        except RowError:
+            continue
+        for tool in tools:
+            name = _tool_name(tool)
+            if name is not None and name not in by_name:
+                by_name[name] = tool
+    return [by_name[name] for name in sorted(by_name)]
+
+
+def _calls_a_tool(messages: list[dict[str, Any]]) -> bool:
+    return any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages)
+
+
+def padded_tools(tools: list[dict[str, Any]], pool: list[dict[str, Any]], total: int,
+                 rng: random.Random) -> list[dict[str, Any]]:
+    """``tools`` and tools of ``pool`` under other names, ``total`` in all (fewer when the pool runs out),
+    in an order drawn from ``rng``. The row's own tools are all kept."""
+    names = {_tool_name(tool) for tool in tools}
+    wanted = total - len(tools)
+    if wanted <= 0:
+        return list(tools)
+    # A sample a little larger than needed, then the row's own names left out: no pass over the pool.
+    drawn = rng.sample(range(len(pool)), min(len(pool), wanted + len(names)))
+    extra = [pool[i] for i in drawn if _tool_name(pool[i]) not in names][:wanted]
+    merged = [*tools, *extra]
+    rng.shuffle(merged)
+    return merged
+
+
 def read_split(
     path: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -143,22 +187,35 @@ def read_split(
     seed: int,
     drop_system_prompt: float = 0.0,
     max_length_by_source: dict[str, int] | None = None,
+    pad_tool_lists: ToolListPadding | None = None,
 ) -> TokenizedSplit:
     """Tokenize one split; a random subset of ``max_rows`` rows (fixed by ``seed``) when given.
     A row is truncated at ``max_length``, or at its source's length in ``max_length_by_source``.
 
     ``drop_system_prompt``: each row that offers tools loses its leading system message with this
-    probability (drawn per row, in file order, from ``seed``)."""
+    probability (drawn per row, in file order, from ``seed``).
+
+    ``pad_tool_lists``: a row that calls a tool gets, with probability ``share``, a tool list of
+    ``tools`` [min, max] entries: its own tools and others drawn from every row of the file (by
+    name), shuffled. A lengthened row longer than its length limit is rendered again with half the
+    added tools, down to none, so padding never truncates a row. Each row's draws come from streams
+    of their own, so the other choices do not move with ``share``."""
     from tqdm.auto import tqdm
 
     with path.open(encoding="utf-8") as fh:
         lines = [line for line in fh if line.strip()]
     split = TokenizedSplit(rows_read=len(lines))
+    padding = pad_tool_lists if pad_tool_lists is not None and pad_tool_lists.share > 0 else None
+    pool = tool_pool(lines) if padding is not None else []
     if max_rows is not None and max_rows < len(lines):
         lines = random.Random(seed).sample(lines, max_rows)
     dropper = random.Random(f"drop_system:{seed}")
+    padder = random.Random(f"pad_tools:{seed}")
     for line in tqdm(lines, desc=f"tokenizing {path}", unit="row", mininterval=2.0):
         drop = dropper.random() < drop_system_prompt
+        pad_total = 0
+        if padding is not None and padder.random() < padding.share:
+            pad_total = padder.randint(*padding.tools)
         try:
             messages, tools, source = decode_row_with_source(line)
             if drop and tools and messages[0].get("role") == "system" and len(messages) > 1:
@@ -166,12 +223,27 @@ def read_split(
                 split.system_prompts_dropped += 1
             limit = (max_length_by_source or {}).get(source or "", max_length)
             row = tokenize_conversation(tokenizer, messages, tools, tool_format, limit)
+            if pad_total > len(tools) and tools and not row.truncated and _calls_a_tool(messages):
+                own = {_tool_name(tool) for tool in tools}
+                longer = padded_tools(tools, pool, pad_total, padder)
+                extra = [name for name in map(_tool_name, longer) if name not in own]
+                while extra:
+                    keep = own | set(extra)
+                    padded = tokenize_conversation(tokenizer, messages,
+                                                   [tool for tool in longer if _tool_name(tool) in keep],
+                                                   tool_format, limit)
+                    if not padded.truncated:
+                        row = padded
+                        split.tool_lists_padded += 1
+                        split.tools_added += len(extra)
+                        break
+                    extra = extra[:len(extra) // 2]
         except RowError as exc:
             split.dropped[str(exc)] += 1
             continue
         split.add(row)
     log.info(
-        "%s: %d rows read, %d used (%d truncated to %d tokens), dropped %s; %d tokens, %d trained",
+        "%s: %d rows read, %d used (%d truncated to %d tokens), dropped %s; %d tokens, %d trained%s",
         path,
         split.rows_read,
         len(split.input_ids),
@@ -180,6 +252,7 @@ def read_split(
         dict(split.dropped) or "none",
         split.tokens,
         split.trained_tokens,
+        f"; {split.tool_lists_padded} tool lists lengthened by {split.tools_added} tools" if padding else "",
     )
     return split
 
@@ -193,13 +266,14 @@ def read_stage_splits(
     if not train_path.is_file():
         raise ConfigError(f"training data not found: {train_path}")
     train_split = read_split(train_path, tokenizer, tool_format, config.max_length, config.max_train_rows, config.seed,
-                             config.drop_system_prompt, config.max_length_by_source)
+                             config.drop_system_prompt, config.max_length_by_source, config.pad_tool_lists)
     if not train_split.input_ids:
         raise ConfigError(f"{train_path}: no usable rows (dropped: {dict(train_split.dropped)})")
     eval_split = None
     if config.max_eval_rows != 0 and eval_path.is_file():
         eval_split = read_split(eval_path, tokenizer, tool_format, config.max_length, config.max_eval_rows,
-                                config.seed, config.drop_system_prompt, config.max_length_by_source)
+                                config.seed, config.drop_system_prompt, config.max_length_by_source,
+                                config.pad_tool_lists)
         if not eval_split.input_ids:
             eval_split = None
     return train_split, eval_split
