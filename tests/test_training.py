@@ -755,5 +755,10 @@ def test_pad_tool_lists_lengthens_call_rows_only_and_never_truncates(tmp_path: P
     tight = data.read_split(path, tokenizer, "v2", limit, None, 0, pad_tool_lists=padding)
     assert tight.truncated == 0 and tight.tool_lists_padded == 2 and 2 <= tight.tools_added < 10
     assert all(len(ids) <= limit for ids in tight.input_ids)
+    # No room at all: a padded render that cuts every target falls back to the row as it was.
+    snug_limit = max(len(plain.input_ids[0]), len(plain.input_ids[1]))
+    snug = data.read_split(path, tokenizer, "v2", snug_limit, None, 0, pad_tool_lists=padding)
+    snug_plain = data.read_split(path, tokenizer, "v2", snug_limit, None, 0)
+    assert not snug.dropped and snug.tools_added == 0 and snug.input_ids == snug_plain.input_ids
     with pytest.raises(ValueError, match="min 9 is above max 3"):
         ToolListPadding(share=0.5, tools=(9, 3))

@@ -229,10 +229,13 @@ def read_split(
                 extra = [name for name in map(_tool_name, longer) if name not in own]
                 while extra:
                     keep = own | set(extra)
-                    padded = tokenize_conversation(tokenizer, messages,
-                                                   [tool for tool in longer if _tool_name(tool) in keep],
-                                                   tool_format, limit)
-                    if not padded.truncated:
+                    try:
+                        padded = tokenize_conversation(tokenizer, messages,
+                                                       [tool for tool in longer if _tool_name(tool) in keep],
+                                                       tool_format, limit)
+                    except RowError:  # the added tools pushed every target past the limit
+                        padded = None
+                    if padded is not None and not padded.truncated:
                         row = padded
                         split.tool_lists_padded += 1
                         split.tools_added += len(extra)
