@@ -715,10 +715,11 @@ def _tool(name: str) -> dict[str, Any]:
                                                  "x": {"type": "string"}}, "required": ["x"]}}}
 
 
-def test_pad_tool_lists_lengthens_call_rows_only_and_never_truncates(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """pad_tool_lists: call rows get other rows' tools (theirs kept, the targets unchanged), text
-    answers and chat rows keep theirs, a row that would pass its length limit gets fewer, the same
-    draws every run, and share 0 is the unpadded split."""
+def test_pad_tool_lists_lengthens_tool_rows_and_never_truncates(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """pad_tool_lists: rows offering tools, answered with calls or in text, get other rows' tools
+    (their own kept, the targets unchanged, none named after the user's words), chat rows keep
+    none, a row that would pass its length limit gets fewer, the same draws every run, and share 0
+    is the unpadded split."""
     from transformers import AutoTokenizer
 
     from stages.training.config import ToolListPadding
@@ -727,38 +728,44 @@ def test_pad_tool_lists_lengthens_call_rows_only_and_never_truncates(tmp_path: P
     refusal = [{"role": "user", "content": "Book me a flight."},
                {"role": "assistant", "content": "I cannot book flights with these tools."}]
     lines = [filtered_row(tool_conversation(c), [WEATHER_TOOL, TIME_TOOL], "hermes_fc") for c in ("Oslo", "Lima")]
-    lines += [filtered_row(refusal, [_tool(f"tool_{i}_a"), _tool(f"tool_{i}_b")], "toolace") for i in range(6)]
+    lines += [filtered_row(refusal, [_tool(f"tool_{i}_a"), _tool(f"tool_{i}_b")], "toolace") for i in range(5)]
+    lines.append(filtered_row(refusal, [_tool("bookFlight")], "toolace"))  # in the pool: what the user asked
     lines.append(filtered_row(chat_conversation("Rome"), [], "openhermes"))
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    every = ["get_weather", "get_time", "bookFlight", *(f"tool_{i}_{s}" for i in range(5) for s in "ab")]
 
     def names(ids: list[int]) -> set[str]:
         text = tokenizer.decode(ids)
-        return {n for n in ["get_weather", "get_time", *(f"tool_{i}_{s}" for i in range(6) for s in "ab")]
-                if n in text}
+        return {n for n in every if re.search(rf"\b{n}\b", text)}
 
     plain = data.read_split(path, tokenizer, "v2", 100_000, None, 0)
     off = data.read_split(path, tokenizer, "v2", 100_000, None, 0, pad_tool_lists=ToolListPadding(share=0.0))
     assert off.input_ids == plain.input_ids and off.tool_lists_padded == 0
     padding = ToolListPadding(share=1.0, tools=(7, 7))
     padded = data.read_split(path, tokenizer, "v2", 100_000, None, 0, pad_tool_lists=padding)
-    assert padded.tool_lists_padded == 2 and padded.tools_added == 10
-    for i in (0, 1):  # the call rows: their own tools and 5 others, the same trained tokens
-        assert {"get_weather", "get_time"} <= names(padded.input_ids[i]) and len(names(padded.input_ids[i])) == 7
+    assert padded.tool_lists_padded == 8
+    for i in range(8):
+        own = names(plain.input_ids[i])
+        assert own <= names(padded.input_ids[i])
         trained = [t for t in padded.labels[i] if t != data.IGNORE_INDEX]
         assert trained == [t for t in plain.labels[i] if t != data.IGNORE_INDEX]
-    assert padded.input_ids[2:] == plain.input_ids[2:]  # text answers and chat rows untouched
+    for i in (0, 1):  # the call rows: their own tools and 5 others (the pool has 13 names)
+        assert len(names(padded.input_ids[i])) == 7
+    for i in range(2, 7):  # the refusals never get the tool that does what the user asked
+        assert "bookFlight" not in names(padded.input_ids[i]) and len(names(padded.input_ids[i])) == 7
+    assert padded.input_ids[8] == plain.input_ids[8]  # a chat row offers no tools: untouched
     assert data.read_split(path, tokenizer, "v2", 100_000, None, 0, pad_tool_lists=padding).input_ids == padded.input_ids
 
     # A limit with room for some added tools, not all five: fewer are added, nothing is cut.
     limit = (len(plain.input_ids[0]) + len(padded.input_ids[0])) // 2
     tight = data.read_split(path, tokenizer, "v2", limit, None, 0, pad_tool_lists=padding)
-    assert tight.truncated == 0 and tight.tool_lists_padded == 2 and 2 <= tight.tools_added < 10
-    assert all(len(ids) <= limit for ids in tight.input_ids)
+    assert tight.truncated == 0 and all(len(ids) <= limit for ids in tight.input_ids)
+    assert 0 < tight.tools_added < padded.tools_added
     # No room at all: a padded render that cuts every target falls back to the row as it was.
     snug_limit = max(len(plain.input_ids[0]), len(plain.input_ids[1]))
     snug = data.read_split(path, tokenizer, "v2", snug_limit, None, 0, pad_tool_lists=padding)
     snug_plain = data.read_split(path, tokenizer, "v2", snug_limit, None, 0)
-    assert not snug.dropped and snug.tools_added == 0 and snug.input_ids == snug_plain.input_ids
+    assert not snug.dropped and snug.input_ids[:2] == snug_plain.input_ids[:2]
     with pytest.raises(ValueError, match="min 9 is above max 3"):
         ToolListPadding(share=0.5, tools=(9, 3))

@@ -20,10 +20,10 @@ BOOKKEEPING_FIELDS = ("logging_steps", "save_steps", "save_total_limit", "eval_s
 
 
 class ToolListPadding(StrictModel):
-    """Tool lists of call rows lengthened with tools of other rows (``pad_tool_lists``)."""
+    """Tool lists lengthened with tools of other rows (``pad_tool_lists``)."""
 
     share: float = Field(default=0.0, ge=0.0, le=1.0, description=(
-        "share of the rows that call a tool whose tool list is lengthened; 0: off"))
+        "share of the rows offering tools (answered with calls or in text) whose tool list is lengthened; 0: off"))
     tools: tuple[PositiveInt, PositiveInt] = Field(default=(6, 12), description=(
         "[min, max] tools a lengthened list holds (drawn per row); rows already that long are kept"))
 
@@ -72,9 +72,9 @@ class TrainHyperparameters(StrictModel):
         description="share of rows with tools trained without their system message (API clients such as "
                     "BFCL send tools with no system prompt; dataset boilerplate otherwise precedes every call)")
     pad_tool_lists: ToolListPadding = Field(default_factory=ToolListPadding, description=(
-        "lengthen the tool lists of some call rows with other rows' tools (the called ones stay, the list "
-        "is shuffled, a row too long for its length limit gets fewer): the datasets offer 1-5 tools a "
-        "row, clients send 10-40"))
+        "lengthen the tool lists of some rows with other rows' tools (the row's own stay, none named after "
+        "the user's words, the list is shuffled, a row too long for its length limit gets fewer): the "
+        "datasets offer 1-5 tools a row, clients send 10-40"))
     decision_weight: PositiveFloat = Field(
         description="loss weight of the decision tokens (text or call; another call or end); 1: plain SFT")
     max_eval_rows: NonNegativeInt | None = Field(description="validation rows for the final eval; 0: no eval")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,21 +159,34 @@ def tool_pool(lines: list[str]) -> list[dict[str, Any]]:
     return [by_name[name] for name in sorted(by_name)]
 
 
-def _calls_a_tool(messages: list[dict[str, Any]]) -> bool:
-    return any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages)
+_NAME_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+_TEXT_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _name_words(name: str | None) -> set[str]:
+    """The words of a tool name (snake_case, camelCase, dotted) of four letters or more, lowercased."""
+    return {word.lower() for word in _NAME_WORD.findall(name or "") if len(word) >= 4}
+
+
+def _user_words(messages: list[dict[str, Any]]) -> set[str]:
+    return {word for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)
+            for word in _TEXT_WORD.findall(m["content"].lower())}
 
 
 def padded_tools(tools: list[dict[str, Any]], pool: list[dict[str, Any]], total: int,
-                 rng: random.Random) -> list[dict[str, Any]]:
+                 rng: random.Random, avoid: set[str] = frozenset()) -> list[dict[str, Any]]:
     """``tools`` and tools of ``pool`` under other names, ``total`` in all (fewer when the pool runs out),
-    in an order drawn from ``rng``. The row's own tools are all kept."""
+    in an order drawn from ``rng``. The row's own tools are all kept. A pool tool whose name has a
+    word in ``avoid`` (the user's words) is left out: it might do what the user asked, and the
+    row's answer (a text answer above all) would then be wrong."""
     names = {_tool_name(tool) for tool in tools}
     wanted = total - len(tools)
     if wanted <= 0:
         return list(tools)
-    # A sample a little larger than needed, then the row's own names left out: no pass over the pool.
-    drawn = rng.sample(range(len(pool)), min(len(pool), wanted + len(names)))
-    extra = [pool[i] for i in drawn if _tool_name(pool[i]) not in names][:wanted]
+    # A sample larger than needed, then unfit names left out: no pass over the pool.
+    drawn = rng.sample(range(len(pool)), min(len(pool), 2 * wanted + len(names) + 8))
+    extra = [pool[i] for i in drawn
+             if _tool_name(pool[i]) not in names and not _name_words(_tool_name(pool[i])) & avoid][:wanted]
     merged = [*tools, *extra]
     rng.shuffle(merged)
     return merged
@@ -195,9 +209,10 @@ def read_split(
     ``drop_system_prompt``: each row that offers tools loses its leading system message with this
     probability (drawn per row, in file order, from ``seed``).
 
-    ``pad_tool_lists``: a row that calls a tool gets, with probability ``share``, a tool list of
-    ``tools`` [min, max] entries: its own tools and others drawn from every row of the file (by
-    name), shuffled. A lengthened row longer than its length limit is rendered again with half the
+    ``pad_tool_lists``: a row that offers tools (answered with calls or in text) gets, with
+    probability ``share``, a tool list of ``tools`` [min, max] entries: its own tools and others
+    drawn from every row of the file (by name; none whose name shares a word with the user's
+    messages), shuffled. A lengthened row longer than its length limit is rendered again with half the
     added tools, down to none, so padding never truncates a row. Each row's draws come from streams
     of their own, so the other choices do not move with ``share``."""
     from tqdm.auto import tqdm
@@ -223,9 +238,9 @@ def read_split(
                 split.system_prompts_dropped += 1
             limit = (max_length_by_source or {}).get(source or "", max_length)
             row = tokenize_conversation(tokenizer, messages, tools, tool_format, limit)
-            if pad_total > len(tools) and tools and not row.truncated and _calls_a_tool(messages):
+            if pad_total > len(tools) and tools and not row.truncated:
                 own = {_tool_name(tool) for tool in tools}
-                longer = padded_tools(tools, pool, pad_total, padder)
+                longer = padded_tools(tools, pool, pad_total, padder, _user_words(messages))
                 extra = [name for name in map(_tool_name, longer) if name not in own]
                 while extra:
                     keep = own | set(extra)
