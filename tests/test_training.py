@@ -716,7 +716,7 @@ def _tool(name: str) -> dict[str, Any]:
 
 
 def test_pad_tool_lists_lengthens_tool_rows_and_never_truncates(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """pad_tool_lists: rows offering tools, answered with calls or in text, get other rows' tools
+    """pad_tool_lists: rows offering tools (those calling one, or with answers=any all) get other rows' tools
     (their own kept, the targets unchanged, none named after the user's words), chat rows keep
     none, a row that would pass its length limit gets fewer, the same draws every run, and share 0
     is the unpadded split."""
@@ -742,7 +742,11 @@ def test_pad_tool_lists_lengthens_tool_rows_and_never_truncates(tmp_path: Path, 
     plain = data.read_split(path, tokenizer, "v2", 100_000, None, 0)
     off = data.read_split(path, tokenizer, "v2", 100_000, None, 0, pad_tool_lists=ToolListPadding(share=0.0))
     assert off.input_ids == plain.input_ids and off.tool_lists_padded == 0
-    padding = ToolListPadding(share=1.0, tools=(7, 7))
+    calls_only = data.read_split(path, tokenizer, "v2", 100_000, None, 0,
+                                 pad_tool_lists=ToolListPadding(share=1.0, tools=(7, 7), answers="calls"))
+    assert calls_only.tool_lists_padded == 2 and calls_only.input_ids[2:] == plain.input_ids[2:]
+    assert all(len(names(ids)) == 7 for ids in calls_only.input_ids[:2])
+    padding = ToolListPadding(share=1.0, tools=(7, 7), answers="any")
     padded = data.read_split(path, tokenizer, "v2", 100_000, None, 0, pad_tool_lists=padding)
     assert padded.tool_lists_padded == 8
     for i in range(8):

@@ -23,9 +23,11 @@ class ToolListPadding(StrictModel):
     """Tool lists lengthened with tools of other rows (``pad_tool_lists``)."""
 
     share: float = Field(default=0.0, ge=0.0, le=1.0, description=(
-        "share of the rows offering tools (answered with calls or in text) whose tool list is lengthened; 0: off"))
+        "share of the rows offering tools (those of `answers`) whose tool list is lengthened; 0: off"))
     tools: tuple[PositiveInt, PositiveInt] = Field(default=(6, 12), description=(
         "[min, max] tools a lengthened list holds (drawn per row); rows already that long are kept"))
+    answers: Literal["calls", "any"] = Field(default="calls", description=(
+        "which rows: calls (rows whose answers call a tool) or any (text answers too)"))
 
     @model_validator(mode="after")
     def _check_range(self) -> ToolListPadding:

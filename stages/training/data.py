@@ -173,6 +173,10 @@ def _user_words(messages: list[dict[str, Any]]) -> set[str]:
             for word in _TEXT_WORD.findall(m["content"].lower())}
 
 
+def _calls_a_tool(messages: list[dict[str, Any]]) -> bool:
+    return any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages)
+
+
 def padded_tools(tools: list[dict[str, Any]], pool: list[dict[str, Any]], total: int,
                  rng: random.Random, avoid: set[str] = frozenset()) -> list[dict[str, Any]]:
     """``tools`` and tools of ``pool`` under other names, ``total`` in all (fewer when the pool runs out),
@@ -209,8 +213,8 @@ def read_split(
     ``drop_system_prompt``: each row that offers tools loses its leading system message with this
     probability (drawn per row, in file order, from ``seed``).
 
-    ``pad_tool_lists``: a row that offers tools (answered with calls or in text) gets, with
-    probability ``share``, a tool list of ``tools`` [min, max] entries: its own tools and others
+    ``pad_tool_lists``: a row that offers tools (and calls one, unless ``answers`` is ``any``) gets,
+    with probability ``share``, a tool list of ``tools`` [min, max] entries: its own tools and others
     drawn from every row of the file (by name; none whose name shares a word with the user's
     messages), shuffled. A lengthened row longer than its length limit is rendered again with half the
     added tools, down to none, so padding never truncates a row. Each row's draws come from streams
@@ -238,7 +242,8 @@ def read_split(
                 split.system_prompts_dropped += 1
             limit = (max_length_by_source or {}).get(source or "", max_length)
             row = tokenize_conversation(tokenizer, messages, tools, tool_format, limit)
-            if pad_total > len(tools) and tools and not row.truncated:
+            if pad_total > len(tools) and tools and not row.truncated and (
+                    padding.answers == "any" or _calls_a_tool(messages)):
                 own = {_tool_name(tool) for tool in tools}
                 longer = padded_tools(tools, pool, pad_total, padder, _user_words(messages))
                 extra = [name for name in map(_tool_name, longer) if name not in own]
