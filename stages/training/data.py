@@ -138,8 +138,11 @@ def tokenize_conversation(
 
 
 def _tool_name(tool: Any) -> str | None:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    name = (function if isinstance(function, dict) else tool if isinstance(tool, dict) else {}).get("name")
+    """The name of a tool in OpenAI's shape (or a bare function); None when it has none."""
+    if not isinstance(tool, dict):
+        return None
+    function = tool.get("function")
+    name = (function if isinstance(function, dict) else tool).get("name")
     return name if isinstance(name, str) and name else None
 
 
@@ -196,6 +199,27 @@ def padded_tools(tools: list[dict[str, Any]], pool: list[dict[str, Any]], total:
     return merged
 
 
+def _fitting_padded_row(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+                        tools: list[dict[str, Any]], longer: list[dict[str, Any]], tool_format: str,
+                        limit: int) -> tuple[TokenizedRow | None, int]:
+    """The row rendered with ``longer`` (``tools`` plus added ones, in its order), halving the added
+    tools until the row fits ``limit`` untruncated; (None, 0) when not even one fits."""
+    own = {_tool_name(tool) for tool in tools}
+    added = [i for i, tool in enumerate(longer) if _tool_name(tool) not in own]
+    while added:
+        keep = set(added)
+        try:
+            padded = tokenize_conversation(tokenizer, messages,
+                                           [tool for i, tool in enumerate(longer) if i in keep or
+                                            _tool_name(tool) in own], tool_format, limit)
+        except RowError:  # the added tools pushed every target past the limit
+            padded = None
+        if padded is not None and not padded.truncated:
+            return padded, len(added)
+        added = added[:len(added) // 2]
+    return None, 0
+
+
 def read_split(
     path: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -244,23 +268,12 @@ def read_split(
             row = tokenize_conversation(tokenizer, messages, tools, tool_format, limit)
             if pad_total > len(tools) and tools and not row.truncated and (
                     padding.answers == "any" or _calls_a_tool(messages)):
-                own = {_tool_name(tool) for tool in tools}
                 longer = padded_tools(tools, pool, pad_total, padder, _user_words(messages))
-                extra = [name for name in map(_tool_name, longer) if name not in own]
-                while extra:
-                    keep = own | set(extra)
-                    try:
-                        padded = tokenize_conversation(tokenizer, messages,
-                                                       [tool for tool in longer if _tool_name(tool) in keep],
-                                                       tool_format, limit)
-                    except RowError:  # the added tools pushed every target past the limit
-                        padded = None
-                    if padded is not None and not padded.truncated:
-                        row = padded
-                        split.tool_lists_padded += 1
-                        split.tools_added += len(extra)
-                        break
-                    extra = extra[:len(extra) // 2]
+                padded, added = _fitting_padded_row(tokenizer, messages, tools, longer, tool_format, limit)
+                if padded is not None:
+                    row = padded
+                    split.tool_lists_padded += 1
+                    split.tools_added += added
         except RowError as exc:
             split.dropped[str(exc)] += 1
             continue
