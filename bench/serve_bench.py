@@ -7,9 +7,12 @@
 Measures (all on this machine, CPU):
 - decode tokens/s without and with each engine on the same model and tools prompt (rounds
   rotate through the configurations so that load changes hit all alike), and the ratio;
-- per-token constraint time (mask + advance) p50/p99: inside those real decode runs (the
-  model's vocabulary) and by replaying fixed outputs on the Qwen2.5 vocabulary (no Qwen model
-  is available offline, and the engine's cost does not depend on the model);
+- per-token constraint time (the check of the model's preferred token, the mask where it is
+  refused, the advance) p50/p99 and the share of tokens that computed a mask: inside those real
+  decode runs (the model's vocabulary), llguidance also with the mask computed first for every
+  token; in real decode runs on the Qwen2.5 vocabulary (Qwen2.5-0.5B's shape with random weights:
+  no Qwen weights offline; the grammar refuses most of a random model's choices, the worst case);
+  and by replaying fixed outputs on the Qwen2.5 vocabulary;
 - extra latency of the first request with a new tool set (grammar compile + first mask, minus
   the same with the grammar cached);
 - server p50 latency (HTTP, through the full stack) against a bare ``model.generate`` call
@@ -82,45 +85,94 @@ def _spec(core: Any, tools: list[dict[str, Any]], required: bool = True) -> Any:
                        allow_text=not required, allow_calls=True, parallel=True, max_whitespace=limits.max_whitespace)
 
 
-def _decode_run(backend: Any, prompt: list[int], tokens: int, matcher: Any) -> tuple[float, int, list[float]]:
+def _decode_run(backend: Any, prompt: list[int], tokens: int, matcher: Any,
+                check_first: bool = True) -> tuple[float, int, list[float], int]:
+    from serve.backends import decode_row
     from serve.backends.base import GenerationState, SamplingParams
 
     state = GenerationState()
     params = SamplingParams(max_tokens=tokens, temperature=0.0, stop_token_ids=[])
-    stamps = [time.perf_counter() for _ in backend.generate(prompt, params, matcher, threading.Event(), state)]
+    saved, decode_row.CHECK_BEFORE_MASK = decode_row.CHECK_BEFORE_MASK, check_first
+    try:
+        stamps = [time.perf_counter() for _ in backend.generate(prompt, params, matcher, threading.Event(), state)]
+    finally:
+        decode_row.CHECK_BEFORE_MASK = saved
     n = len(stamps)
     rate = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else float("nan")  # decode only, prefill excluded
-    return rate, n, state.constraint_seconds
+    return rate, n, state.constraint_seconds, state.masks
+
+
+MASK_FIRST = " (mask first)"
 
 
 def bench_decode(cores: dict[str, Any], tokens: int, rounds: int) -> dict[str, Any]:
+    """Greedy decode of the same tools prompt without constraints and with each engine, which checks the
+    model's preferred token before computing a mask; llguidance also with the mask computed first for
+    every token (the order before the check existed), side by side in the same rounds."""
     any_core = next(iter(cores.values()))
     backend = any_core.backend
     prompt = backend.tokenizer(any_core.fmt.render(MESSAGES, TOOLS), add_special_tokens=False)["input_ids"]
-    rates: dict[str, list[float]] = {"none": [], **{name: [] for name in cores}}
-    per_token: dict[str, list[float]] = {name: [] for name in cores}
+    configs = {"none": None, **{name: name for name in cores}}
+    if "llguidance" in cores:
+        configs["llguidance" + MASK_FIRST] = "llguidance"
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    per_token: dict[str, list[float]] = {name: [] for name in configs}
+    masks: dict[str, int] = dict.fromkeys(configs, 0)
     lengths: dict[str, int] = {}
     _decode_run(backend, prompt, 4, None)  # warm-up
-    names = list(rates)
+    names = list(configs)
     for r in range(rounds):
         # Rotate the order each round so that drift in machine load does not favour one config.
         for name in names[r % len(names):] + names[: r % len(names)]:
-            matcher = None if name == "none" else cores[name].engine.matcher(cores[name].engine.compile(
-                _spec(cores[name], TOOLS)))
-            rate, n, seconds = _decode_run(backend, prompt, tokens, matcher)
+            engine = configs[name]
+            matcher = None if engine is None else cores[engine].engine.matcher(cores[engine].engine.compile(
+                _spec(cores[engine], TOOLS)))
+            rate, n, seconds, masked = _decode_run(backend, prompt, tokens, matcher,
+                                                   check_first=not name.endswith(MASK_FIRST))
             rates[name].append(rate)
             lengths[name] = n
-            if name != "none":
-                per_token[name] += seconds
+            per_token[name] += seconds
+            masks[name] += masked
     base = statistics.median(rates["none"])
     out: dict[str, Any] = {"prompt_tokens": len(prompt), "max_tokens": tokens,
                            "unconstrained_tok_s": round(base, 2)}
-    for name in cores:
+    for name in names[1:]:
         med = statistics.median(rates[name])
         out[name] = {"tok_s": round(med, 2), "ratio": round(med / base, 3), "tokens": lengths[name],
                      "constraint_us_p50": round(_pct(per_token[name], 0.5) * 1e6, 1),
-                     "constraint_us_p99": round(_pct(per_token[name], 0.99) * 1e6, 1)}
+                     "constraint_us_p99": round(_pct(per_token[name], 0.99) * 1e6, 1),
+                     "masked_share": round(masks[name] / max(1, len(per_token[name])), 3)}
     return out
+
+
+# Qwen2.5-0.5B's shape (its config.json): the production family's smallest model.
+QWEN25_05B_SHAPE = {"hidden_size": 896, "num_layers": 24, "num_heads": 14, "num_kv_heads": 2,
+                    "intermediate_size": 4864, "vocab_rows": 151936, "tie_word_embeddings": True}
+
+
+def bench_decode_qwen25(tokens: int, rounds: int) -> dict[str, Any]:
+    """Real decode runs on the Qwen2.5 vocabulary: Qwen2.5-0.5B's shape with random weights (no Qwen
+    weights offline), so that the mask and the fill run between forward passes of the production
+    family's size, as they do when serving it. A random model prefers tokens the grammar mostly
+    refuses, so this is the constraint's worst case: nearly every token computes its mask."""
+    import tempfile
+
+    from serve.backends.transformers_backend import TransformersBackend
+    from serve.constraints import make_engine
+    from serve.core import ServerConfig, ServingCore
+    from serve.formats import make_format
+    from stages.hf_assets import build_qwen25_tokenizer, build_tiny_model
+
+    tokenizer = build_qwen25_tokenizer()
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_model(tokenizer, arch="qwen2", **QWEN25_05B_SHAPE).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        backend = TransformersBackend(tmp)
+    fmt = make_format("hermes", backend.tokenizer)
+    engine = make_engine("llguidance", backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
+                         fmt.special_pieces())
+    core = ServingCore(backend, fmt, engine, ServerConfig(model_name="bench"))
+    return {"model": "Qwen2.5-0.5B's shape, random weights", **bench_decode({"llguidance": core}, tokens, rounds)}
 
 
 def replay_seconds(matcher: Any, tokenizer: Any, text: str, who: str) -> list[float]:
@@ -305,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a busy 2-core machine)")
-    p.add_argument("--skip-qwen", action="store_true", help="skip the Qwen2.5-vocabulary replay")
+    p.add_argument("--skip-qwen", action="store_true", help="skip the Qwen2.5-vocabulary replay and decode runs")
     p.add_argument("--concurrency", default="1,8,32",
                    help="throughput: closed-loop clients per level, comma-separated (empty: skip the section)")
     p.add_argument("--peers", default="ours,llama.cpp,vllm",
@@ -375,6 +427,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         log.info("constraint time replayed on the Qwen2.5 vocabulary")
         results["replay_qwen25_vocab"] = bench_replay(build_qwen25_tokenizer(), "hermes", engines)
+        if "llguidance" in engines:
+            log.info("decode on the Qwen2.5 vocabulary (Qwen2.5-0.5B's shape, random weights)")
+            results["decode_qwen25_vocab"] = bench_decode_qwen25(args.tokens, args.rounds)
     log.info("prefix cache on a growing conversation")
     results["prefix_cache"] = bench_prefix_cache(backend, fmt, steps=6, rounds=args.rounds)
     log.info("server latency against bare generate")

@@ -468,6 +468,7 @@ class ServingCore:
         hist = m.constraint_time.labels(self.engine.name)
         for seconds in state.constraint_seconds:
             hist.observe(seconds)
+        m.constraint_masks.labels(self.engine.name).inc(state.masks)
 
     # -------------------------------------------------------------- async bridges
 

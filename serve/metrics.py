@@ -28,6 +28,10 @@ class Metrics:
         self.constraint_time = Histogram("octupus_constraint_seconds_per_token",
                                          "Time the constraint engine spends per generated token",
                                          ["engine"], buckets=_CONSTRAINT_BUCKETS, registry=r)
+        self.constraint_masks = Counter("octupus_constraint_masks",
+                                        "Generated tokens whose whole grammar mask was computed (the others "
+                                        "were the model's preferred token, checked and allowed)", ["engine"],
+                                        registry=r)
         self.grammar_compile_time = Histogram("octupus_grammar_compile_seconds",
                                               "Grammar compilation time on a cache miss", ["engine"],
                                               buckets=_CONSTRAINT_BUCKETS, registry=r)

@@ -29,6 +29,7 @@ class GenerationState:
     finish_reason: str | None = None  # stop | length | cancelled | repetition
     completion_tokens: int = 0
     constraint_seconds: list[float] = field(default_factory=list)
+    masks: int = 0  # tokens whose whole mask was computed (the others: the preferred token was allowed)
     error: str | None = None  # the grammar rejected a sampled token or left no token allowed
 
 

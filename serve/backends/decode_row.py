@@ -7,9 +7,12 @@ or batched (and the batched tests compare exactly that). In order:
 1. before choosing: a cancelled request ends ("cancelled"); a row whose consumer left ends; a row at
    ``max_tokens`` ends ("length"); a grammar that allows only the end of the turn ends the row
    ("stop": that token is counted, no forward pass is needed to emit it);
-2. choosing: the grammar masks the logits (nothing left allowed is an "error"), then the token is
-   sampled: greedy below temperature 1e-5, else temperature and top-p with the row's own generator
-   (seeded by the request, so a seed reproduces the answer);
+2. choosing: the token is sampled: greedy below temperature 1e-5, else temperature and top-p with
+   the row's own generator (seeded by the request, so a seed reproduces the answer). With a grammar,
+   the token the model prefers is checked first (greedy, or sampling without top-p) and taken if the
+   grammar allows it; otherwise, and always under top-p, the grammar masks the logits (nothing left
+   allowed is an "error") and the token is chosen from the masked ones. Both ways choose the same
+   token (greedy) or draw from the same distribution (sampling): see :func:`unmasked_choice`;
 3. taking the token (:meth:`DecodeRow.take`): it is counted; a stop token ends the row ("stop") and
    is not emitted; the grammar advances by it, and a token it rejects ends the row ("error");
 4. after the token is emitted: the last ``repetition_window`` tokens repeating one short cycle end
@@ -32,6 +35,9 @@ from serve.backends.base import GenerationState, SamplingParams
 from serve.constraints.base import Matcher
 
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
+# Check the token the model prefers against the grammar before computing the whole mask (see
+# unmasked_choice); the tests switch it off to compare.
+CHECK_BEFORE_MASK = True
 
 
 def seeded_generator(params: SamplingParams) -> torch.Generator:
@@ -59,6 +65,18 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def unmasked_choice(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int | None:
+    """The token a row would take before any mask, where taking it when the grammar allows it gives
+    exactly what masking first would: greedy (the best token, if allowed, is the best allowed one;
+    argmax breaks ties by the lowest id either way) and plain temperature sampling (a draw from the
+    whole distribution kept when allowed, else a draw from the masked one, is a draw from the masked
+    distribution: rejection sampling). Under top-p the masked distribution's nucleus is another set,
+    so None: mask first."""
+    if params.temperature <= GREEDY_BELOW or params.top_p >= 1.0:
+        return sample(logits, params, generator)
+    return None
 
 
 def repeats_cycle(ids: list[int], window: int, max_period: int = 32) -> bool:
@@ -116,9 +134,15 @@ class DecodeRow:
                 self.state.completion_tokens += 1
                 self.end("stop")
                 return None
+            assert self.generator is not None, "a row sampled elsewhere takes its tokens with take()"
+            token = unmasked_choice(logits, self.params, self.generator) if CHECK_BEFORE_MASK else None
             start = time.perf_counter()
+            if token is not None and self.matcher.allows(token):
+                self.state.constraint_seconds.append(time.perf_counter() - start)
+                return token if self.take(token) else None
             self.matcher.apply(logits)
             self.state.constraint_seconds.append(time.perf_counter() - start)
+            self.state.masks += 1
             if not torch.isfinite(logits).any():
                 self.end("error", "the grammar left no token allowed")
                 return None

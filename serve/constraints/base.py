@@ -109,6 +109,15 @@ class Matcher(ABC):
         cannot tell). A backend may feed them without asking the model for each one."""
         return []
 
+    def allows(self, token_id: int) -> bool:
+        """True only when ``token_id`` is certainly one that :meth:`apply` would leave allowed next,
+        told without computing the mask; False means "masked, or cannot tell cheaply" (the default).
+
+        This lets a row check the token the model prefers first and compute the whole mask only when
+        that token is refused (see ``serve.backends.decode_row``). An engine must never answer True for
+        a token the mask forbids: greedy answers would change."""
+        return False
+
 
 class ConstraintEngine(ABC):
     """Prepares tokenizer data once (constructor) and compiles specs with an LRU cache."""
@@ -205,6 +214,15 @@ class ReasoningGate(Matcher):
             self.used += 1
             return True
         return self.inner.consume(token_id)
+
+    def allows(self, token_id: int) -> bool:
+        if self.forced:
+            return token_id == self.forced[0]
+        if self.thinking and self.used >= self.budget:
+            return token_id == self.close_id
+        if self.thinking:
+            return token_id not in self.banned_ids
+        return self.inner.allows(token_id)
 
     def forced_tokens(self) -> list[int]:
         if self.forced:

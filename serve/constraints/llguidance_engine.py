@@ -195,6 +195,20 @@ class LLGuidanceMatcher(Matcher):
             logits[:n].masked_fill_(torch.from_numpy(forbid).to(logits.device), float("-inf"))
             logits[n:] = float("-inf")
 
+    def allows(self, token_id: int) -> bool:
+        """The grammar accepts the token's bytes here (``validate_tokens``, 1-3 us), unless bytes are
+        forced here: there the mask admits only the tokenizer's own spelling of the forced text
+        (after ``</tool_`` it allows ``call``, not ``cal``), which the byte check would not see, so
+        only the first of the forced tokens is taken as allowed (none when the forced text could
+        still merge into a longer token: the mask decides). Checked against the mask on random walks
+        through tool grammars on both vocabularies (tests/test_check_before_mask.py)."""
+        if not 0 <= token_id < self._vocab or self._m.is_stopped() or self._m.is_error():
+            return False
+        if self._m.compute_ff_bytes():
+            forced = self._m.compute_ff_tokens()
+            return bool(forced) and token_id == forced[0]
+        return self._m.validate_tokens([token_id]) == 1
+
     def consume(self, token_id: int) -> bool:
         self._at_start = False
         return self._m.consume_token(token_id)
