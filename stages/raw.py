@@ -47,6 +47,20 @@ class SessionShape(StrictModel):
         return value
 
 
+class ToolLists(StrictModel):
+    """Longer tool lists for a share of generated cases (tool-offering kinds only)."""
+
+    share: float = Field(ge=0.0, le=1.0, description="share of the well-formed cases whose list grows")
+    tools: tuple[int, int] = Field(description="tools offered in a grown list, its own included: [min, max]")
+
+    @field_validator("tools")
+    @classmethod
+    def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"[min, max] with 1 <= min <= max, got {list(value)}")
+        return value
+
+
 class SyntheticOrigin(StrictModel):
     type: Literal["synthetic"]
     rows: int = Field(ge=0, description="number of rows to generate")
@@ -54,6 +68,9 @@ class SyntheticOrigin(StrictModel):
     malformed_fraction: float = Field(ge=0.0, le=1.0, description="share of deliberately broken rows")
     sessions: SessionShape | None = Field(default=None, description=(
         "session kinds: functions offered and user turns per session; null: the generator's defaults"))
+    tool_lists: ToolLists | None = Field(default=None, description=(
+        "tool-offering kinds: a share of the cases offered a longer tool list (other functions of the "
+        "bank, none that fits); null: the cases' own lists (0-5 tools)"))
 
 
 class HubOrigin(StrictModel):
@@ -270,8 +287,9 @@ def build_source(name: str, source: Source, output_dir: Path) -> dict[str, Any]:
 
         def rows() -> Iterator[dict[str, Any]]:
             shape = origin.sessions.model_dump() if origin.sessions is not None else None
+            lists = origin.tool_lists.model_dump() if origin.tool_lists is not None else None
             for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction, dropped,
-                                       shape):
+                                       shape, lists):
                 if sample.defect:
                     defects[sample.defect] += 1
                 yield sample.row

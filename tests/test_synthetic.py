@@ -513,3 +513,45 @@ def test_conversation_defects_are_visible(samples: dict[str, list], kind: str) -
             called = {n for n, _ in calls}
             results = {n for _, w in turns if w.startswith("result:") for n in w[7:].split(",")}
             assert results - called
+
+
+# ----------------------------------------------------------------------------- longer tool lists
+
+
+def test_longer_lists_keep_the_cases_tools_and_add_none_that_fit() -> None:
+    from stages.synthetic.cases import make_case
+    from stages.synthetic.generator import longer_list
+    from stages.synthetic.rng import FastRandom
+
+    rng, list_rng = FastRandom("cases"), FastRandom("lists")
+    grown = 0
+    for i in range(400):
+        case = make_case(rng, CASE_TYPES[i % len(CASE_TYPES)], i % 5 == 0, 0.5)
+        longer = longer_list(list_rng, case, {"share": 1.0, "tools": [6, 10]})
+        assert [f for f in longer.tools if f in case.tools] == case.tools  # its own, in their order
+        added = [f for f in longer.tools if f not in case.tools]
+        assert 6 <= len(longer.tools) <= 10 or (not added and len(case.tools) >= 10)
+        own = {f.entity.key for f in case.tools} | set(case.avoid)
+        assert not {f.entity.key for f in added} & own  # no added tool does what an offered one or the refused request does
+        assert len({f.entity.key for f in added}) == len(added)
+        assert longer.turns is case.turns and longer.case_type == case.case_type
+        grown += bool(added)
+        if case.case_type == "irrelevance":
+            assert case.avoid  # the refused request's entity
+    assert grown > 350
+
+
+def test_tool_lists_off_or_at_share_zero_changes_no_byte_and_on_grows_lists() -> None:
+    from stages.synthetic.generator import iter_samples
+
+    def rows(tool_lists: Any) -> list[str]:
+        return [json.dumps(s.row, ensure_ascii=False) for s in iter_samples("hermes_fc", 80, 5, 0.1,
+                                                                           tool_lists=tool_lists)]
+
+    plain = rows(None)
+    assert rows({"share": 0.0, "tools": [6, 12]}) == plain
+    grown = rows({"share": 0.5, "tools": [6, 12]})
+    assert grown != plain and len(grown) == len(plain)
+    assert sum(len(g) > len(p) for g, p in zip(grown, plain, strict=True)) > 20
+    with pytest.raises(ValueError, match="tool_lists"):
+        list(iter_samples("openhermes", 3, 1, tool_lists={"share": 0.5, "tools": [6, 12]}))

@@ -70,6 +70,9 @@ class Case:
     turns: list[Turn]
     zh: bool
     defect: str | None = None
+    # Entities no tool added to the offered list may have: a refusal's wanted entity (a tool of it
+    # could do what the user asked, and the refusal would be wrong).
+    avoid: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- words
@@ -227,11 +230,12 @@ def _pick_tools(rng: random.Random, bank: BankView, main: list[Function], extra:
     return tools
 
 
-def offer_more(rng: random.Random, bank: BankView, tools: list[Function], total: int) -> list[Function]:
+def offer_more(rng: random.Random, bank: BankView, tools: list[Function], total: int,
+               avoid: tuple[str, ...] = ()) -> list[Function]:
     """``tools`` grown to ``total`` with other functions of the bank, at random places (a client
     that sends its whole tool list). Distractors never share an entity with an offered tool, so no
-    second tool does the same thing."""
-    taken = {f.entity.key for f in tools}
+    second tool does the same thing, nor with the entities in ``avoid``."""
+    taken = {f.entity.key for f in tools} | set(avoid)
     pool = [f for f in bank.functions if f.entity.key not in taken]
     rng.shuffle(pool)
     out = list(tools)
@@ -523,7 +527,7 @@ def make_case(rng: random.Random, case_type: str, zh: bool, execute_p: float, ba
         wanted, tools = _near_miss(rng, bank, zh)
         turns = [Turn("user", request_text(rng, wanted, wanted.arguments(rng, zh), zh, aliases=False)),
                  Turn("assistant", text=_refusal(rng, wanted, tools, zh))]
-        return Case(case_type, tools, turns, zh)
+        return Case(case_type, tools, turns, zh, avoid=(wanted.entity.key,))
     elif case_type == "general":
         tools = _pick_tools(rng, bank, [fn], rng.randint(0, 3))
         question, answer = qa(rng, zh)

@@ -10,6 +10,7 @@ this package's case model; each kind's writer (``stages/kinds/``) renders them i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -98,11 +99,33 @@ def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Count
             raise RuntimeError(f"no verified session in {SESSION_ATTEMPTS} attempts; drops: {dict(stats or {})}")
 
 
+def longer_list(rng: random.Random, case: Any, tool_lists: dict[str, Any] | None) -> Any:
+    """``case`` with a longer tool list for a ``tool_lists["share"]`` of the cases: its own tools
+    plus other functions of the training bank, ``tool_lists["tools"]`` = [min, max] in all (clients
+    send their whole tool list), none sharing an entity with an offered tool or with what a refusal
+    says cannot be done, so whether a tool fits, and which, stays what the case says. Any case type:
+    calls and text answers alike, so the list's length alone never tells which to give. ``rng`` is
+    a stream of its own: with no ``tool_lists`` nothing is drawn and the rows stay byte-identical."""
+    if not tool_lists or tool_lists["share"] <= 0 or rng.random() >= tool_lists["share"]:
+        return case
+    from stages.synthetic.cases import offer_more
+    from stages.synthetic.function_bank import TRAIN
+
+    low, high = tool_lists["tools"]
+    if len(case.tools) >= high:
+        return case
+    total = rng.randint(max(low, len(case.tools)), high)
+    return dataclasses.replace(case, tools=offer_more(rng, TRAIN, case.tools, total, case.avoid))
+
+
 def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
-                 stats: Counter[str] | None = None, sessions: dict[str, Any] | None = None) -> Iterator[Sample]:
+                 stats: Counter[str] | None = None, sessions: dict[str, Any] | None = None,
+                 tool_lists: dict[str, Any] | None = None) -> Iterator[Sample]:
     """Rows one at a time (the stage streams them to disk behind a progress bar). Session kinds
     only: ``stats`` counts generated sessions that were dropped, by reason; ``sessions`` sets their
-    shape (``functions`` and ``turns`` ranges, see ``build_session``)."""
+    shape (``functions`` and ``turns`` ranges, see ``build_session``). Tool-offering kinds only:
+    ``tool_lists`` = {share, tools: [min, max]} gives a share of the well-formed cases a longer
+    tool list (:func:`longer_list`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if n < 0:
@@ -110,17 +133,21 @@ def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
     rng = FastRandom(f"{kind}:{seed}")
     bad = _malformed_positions(rng, n, malformed_fraction)
     source = SOURCE_KINDS[kind]
+    if tool_lists and (source.sessions or not source.offers_tools):
+        raise ValueError(f"tool_lists applies to kinds whose rows offer tools per case, not to {kind!r}")
     if source.sessions:
         yield from _sessions(kind, rng, n, bad, stats, sessions)
         return
     if source.offers_tools:
         zh = kind == "fc_zh_hard"
         execute_p = EXECUTE_P[kind]
+        list_rng = FastRandom(f"{kind}:{seed}:tool_lists")
         for i in range(n):
             if i in bad:
                 case = make_malformed(rng, zh, execute_p, KIND_DEFECTS[kind])
             else:
                 case = make_case(rng, rng.choices(CASE_TYPES, weights=CASE_WEIGHTS)[0], zh, execute_p)
+                case = longer_list(list_rng, case, tool_lists)
             yield Sample(source.write(rng, case), case.case_type, case.defect)
         return
     for i in range(n):
