@@ -19,7 +19,7 @@ import torch
 
 from serve.backends import decode_row
 from serve.backends.base import GenerationState, SamplingParams
-from serve.backends.decode_row import DecodeRow, unmasked_choice
+from serve.backends.decode_row import DecodeRow, best_allowed, unmasked_choice
 from serve.backends.transformers_backend import TransformersBackend
 from serve.constraints.base import GrammarSpec, Matcher, ReasoningGate, ToolGrammar
 from serve.constraints.llguidance_engine import LLGuidanceEngine
@@ -74,9 +74,14 @@ def test_the_check_never_allows_a_token_the_mask_forbids(request: pytest.Fixture
             spellings = [pieces[p[:k]] for t in allowed[:4] for p in [tok.convert_ids_to_tokens(t)]
                          for k in range(1, len(p)) if p[:k] in pieces]
             forced = matcher.forced_tokens()
-            if forced and len(allowed) == 1:
+            if forced:
+                # Forced text: the mask allows its first token alone, which the check takes and the
+                # next mask gives without walking the vocabulary.
                 forced_seen += 1
-                assert matcher.allows(allowed[0])  # forced text: its first token is taken unmasked
+                assert allowed == forced[:1] and matcher.allows(forced[0])
+                again = torch.zeros(vocab)
+                matcher.apply(again)
+                assert torch.equal(again, logits)
             for token in (rng.sample(range(vocab), 150) + allowed[:60] + sorted(stop) + [vocab, vocab + 7]
                           + spellings):
                 if matcher.allows(token):
@@ -196,3 +201,37 @@ def test_a_sampled_row_with_the_check_stays_inside_the_grammar() -> None:
     taken = [row.next_token(torch.zeros(8)) for _ in range(400)]
     assert all(t is not None and t % 2 == 0 for t in taken)
     assert set(taken) == {0, 2, 4, 6}
+
+
+class Allowing(Matcher):
+    """Allows the tokens in ``ok``; records what it was asked."""
+
+    def __init__(self, ok: set[int]) -> None:
+        self.ok = ok
+        self.asked: list[int] = []
+
+    def apply(self, logits: torch.Tensor) -> None:
+        for token in range(len(logits)):
+            if token not in self.ok:
+                logits[token] = float("-inf")
+    def consume(self, token_id: int) -> bool: return token_id in self.ok
+    def allows(self, token_id: int) -> bool:
+        self.asked.append(token_id)
+        return token_id in self.ok
+    def is_finished(self) -> bool: return False
+    def is_accepting(self) -> bool: return True
+
+
+def test_the_best_allowed_token_is_the_masked_argmax_ties_to_the_lowest_id() -> None:
+    logits = torch.tensor([1.0, 5.0, 3.0, 5.0, 3.0, 0.5, 3.0])
+    before = logits.clone()
+    m = Allowing({4, 6})
+    # In order: 1 and 3 (5.0, lowest id first), then 2 (3.0, refused), then 4: the masked argmax.
+    assert best_allowed(logits, 1, m, tries=4) == 4 and m.asked == [1, 3, 2, 4]
+    assert torch.equal(logits, before)  # the hidden logits are put back
+    masked = logits.clone()
+    m.apply(masked)
+    assert int(torch.argmax(masked)) == 4
+    assert best_allowed(logits, 1, Allowing({4, 6}), tries=3) is None  # not among the 3 best: mask
+    assert torch.equal(logits, before)
+    assert best_allowed(torch.full((4,), float("-inf")), 0, Allowing(set()), tries=4) is None

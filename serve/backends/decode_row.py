@@ -9,9 +9,10 @@ or batched (and the batched tests compare exactly that). In order:
    ("stop": that token is counted, no forward pass is needed to emit it);
 2. choosing: the token is sampled: greedy below temperature 1e-5, else temperature and top-p with
    the row's own generator (seeded by the request, so a seed reproduces the answer). With a grammar,
-   the token the model prefers is checked first (greedy, or sampling without top-p) and taken if the
-   grammar allows it; otherwise, and always under top-p, the grammar masks the logits (nothing left
-   allowed is an "error") and the token is chosen from the masked ones. Both ways choose the same
+   the token the model prefers is checked first (greedy: its few best tokens in order; sampling
+   without top-p: the draw) and taken if the grammar allows it; otherwise, and always under top-p,
+   the grammar masks the logits (nothing left allowed is an "error") and the token is chosen from
+   the masked ones. Both ways choose the same
    token (greedy) or draw from the same distribution (sampling): see :func:`unmasked_choice`;
 3. taking the token (:meth:`DecodeRow.take`): it is counted; a stop token ends the row ("stop") and
    is not emitted; the grammar advances by it, and a token it rejects ends the row ("error");
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 from serve.backends.base import GenerationState, SamplingParams
@@ -36,8 +38,10 @@ from serve.constraints.base import Matcher
 
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily
 # Check the token the model prefers against the grammar before computing the whole mask (see
-# unmasked_choice); the tests switch it off to compare.
+# unmasked_choice); the tests switch it off to compare. Greedy rows check their best tokens in
+# order, at most this many (best_allowed), before the mask.
 CHECK_BEFORE_MASK = True
+CHECKED_TOKENS = 4
 
 
 def seeded_generator(params: SamplingParams) -> torch.Generator:
@@ -50,9 +54,23 @@ def seeded_generator(params: SamplingParams) -> torch.Generator:
     return generator
 
 
+def _numpy_view(logits: torch.Tensor) -> np.ndarray | None:
+    """The logits as a numpy array sharing their memory (CPU, float32, contiguous), else None."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.is_contiguous():
+        return logits.detach().numpy()
+    return None
+
+
+def greedy(logits: torch.Tensor) -> int:
+    """The best token, the lowest id among equals (numpy's argmax: 10 us on 152k logits where
+    torch's single-threaded one took 140 us; both return the first maximum)."""
+    view = _numpy_view(logits)
+    return int(view.argmax()) if view is not None else int(torch.argmax(logits))
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     if params.temperature <= GREEDY_BELOW:
-        return int(torch.argmax(logits))
+        return greedy(logits)
     logits = logits / params.temperature
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
@@ -77,6 +95,34 @@ def unmasked_choice(logits: torch.Tensor, params: SamplingParams, generator: tor
     if params.temperature <= GREEDY_BELOW or params.top_p >= 1.0:
         return sample(logits, params, generator)
     return None
+
+
+def best_allowed(logits: torch.Tensor, first: int, matcher: Matcher, tries: int) -> int | None:
+    """Greedy under a grammar without its mask: the model's ``tries`` best tokens in order (``first``
+    is the best), each checked with ``matcher.allows``; the first allowed one, or None (then the
+    mask decides). Exact: each next best is the argmax with the refused ones hidden, i.e. the
+    tokens in order of logit and then of id, so the first allowed is the lowest-id best allowed
+    token, the one the mask and argmax would give. The logits are left as they came."""
+    if matcher.allows(first):
+        return first
+    view = _numpy_view(logits)
+    if view is None or tries <= 1:
+        return None
+    hidden = [(first, view[first])]
+    view[first] = -np.inf
+    try:
+        for _ in range(tries - 1):
+            token = int(view.argmax())
+            if view[token] == -np.inf:
+                return None  # nothing left above -inf: the mask will say whether anything is allowed
+            if matcher.allows(token):
+                return token
+            hidden.append((token, view[token]))
+            view[token] = -np.inf
+        return None
+    finally:
+        for token, value in hidden:
+            view[token] = value
 
 
 def repeats_cycle(ids: list[int], window: int, max_period: int = 32) -> bool:
@@ -137,9 +183,14 @@ class DecodeRow:
             assert self.generator is not None, "a row sampled elsewhere takes its tokens with take()"
             token = unmasked_choice(logits, self.params, self.generator) if CHECK_BEFORE_MASK else None
             start = time.perf_counter()
-            if token is not None and self.matcher.allows(token):
-                self.state.constraint_seconds.append(time.perf_counter() - start)
-                return token if self.take(token) else None
+            if token is not None:
+                if self.params.temperature <= GREEDY_BELOW:
+                    token = best_allowed(logits, token, self.matcher, CHECKED_TOKENS)
+                elif not self.matcher.allows(token):
+                    token = None
+                if token is not None:
+                    self.state.constraint_seconds.append(time.perf_counter() - start)
+                    return token if self.take(token) else None
             self.matcher.apply(logits)
             self.state.constraint_seconds.append(time.perf_counter() - start)
             self.state.masks += 1

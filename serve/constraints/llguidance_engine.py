@@ -162,14 +162,16 @@ def _mask_in_place(out: np.ndarray, words: np.ndarray, n: int) -> None:
 
 
 class CompiledGrammar:
-    """A compiled grammar: the prototype matcher every request copies, and the mask of its first
-    token, the same for every request of this grammar. That first mask is the dearest of a turn (at
-    the choice between text and calls nearly the whole vocabulary is walked: about 2 ms on Qwen's
-    152k tokens against 60 us for a mask inside JSON), so it is computed once per grammar."""
+    """A compiled grammar: the prototype matcher every request copies, and what is the same for
+    every request of this grammar at its first token: the mask (the dearest of a turn: at the choice
+    between text and calls nearly the whole vocabulary is walked, about 2 ms on Qwen's 152k tokens
+    against 60 us for a mask inside JSON) and the forced text (tokenizing it took up to 2 ms), each
+    computed once per grammar."""
 
     def __init__(self, prototype: llguidance.LLMatcher) -> None:
         self.prototype = prototype
         self.first_words: np.ndarray | None = None
+        self.first_forced: tuple[bytes, list[int]] | None = None
 
 
 class LLGuidanceMatcher(Matcher):
@@ -179,8 +181,33 @@ class LLGuidanceMatcher(Matcher):
         self._vocab = vocab_size
         self._words = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
         self._at_start = True
+        self._forced: tuple[bytes, list[int]] | None = None  # at this position, once asked
+
+    def _forced_here(self) -> tuple[bytes, list[int]]:
+        """The bytes the grammar forces from here and the tokens the tokenizer writes them as (a last
+        token that longer text could merge into left out): computed once per position, and once per
+        grammar at the first."""
+        if self._forced is None:
+            if self._at_start and self._compiled.first_forced is not None:
+                self._forced = self._compiled.first_forced
+            elif self._m.is_stopped() or self._m.is_error():
+                self._forced = (b"", [])
+            else:
+                forced_bytes = self._m.compute_ff_bytes()
+                self._forced = (forced_bytes, list(self._m.compute_ff_tokens()) if forced_bytes else [])
+                if self._at_start:
+                    self._compiled.first_forced = self._forced  # a benign race: every value is equal
+        return self._forced
 
     def apply(self, logits: torch.Tensor) -> None:
+        forced = self._forced[1] if self._forced is not None else []
+        if forced:
+            # Where text is forced and its first token known, that token is the only one the mask
+            # allows (tests/test_check_before_mask.py): no walk of the vocabulary.
+            kept = logits[forced[0]].clone()
+            logits.fill_(float("-inf"))
+            logits[forced[0]] = kept
+            return
         first = self._compiled.first_words if self._at_start else None
         if first is None:
             self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
@@ -204,21 +231,20 @@ class LLGuidanceMatcher(Matcher):
         through tool grammars on both vocabularies (tests/test_check_before_mask.py)."""
         if not 0 <= token_id < self._vocab or self._m.is_stopped() or self._m.is_error():
             return False
-        if self._m.compute_ff_bytes():
-            forced = self._m.compute_ff_tokens()
+        forced_bytes, forced = self._forced_here()
+        if forced_bytes:
             return bool(forced) and token_id == forced[0]
         return self._m.validate_tokens([token_id]) == 1
 
     def consume(self, token_id: int) -> bool:
         self._at_start = False
+        self._forced = None
         return self._m.consume_token(token_id)
 
     def forced_tokens(self) -> list[int]:
         """llguidance's fast-forward tokens: the bytes the grammar forces from here, as the tokens
         the tokenizer would write them (a last token that longer text could merge into is left out)."""
-        if self._m.is_stopped() or self._m.is_error():
-            return []
-        return list(self._m.compute_ff_tokens())
+        return list(self._forced_here()[1])
 
     def is_finished(self) -> bool:
         return self._m.is_stopped()
