@@ -33,18 +33,20 @@ from stages.synthetic.generator import iter_samples
 log = logging.getLogger("stages.raw")
 
 
+def _min_max(value: tuple[int, int]) -> tuple[int, int]:
+    """A [min, max] range of counts: 1 <= min <= max."""
+    if not 1 <= value[0] <= value[1]:
+        raise ValueError(f"[min, max] with 1 <= min <= max, got {list(value)}")
+    return value
+
+
 class SessionShape(StrictModel):
     """The shape of generated environment sessions (session kinds only)."""
 
     functions: tuple[int, int] = Field(description="functions offered per session: [min, max]")
     turns: tuple[int, int] = Field(description="user turns per session: [min, max]")
 
-    @field_validator("functions", "turns")
-    @classmethod
-    def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= value[0] <= value[1]:
-            raise ValueError(f"[min, max] with 1 <= min <= max, got {list(value)}")
-        return value
+    _range = field_validator("functions", "turns")(_min_max)
 
 
 class ToolLists(StrictModel):
@@ -53,12 +55,7 @@ class ToolLists(StrictModel):
     share: float = Field(ge=0.0, le=1.0, description="share of the well-formed cases whose list grows")
     tools: tuple[int, int] = Field(description="tools offered in a grown list, its own included: [min, max]")
 
-    @field_validator("tools")
-    @classmethod
-    def _range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= value[0] <= value[1]:
-            raise ValueError(f"[min, max] with 1 <= min <= max, got {list(value)}")
-        return value
+    _range = field_validator("tools")(_min_max)
 
 
 class SyntheticOrigin(StrictModel):

@@ -85,6 +85,13 @@ class GrammarSpec:
         ])
 
 
+def keep_only(logits: torch.Tensor, token_id: int) -> None:
+    """Every logit but ``token_id``'s set to -inf, in place (a mask that allows one token)."""
+    value = logits[token_id].clone()
+    logits.fill_(float("-inf"))
+    logits[token_id] = value
+
+
 class Matcher(ABC):
     """Tracks one sequence through the grammar."""
 
@@ -183,16 +190,11 @@ class ReasoningGate(Matcher):
         self.thinking = True  # until the close marker
         self.used = 0  # reasoning tokens so far
 
-    def _only(self, logits: torch.Tensor, token_id: int) -> None:
-        value = logits[token_id].clone()
-        logits.fill_(float("-inf"))
-        logits[token_id] = value
-
     def apply(self, logits: torch.Tensor) -> None:
         if self.forced:
-            self._only(logits, self.forced[0])
+            keep_only(logits, self.forced[0])
         elif self.thinking and self.used >= self.budget:
-            self._only(logits, self.close_id)
+            keep_only(logits, self.close_id)
         elif self.thinking:
             logits[self.banned] = float("-inf")
         else:

@@ -18,7 +18,7 @@ import llguidance.hf
 import numpy as np
 import torch
 
-from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher
+from serve.constraints.base import ConstraintEngine, GrammarError, GrammarSpec, Matcher, keep_only
 from serve.constraints.schema import is_empty_object
 
 log = logging.getLogger(__name__)
@@ -204,9 +204,7 @@ class LLGuidanceMatcher(Matcher):
         if forced:
             # Where text is forced and its first token known, that token is the only one the mask
             # allows (tests/test_check_before_mask.py): no walk of the vocabulary.
-            kept = logits[forced[0]].clone()
-            logits.fill_(float("-inf"))
-            logits[forced[0]] = kept
+            keep_only(logits, forced[0])
             return
         first = self._compiled.first_words if self._at_start else None
         if first is None:

@@ -19,8 +19,9 @@ from typing import Any
 
 from stages.kinds import KINDS, SOURCE_KINDS
 from stages.kinds.apigen_mt import SESSION_DEFECTS
-from stages.synthetic.cases import CASE_TYPES, CASE_WEIGHTS, DEFECTS, make_case, make_malformed
+from stages.synthetic.cases import CASE_TYPES, CASE_WEIGHTS, DEFECTS, Case, make_case, make_malformed, offer_more
 from stages.synthetic.chat import topical_qa
+from stages.synthetic.function_bank import TRAIN
 from stages.synthetic.rng import FastRandom
 
 CHAT_DEFECTS = ("empty_turn", "wrong_role_order", "no_answer")
@@ -99,7 +100,7 @@ def _sessions(kind: str, rng: random.Random, n: int, bad: set[int], stats: Count
             raise RuntimeError(f"no verified session in {SESSION_ATTEMPTS} attempts; drops: {dict(stats or {})}")
 
 
-def longer_list(rng: random.Random, case: Any, tool_lists: dict[str, Any] | None) -> Any:
+def longer_list(rng: random.Random, case: Case, tool_lists: dict[str, Any] | None) -> Case:
     """``case`` with a longer tool list for a ``tool_lists["share"]`` of the cases: its own tools
     plus other functions of the training bank, ``tool_lists["tools"]`` = [min, max] in all (clients
     send their whole tool list), none sharing an entity with an offered tool or with what a refusal
@@ -108,9 +109,6 @@ def longer_list(rng: random.Random, case: Any, tool_lists: dict[str, Any] | None
     a stream of its own: with no ``tool_lists`` nothing is drawn and the rows stay byte-identical."""
     if not tool_lists or tool_lists["share"] <= 0 or rng.random() >= tool_lists["share"]:
         return case
-    from stages.synthetic.cases import offer_more
-    from stages.synthetic.function_bank import TRAIN
-
     low, high = tool_lists["tools"]
     if len(case.tools) >= high:
         return case

@@ -205,13 +205,14 @@ def _fitting_padded_row(tokenizer: PreTrainedTokenizerBase, messages: list[dict[
     """The row rendered with ``longer`` (``tools`` plus added ones, in its order), halving the added
     tools until the row fits ``limit`` untruncated; (None, 0) when not even one fits."""
     own = {_tool_name(tool) for tool in tools}
-    added = [i for i, tool in enumerate(longer) if _tool_name(tool) not in own]
+    is_own = [_tool_name(tool) in own for tool in longer]
+    added = [i for i, mine in enumerate(is_own) if not mine]
     while added:
         keep = set(added)
         try:
             padded = tokenize_conversation(tokenizer, messages,
-                                           [tool for i, tool in enumerate(longer) if i in keep or
-                                            _tool_name(tool) in own], tool_format, limit)
+                                           [tool for i, tool in enumerate(longer) if is_own[i] or i in keep],
+                                           tool_format, limit)
         except RowError:  # the added tools pushed every target past the limit
             padded = None
         if padded is not None and not padded.truncated:
