@@ -34,7 +34,8 @@ class ServerSettings(StrictModel):
     # the whole conversation); 0 = off.
     prefix_cache_mb: float = Field(ge=0)
     # llamacpp backend: the model is converted to a GGUF of this type for the run (f32: the same
-    # weights), with the llama.cpp build of this venv (`make llamacpp-venv`).
+    # weights; bf16, the CPU default's: rounded, faster where the CPU has AVX512-BF16), with the
+    # llama.cpp build of this venv (`make llamacpp-venv`).
     gguf_type: str = "f32"
     llamacpp_venv: str = ".venv-llamacpp"
     startup_timeout_s: float
