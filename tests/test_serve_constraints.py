@@ -191,10 +191,10 @@ def test_lm_format_enforcer_same_grammar(lmfe: Checker) -> None:
         lmfe.engine.compile(spec(lmfe.fmt, schema=bounded))
 
 
-@pytest.mark.parametrize("density", [0.0005, 0.01, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("density", [0.0, 0.0005, 0.01, 0.06, 0.1, 0.5, 0.999, 1.0])
 def test_llguidance_mask_writes_exactly_the_forbidden_tokens(density: float) -> None:
-    """Both paths of the mask (few tokens allowed: save, fill, restore; many: write through the
-    forbidden bits) against the plain reading of the bitmask, with a vocabulary that is no multiple
+    """Every path of the mask (at most SPARSE_TOKENS allowed: read in Python; a few words in use: found
+    with numpy; many allowed: written through the forbidden bits) against the plain reading of the bitmask, with a vocabulary that is no multiple
     of 32 and padded embedding rows past it."""
     import numpy as np
 
@@ -208,4 +208,26 @@ def test_llguidance_mask_writes_exactly_the_forbidden_tokens(density: float) -> 
     expected = np.where(np.r_[bits[:vocab], np.zeros(rows - vocab, bool)], logits, -np.inf).astype(np.float32)
     out = logits.copy()
     _mask_in_place(out, words, vocab)
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("allowed", [[5], list(range(64)), list(range(4000, 4065)), list(range(4000, 4200, 3)),
+                                     [49151, 49150, 7]])
+def test_llguidance_mask_paths_on_a_large_vocabulary(allowed: list[int]) -> None:
+    """A few allowed tokens on SmolLM2's vocabulary size: at the SPARSE_TOKENS limit (read in Python),
+    just past it in a few words (numpy's sparse path), and the last ids with padded rows after them."""
+    import numpy as np
+
+    from serve.constraints.llguidance_engine import SPARSE_TOKENS, _mask_in_place
+
+    vocab, rows = 49152, 49216
+    assert SPARSE_TOKENS == 64
+    bits = np.zeros(vocab, dtype=bool)
+    bits[allowed] = True
+    words = np.packbits(bits, bitorder="little").view(np.int32).copy()
+    logits = np.random.default_rng(3).standard_normal(rows).astype(np.float32)
+    out = logits.copy()
+    _mask_in_place(out, words, vocab)
+    expected = np.full(rows, -np.inf, dtype=np.float32)
+    expected[allowed] = logits[allowed]
     assert np.array_equal(out, expected)

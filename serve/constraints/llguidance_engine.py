@@ -136,25 +136,41 @@ def _error_summary(error: str) -> str:
 
 
 _BIT = np.arange(32, dtype=np.int64)
+# At most this many allowed tokens: the mask is read and written from Python (below).
+SPARSE_TOKENS = 64
+_NONZERO_BYTE = re.compile(rb"[^\x00]")
 
 
 def _mask_in_place(out: np.ndarray, words: np.ndarray, n: int) -> None:
     """-inf into ``out`` (float32 logits) at every token whose bit in ``words`` is clear; rows past
     ``n`` (padded embedding rows) are never valid tokens.
 
-    Bits are little-endian within each 32-bit word. Inside JSON few tokens are allowed: the allowed
-    values are saved, the row filled, and they are put back (a few tens of microseconds on a 152k
-    vocabulary). Under free text nearly all are: -inf is written through the forbidden bits only.
-    Unpacking with torch shifts and a masked fill took 250-350 us a token.
+    Bits are little-endian within each 32-bit word. The mask is computed between forward passes,
+    which leave the caches cold: there each numpy call on a small array cost 30-90 us (the three
+    that found a handful of allowed tokens took 150 us of a 250 us mask, SmolLM2's vocabulary,
+    docs/results.md), against a few us warm. So with at most ``SPARSE_TOKENS`` allowed (a choice
+    between a few spellings of a key or a bracket) the bitmask is read as bytes in Python, the
+    allowed values saved, the row filled and they put back. With a few words in use (inside JSON)
+    numpy finds them the same way; under free text nearly all are allowed, and -inf is written
+    through the forbidden bits only. Unpacking with torch shifts and a masked fill took 250-350 us.
     """
+    raw = words.astype("<i4", copy=False).tobytes()  # byte k holds tokens 8k..8k+7
+    if int.from_bytes(raw, "little").bit_count() <= SPARSE_TOKENS:
+        allowed = [8 * m.start() + bit for m in _NONZERO_BYTE.finditer(raw) for bit in range(8)
+                   if raw[m.start()] >> bit & 1 and 8 * m.start() + bit < n]
+        kept = [out[token] for token in allowed]
+        out.fill(-np.inf)
+        for token, value in zip(allowed, kept):
+            out[token] = value
+        return
     used = np.flatnonzero(words)
     if len(used) * 8 <= len(words):
         bits = np.unpackbits(words[used].view(np.uint8), bitorder="little").view(np.bool_).reshape(-1, 32)
-        allowed = (used[:, None] * 32 + _BIT)[bits]
-        allowed = allowed[allowed < n]
-        kept = out[allowed]
+        allowed_ids = (used[:, None] * 32 + _BIT)[bits]
+        allowed_ids = allowed_ids[allowed_ids < n]
+        values = out[allowed_ids]
         out.fill(-np.inf)
-        out[allowed] = kept
+        out[allowed_ids] = values
     else:
         forbid = np.unpackbits((~words).view(np.uint8), bitorder="little")[:n].view(np.bool_)
         np.copyto(out[:n], np.float32(-np.inf), where=forbid)
