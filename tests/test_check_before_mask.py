@@ -22,7 +22,7 @@ from serve.backends.base import GenerationState, SamplingParams
 from serve.backends.decode_row import DecodeRow, best_allowed, unmasked_choice
 from serve.backends.transformers_backend import TransformersBackend
 from serve.constraints.base import GrammarSpec, Matcher, ReasoningGate, ToolGrammar
-from serve.constraints.llguidance_engine import LLGuidanceEngine
+from serve.constraints.llguidance_engine import SPARSE_TOKENS, LLGuidanceEngine
 from serve.constraints.schema import JsonLimits, bound_schema
 from serve.formats import make_format
 
@@ -58,16 +58,23 @@ def test_the_check_never_allows_a_token_the_mask_forbids(request: pytest.Fixture
     vocab = len(tok)
     stop = set(fmt.stop_token_ids())
     pieces = tok.get_vocab()
-    allowed_by_check = walked = forced_seen = 0
+    allowed_by_check = walked = forced_seen = sparse_seen = 0
     for names, text, parallel in [(["get_weather"], False, False), (["get_weather", "convert_units"], True, True),
                                   (["convert_units"], False, True), (["get_weather", "convert_units"], False, False)]:
         matcher = engine.matcher(engine.compile(_spec(fmt, names, text=text, parallel=parallel)))
         for _ in range(60):
             if matcher.is_finished():
                 break
+            # A greedy row asks for the few allowed tokens before the mask is written, a sampled row
+            # writes it first: both orders, and both must agree with the mask.
+            few_first = matcher.allowed_few() if walked % 2 else None
             logits = torch.zeros(vocab)
             matcher.apply(logits)
             allowed = torch.isfinite(logits).nonzero().flatten().tolist()
+            few = matcher.allowed_few()
+            assert few == (allowed if len(allowed) <= SPARSE_TOKENS else None), (few, allowed)
+            assert few_first in (None, few) and (few_first is None) == (few is None or walked % 2 == 0)
+            sparse_seen += few is not None and len(few) > 1
             # Random tokens, the allowed ones (which the check may call unsure), the stop tokens, ids
             # past the tokenizer, and other spellings of what few allowed tokens write (where text is
             # forced, the mask allows only the tokenizer's own spelling: ``call``, not ``cal``).
@@ -94,7 +101,7 @@ def test_the_check_never_allows_a_token_the_mask_forbids(request: pytest.Fixture
                 break
             assert matcher.consume(token)
     # The check said yes often and never wrongly, at forced text too.
-    assert walked > 100 and allowed_by_check > 1000 and forced_seen > 5
+    assert walked > 100 and allowed_by_check > 1000 and forced_seen > 5 and sparse_seen > 5
 
 
 def test_the_base_matcher_and_the_reasoning_gate_answer_what_they_can_tell() -> None:
@@ -108,11 +115,14 @@ def test_the_base_matcher_and_the_reasoning_gate_answer_what_they_can_tell() -> 
     assert not inner.allows(5)  # an engine that cannot tell: mask first, always
     gate = ReasoningGate(inner, open_ids=[10], close_id=11, separator_ids=[12], budget=2, banned=[0])
     assert gate.allows(10) and not gate.allows(5)  # the open marker is forced
+    assert gate.allowed_few() == [10] and inner.allowed_few() is None
     gate.consume(10)
     assert gate.allows(5) and not gate.allows(0) and not gate.allows(10)  # thinking: anything but banned
+    assert gate.allowed_few() is None
     gate.consume(5)
     gate.consume(6)
     assert not gate.allows(7) and gate.allows(11)  # the budget is spent: only the close marker
+    assert gate.allowed_few() == [11]
     gate.consume(11)
     assert gate.allows(12) and not gate.allows(5)
     gate.consume(12)
@@ -133,12 +143,22 @@ class CountingMatcher(Matcher):
     def __init__(self, inner: Matcher) -> None:
         self.inner = inner
         self.masks = 0
+        self.masked_here = False
+
+    def _count(self) -> None:
+        self.masks += not self.masked_here
+        self.masked_here = True
 
     def apply(self, logits: torch.Tensor) -> None:
-        self.masks += 1
+        self._count()
         self.inner.apply(logits)
 
+    def allowed_few(self) -> list[int] | None:
+        self._count()
+        return self.inner.allowed_few()
+
     def consume(self, token_id: int) -> bool:
+        self.masked_here = False
         return self.inner.consume(token_id)
 
     def allows(self, token_id: int) -> bool:

@@ -56,7 +56,8 @@ def test_a_finished_or_failed_matcher_forces_nothing(qwen_tokenizer: Any) -> Non
 
 
 class ScriptedMatcher(Matcher):
-    """Forces ``script`` one token at a time (then nothing); records what it consumed."""
+    """Allows any first token, then forces ``script`` one token at a time (then nothing); records what
+    it consumed."""
 
     def __init__(self, script: list[int]) -> None:
         self.script = list(script)
@@ -78,7 +79,7 @@ class ScriptedMatcher(Matcher):
         return True
 
     def forced_tokens(self) -> list[int]:
-        return list(self.script)
+        return list(self.script) if self.consumed else []
 
 
 def _row(matcher: Matcher, max_tokens: int = 100, stop: tuple[int, ...] = (2,)) -> tuple[DecodeRow, GenerationState]:
@@ -135,6 +136,7 @@ def test_no_forced_tokens_without_a_grammar_or_for_rows_sampled_elsewhere() -> N
 
 def test_the_reasoning_gate_forces_its_markers_then_defers_to_the_answer() -> None:
     inner = ScriptedMatcher([40, 41])
+    inner.consumed.append(0)  # past its free first token: the answer's grammar forces 40, 41
     gate = ReasoningGate(inner, open_ids=[7], close_id=8, separator_ids=[9], budget=4, banned=[])
     assert gate.forced_tokens() == [7]
     assert gate.consume(7)

@@ -125,6 +125,13 @@ class Matcher(ABC):
         a token the mask forbids: greedy answers would change."""
         return False
 
+    def allowed_few(self) -> list[int] | None:
+        """The tokens :meth:`apply` would leave allowed next, ascending, when they are few (the engine
+        decides how few), else None (the default: cannot tell). An engine may compute its mask for
+        this and reuse it in :meth:`apply` at the same position. A greedy row then takes the best of
+        them without writing the mask into the logits."""
+        return None
+
 
 class ConstraintEngine(ABC):
     """Prepares tokenizer data once (constructor) and compiles specs with an LRU cache."""
@@ -230,6 +237,13 @@ class ReasoningGate(Matcher):
         if self.forced:
             return list(self.forced)
         return [] if self.thinking else self.inner.forced_tokens()
+
+    def allowed_few(self) -> list[int] | None:
+        if self.forced:
+            return [self.forced[0]]
+        if self.thinking:
+            return [self.close_id] if self.used >= self.budget else None
+        return self.inner.allowed_few()
 
     def is_finished(self) -> bool:
         return not (self.thinking or self.forced) and self.inner.is_finished()

@@ -141,6 +141,16 @@ SPARSE_TOKENS = 64
 _NONZERO_BYTE = re.compile(rb"[^\x00]")
 
 
+def sparse_ids(words: np.ndarray, n: int) -> list[int] | None:
+    """The ids under ``n`` whose bits are set in ``words``, ascending, when at most ``SPARSE_TOKENS``
+    bits are set; else None. Read as bytes in Python: no numpy call on a cold cache."""
+    raw = words.astype("<i4", copy=False).tobytes()  # byte k holds tokens 8k..8k+7
+    if int.from_bytes(raw, "little").bit_count() > SPARSE_TOKENS:
+        return None
+    return [8 * m.start() + bit for m in _NONZERO_BYTE.finditer(raw) for bit in range(8)
+            if raw[m.start()] >> bit & 1 and 8 * m.start() + bit < n]
+
+
 def _mask_in_place(out: np.ndarray, words: np.ndarray, n: int) -> None:
     """-inf into ``out`` (float32 logits) at every token whose bit in ``words`` is clear; rows past
     ``n`` (padded embedding rows) are never valid tokens.
@@ -154,13 +164,11 @@ def _mask_in_place(out: np.ndarray, words: np.ndarray, n: int) -> None:
     numpy finds them the same way; under free text nearly all are allowed, and -inf is written
     through the forbidden bits only. Unpacking with torch shifts and a masked fill took 250-350 us.
     """
-    raw = words.astype("<i4", copy=False).tobytes()  # byte k holds tokens 8k..8k+7
-    if int.from_bytes(raw, "little").bit_count() <= SPARSE_TOKENS:
-        allowed = [8 * m.start() + bit for m in _NONZERO_BYTE.finditer(raw) for bit in range(8)
-                   if raw[m.start()] >> bit & 1 and 8 * m.start() + bit < n]
+    allowed = sparse_ids(words, n)
+    if allowed is not None:
         kept = [out[token] for token in allowed]
         out.fill(-np.inf)
-        for token, value in zip(allowed, kept):
+        for token, value in zip(allowed, kept, strict=True):
             out[token] = value
         return
     used = np.flatnonzero(words)
@@ -198,6 +206,7 @@ class LLGuidanceMatcher(Matcher):
         self._words = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
         self._at_start = True
         self._forced: tuple[bytes, list[int]] | None = None  # at this position, once asked
+        self._mask_ready = False  # self._words holds this position's mask
 
     def _forced_here(self) -> tuple[bytes, list[int]]:
         """The bytes the grammar forces from here and the tokens the tokenizer writes them as (a last
@@ -215,6 +224,18 @@ class LLGuidanceMatcher(Matcher):
                     self._compiled.first_forced = self._forced  # a benign race: every value is equal
         return self._forced
 
+    def _mask_words(self) -> np.ndarray:
+        """This position's bitmask: the grammar's first (computed once per grammar), or computed here
+        once and kept until the next token."""
+        if self._at_start and self._compiled.first_words is not None:
+            return self._compiled.first_words
+        if not self._mask_ready:
+            self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+            self._mask_ready = True
+            if self._at_start:
+                self._compiled.first_words = self._words.copy()  # a benign race: every copy is equal
+        return self._words
+
     def apply(self, logits: torch.Tensor) -> None:
         forced = self._forced[1] if self._forced is not None else []
         if forced:
@@ -222,12 +243,7 @@ class LLGuidanceMatcher(Matcher):
             # allows (tests/test_check_before_mask.py): no walk of the vocabulary.
             keep_only(logits, forced[0])
             return
-        first = self._compiled.first_words if self._at_start else None
-        if first is None:
-            self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
-            if self._at_start:
-                self._compiled.first_words = self._words.copy()  # a benign race: every copy is equal
-        words = first if first is not None else self._words
+        words = self._mask_words()
         n = min(logits.shape[-1], self._vocab)
         if logits.dtype == torch.float32 and logits.device.type == "cpu" and logits.is_contiguous():
             _mask_in_place(logits.detach().numpy(), words, n)  # .numpy() shares the logits' memory
@@ -235,6 +251,14 @@ class LLGuidanceMatcher(Matcher):
             forbid = np.unpackbits((~words).view(np.uint8), bitorder="little")[:n].view(np.bool_)
             logits[:n].masked_fill_(torch.from_numpy(forbid).to(logits.device), float("-inf"))
             logits[n:] = float("-inf")
+
+    def allowed_few(self) -> list[int] | None:
+        """At most ``SPARSE_TOKENS`` allowed tokens, from this position's mask (kept for :meth:`apply`);
+        where forced text's first token is known, that token alone."""
+        forced = self._forced_here()[1]
+        if forced:
+            return [forced[0]]
+        return sparse_ids(self._mask_words(), self._vocab)
 
     def allows(self, token_id: int) -> bool:
         """The grammar accepts the token's bytes here (``validate_tokens``, 1-3 us), unless bytes are
@@ -253,6 +277,7 @@ class LLGuidanceMatcher(Matcher):
     def consume(self, token_id: int) -> bool:
         self._at_start = False
         self._forced = None
+        self._mask_ready = False
         return self._m.consume_token(token_id)
 
     def forced_tokens(self) -> list[int]:
