@@ -202,9 +202,9 @@ class DecodeRow:
             assert self.generator is not None, "a row sampled elsewhere takes its tokens with take()"
             greedy = self.params.temperature <= GREEDY_BELOW
             spent = 0.0
-            if CHECK_BEFORE_MASK:
+            if CHECK_BEFORE_MASK and greedy:
                 # Where the grammar forces text, its first token is the only one the mask leaves: no
-                # choice to make, for greedy and sampled rows alike (all the mass is on it).
+                # choice to make. (Sampled rows still draw, so that a seed gives the answers it gave.)
                 start = time.perf_counter()
                 forced = self.matcher.forced_tokens()
                 if forced and forced[0] < logits.shape[-1] and logit_of(logits, forced[0]) > -np.inf:
