@@ -194,8 +194,8 @@ def test_lm_format_enforcer_same_grammar(lmfe: Checker) -> None:
 @pytest.mark.parametrize("density", [0.0, 0.0005, 0.01, 0.06, 0.1, 0.5, 0.999, 1.0])
 def test_llguidance_mask_writes_exactly_the_forbidden_tokens(density: float) -> None:
     """Every path of the mask (at most SPARSE_TOKENS allowed: read in Python; a few words in use: found
-    with numpy; many allowed: written through the forbidden bits) against the plain reading of the bitmask, with a vocabulary that is no multiple
-    of 32 and padded embedding rows past it."""
+    with numpy; many allowed: written through the forbidden bits) against the plain reading of the
+    bitmask, with a vocabulary that is no multiple of 32 and padded embedding rows past it."""
     import numpy as np
 
     from serve.constraints.llguidance_engine import _mask_in_place

@@ -125,11 +125,6 @@ def best_allowed(logits: torch.Tensor, first: int, matcher: Matcher, tries: int)
             view[token] = value
 
 
-def logit_of(logits: torch.Tensor, token: int) -> float:
-    view = _numpy_view(logits)
-    return float(view[token]) if view is not None else float(logits[token])
-
-
 def best_of(logits: torch.Tensor, tokens: list[int]) -> int | None:
     """The greedy choice among ``tokens`` (ascending ids, the ones a mask allows): the highest logit,
     the lowest id among equals, as argmax over the masked logits gives; None when none is above -inf
@@ -206,10 +201,10 @@ class DecodeRow:
                 # Where the grammar forces text, its first token is the only one the mask leaves: no
                 # choice to make. (Sampled rows still draw, so that a seed gives the answers it gave.)
                 start = time.perf_counter()
-                forced = self.matcher.forced_tokens()
-                if forced and forced[0] < logits.shape[-1] and logit_of(logits, forced[0]) > -np.inf:
+                token = best_of(logits, self.matcher.forced_tokens()[:1])
+                if token is not None:
                     self.state.constraint_seconds.append(time.perf_counter() - start)
-                    return forced[0] if self.take(forced[0]) else None
+                    return token if self.take(token) else None
                 spent = time.perf_counter() - start
             token = unmasked_choice(logits, self.params, self.generator) if CHECK_BEFORE_MASK else None
             start = time.perf_counter() - spent

@@ -153,32 +153,44 @@ def sparse_ids(words: np.ndarray, n: int) -> list[int] | None:
 
 def _mask_in_place(out: np.ndarray, words: np.ndarray, n: int) -> None:
     """-inf into ``out`` (float32 logits) at every token whose bit in ``words`` is clear; rows past
-    ``n`` (padded embedding rows) are never valid tokens.
+    ``n`` (padded embedding rows) are never valid tokens. Bits are little-endian within each 32-bit
+    word.
 
-    Bits are little-endian within each 32-bit word. The mask is computed between forward passes,
-    which leave the caches cold: there each numpy call on a small array cost 30-90 us (the three
-    that found a handful of allowed tokens took 150 us of a 250 us mask, SmolLM2's vocabulary,
-    docs/results.md), against a few us warm. So with at most ``SPARSE_TOKENS`` allowed (a choice
-    between a few spellings of a key or a bracket) the bitmask is read as bytes in Python, the
-    allowed values saved, the row filled and they put back. With a few words in use (inside JSON)
-    numpy finds them the same way; under free text nearly all are allowed, and -inf is written
-    through the forbidden bits only. Unpacking with torch shifts and a masked fill took 250-350 us.
+    The mask is computed between forward passes, which leave the caches cold: there each numpy call
+    on a small array cost 30-90 us (the three that found a handful of allowed tokens took 150 us of a
+    250 us mask, SmolLM2's vocabulary, docs/results.md), against a few us warm. So with at most
+    ``SPARSE_TOKENS`` allowed (a choice between a few spellings of a key or a bracket) the bitmask is
+    read as bytes in Python (:func:`sparse_ids`) and only those tokens are kept (:func:`_keep_tokens`);
+    otherwise :func:`_mask_many` writes it with numpy.
     """
     allowed = sparse_ids(words, n)
     if allowed is not None:
-        kept = [out[token] for token in allowed]
-        out.fill(-np.inf)
-        for token, value in zip(allowed, kept, strict=True):
-            out[token] = value
-        return
+        _keep_tokens(out, allowed)
+    else:
+        _mask_many(out, words, n)
+
+
+def _keep_tokens(out: np.ndarray, allowed: list[int]) -> None:
+    """-inf everywhere in ``out`` but at ``allowed``: their values saved, the row filled, put back."""
+    kept = [out[token] for token in allowed]
+    out.fill(-np.inf)
+    for token, value in zip(allowed, kept, strict=True):
+        out[token] = value
+
+
+def _mask_many(out: np.ndarray, words: np.ndarray, n: int) -> None:
+    """The mask written with numpy: with a few words in use (inside JSON) the allowed values are
+    saved, the row filled and they put back (a few tens of microseconds on a 152k vocabulary); under
+    free text nearly all tokens are allowed, and -inf is written through the forbidden bits only.
+    Unpacking with torch shifts and a masked fill took 250-350 us a token."""
     used = np.flatnonzero(words)
     if len(used) * 8 <= len(words):
         bits = np.unpackbits(words[used].view(np.uint8), bitorder="little").view(np.bool_).reshape(-1, 32)
-        allowed_ids = (used[:, None] * 32 + _BIT)[bits]
-        allowed_ids = allowed_ids[allowed_ids < n]
-        values = out[allowed_ids]
+        allowed = (used[:, None] * 32 + _BIT)[bits]
+        allowed = allowed[allowed < n]
+        kept = out[allowed]
         out.fill(-np.inf)
-        out[allowed_ids] = values
+        out[allowed] = kept
     else:
         forbid = np.unpackbits((~words).view(np.uint8), bitorder="little")[:n].view(np.bool_)
         np.copyto(out[:n], np.float32(-np.inf), where=forbid)
@@ -206,7 +218,8 @@ class LLGuidanceMatcher(Matcher):
         self._words = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
         self._at_start = True
         self._forced: tuple[bytes, list[int]] | None = None  # at this position, once asked
-        self._mask_ready = False  # self._words holds this position's mask
+        # This position's mask and its allowed tokens when few (sparse_ids), once computed.
+        self._mask: tuple[np.ndarray, list[int] | None] | None = None
 
     def _forced_here(self) -> tuple[bytes, list[int]]:
         """The bytes the grammar forces from here and the tokens the tokenizer writes them as (a last
@@ -224,17 +237,19 @@ class LLGuidanceMatcher(Matcher):
                     self._compiled.first_forced = self._forced  # a benign race: every value is equal
         return self._forced
 
-    def _mask_words(self) -> np.ndarray:
-        """This position's bitmask: the grammar's first (computed once per grammar), or computed here
-        once and kept until the next token."""
-        if self._at_start and self._compiled.first_words is not None:
-            return self._compiled.first_words
-        if not self._mask_ready:
-            self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
-            self._mask_ready = True
-            if self._at_start:
-                self._compiled.first_words = self._words.copy()  # a benign race: every copy is equal
-        return self._words
+    def _mask_here(self) -> tuple[np.ndarray, list[int] | None]:
+        """This position's bitmask and its allowed tokens when at most ``SPARSE_TOKENS`` (else None):
+        the grammar's first mask is computed once per grammar, any other once per position (greedy
+        rows ask :meth:`allowed_few` first, and :meth:`apply` reuses what it found)."""
+        if self._mask is None:
+            words = self._compiled.first_words if self._at_start else None
+            if words is None:
+                self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+                words = self._words
+                if self._at_start:
+                    self._compiled.first_words = self._words.copy()  # a benign race: every copy is equal
+            self._mask = (words, sparse_ids(words, self._vocab))
+        return self._mask
 
     def apply(self, logits: torch.Tensor) -> None:
         forced = self._forced[1] if self._forced is not None else []
@@ -243,10 +258,14 @@ class LLGuidanceMatcher(Matcher):
             # allows (tests/test_check_before_mask.py): no walk of the vocabulary.
             keep_only(logits, forced[0])
             return
-        words = self._mask_words()
+        words, few = self._mask_here()
         n = min(logits.shape[-1], self._vocab)
         if logits.dtype == torch.float32 and logits.device.type == "cpu" and logits.is_contiguous():
-            _mask_in_place(logits.detach().numpy(), words, n)  # .numpy() shares the logits' memory
+            out = logits.detach().numpy()  # shares the logits' memory
+            if few is not None:
+                _keep_tokens(out, [token for token in few if token < n])
+            else:
+                _mask_many(out, words, n)
         else:
             forbid = np.unpackbits((~words).view(np.uint8), bitorder="little")[:n].view(np.bool_)
             logits[:n].masked_fill_(torch.from_numpy(forbid).to(logits.device), float("-inf"))
@@ -258,7 +277,7 @@ class LLGuidanceMatcher(Matcher):
         forced = self._forced_here()[1]
         if forced:
             return [forced[0]]
-        return sparse_ids(self._mask_words(), self._vocab)
+        return self._mask_here()[1]
 
     def allows(self, token_id: int) -> bool:
         """The grammar accepts the token's bytes here (``validate_tokens``, 1-3 us), unless bytes are
@@ -277,7 +296,7 @@ class LLGuidanceMatcher(Matcher):
     def consume(self, token_id: int) -> bool:
         self._at_start = False
         self._forced = None
-        self._mask_ready = False
+        self._mask = None
         return self._m.consume_token(token_id)
 
     def forced_tokens(self) -> list[int]:
