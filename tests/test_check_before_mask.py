@@ -255,3 +255,30 @@ def test_the_best_allowed_token_is_the_masked_argmax_ties_to_the_lowest_id() -> 
     assert best_allowed(logits, 1, Allowing({4, 6}), tries=3) is None  # not among the 3 best: mask
     assert torch.equal(logits, before)
     assert best_allowed(torch.full((4,), float("-inf")), 0, Allowing(set()), tries=4) is None
+
+
+def test_a_greedy_row_picks_among_a_few_allowed_tokens_without_writing_the_mask() -> None:
+    """``allowed_few``: the best of the few by logit, the lowest id among equals, and ``apply`` never
+    called; with none of them above -inf the mask decides (and reports that nothing is allowed)."""
+
+    class Few(Matcher):
+        def __init__(self, few: list[int]) -> None:
+            self.few = few
+        def apply(self, logits: torch.Tensor) -> None:
+            keep = logits[self.few].clone()
+            logits.fill_(float("-inf"))
+            logits[self.few] = keep
+        def allowed_few(self) -> list[int] | None: return self.few
+        def consume(self, token_id: int) -> bool: return token_id in self.few
+        def is_finished(self) -> bool: return False
+        def is_accepting(self) -> bool: return True
+
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    logits = torch.tensor([9.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0])
+    row = DecodeRow(params, Few([3, 5]), threading.Event(), GenerationState())
+    before = logits.clone()
+    assert row.next_token(logits) == 3 and torch.equal(logits, before)  # a tie: the lower id, no mask written
+    state = GenerationState()
+    row = DecodeRow(params, Few([1, 2]), threading.Event(), state)
+    assert row.next_token(torch.tensor([9.0, float("-inf"), float("-inf")])) is None
+    assert state.finish_reason == "error"

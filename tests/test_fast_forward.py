@@ -145,3 +145,12 @@ def test_the_reasoning_gate_forces_its_markers_then_defers_to_the_answer() -> No
     assert gate.forced_tokens() == [9]
     assert gate.consume(9)
     assert gate.forced_tokens() == [40, 41]
+
+
+def test_a_greedy_row_takes_a_forced_token_without_a_mask() -> None:
+    """At a forced position a greedy row takes the forced token even where the model prefers another
+    (this matcher's apply masks nothing, so only the shortcut can give 11), and computes no mask."""
+    row, state = _row(ScriptedMatcher([11]))
+    assert _sample(row, 10) == 10  # the free first token (this matcher cannot answer allows: a mask)
+    masks = state.masks
+    assert _sample(row, 10) == 11 and state.masks == masks
