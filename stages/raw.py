@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from stages.config import StrictModel, load_section, log_config, setup_logging, stage_argparser
 from stages.kinds import Kind
-from stages.synthetic.generator import iter_samples
+from stages.synthetic.generator import iter_samples, mixed_case_weights
 
 log = logging.getLogger("stages.raw")
 
@@ -68,6 +68,16 @@ class SyntheticOrigin(StrictModel):
     tool_lists: ToolLists | None = Field(default=None, description=(
         "tool-offering kinds: a share of the cases offered a longer tool list (other functions of the "
         "bank, none that fits); null: the cases' own lists (0-5 tools)"))
+    case_weights: dict[str, float] | None = Field(default=None, description=(
+        "tool-offering kinds: relative weights of the case types it names (single, parallel, multiple, "
+        "parallel_multiple, irrelevance, general, missing_info, multi_turn, chain), the others keeping "
+        "the generator's (stages/synthetic/cases.py CASE_WEIGHTS); null: the generator's weights"))
+
+    @field_validator("case_weights")
+    @classmethod
+    def _known_case_types(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        mixed_case_weights(weights)  # raises on an unknown type, a negative weight or all zero
+        return weights
 
 
 class HubOrigin(StrictModel):
@@ -286,7 +296,7 @@ def build_source(name: str, source: Source, output_dir: Path) -> dict[str, Any]:
             shape = origin.sessions.model_dump() if origin.sessions is not None else None
             lists = origin.tool_lists.model_dump() if origin.tool_lists is not None else None
             for sample in iter_samples(source.kind, origin.rows, origin.seed, origin.malformed_fraction, dropped,
-                                       shape, lists):
+                                       shape, lists, origin.case_weights):
                 if sample.defect:
                     defects[sample.defect] += 1
                 yield sample.row

@@ -555,3 +555,37 @@ def test_tool_lists_off_or_at_share_zero_changes_no_byte_and_on_grows_lists() ->
     assert sum(len(g) > len(p) for g, p in zip(grown, plain, strict=True)) > 20
     with pytest.raises(ValueError, match="tool_lists"):
         list(iter_samples("openhermes", 3, 1, tool_lists={"share": 0.5, "tools": [6, 12]}))
+
+
+def test_case_weights_reweight_the_named_types_and_default_to_the_same_bytes() -> None:
+    from stages.synthetic.generator import iter_samples, mixed_case_weights
+
+    def samples(weights: Any) -> list[Any]:
+        return list(iter_samples("toolace", 300, 5, 0.0, case_weights=weights))
+
+    plain = samples(None)
+    # the defaults named explicitly draw the same cases: the same bytes
+    assert [s.row for s in samples({"chain": 6, "single": 10})] == [s.row for s in plain]
+    chains = Counter(s.case_type for s in samples({"chain": 60}))
+    assert chains["chain"] > 3 * Counter(s.case_type for s in plain)["chain"]
+    only = Counter(s.case_type for s in samples({t: 0 for t in CASE_TYPES if t != "general"}))
+    assert set(only) == {"general"}
+    with pytest.raises(ValueError, match="unknown case type"):
+        mixed_case_weights({"chains": 3})
+    with pytest.raises(ValueError, match=">= 0"):
+        mixed_case_weights({"chain": -1})
+    with pytest.raises(ValueError, match="above 0"):
+        mixed_case_weights({t: 0 for t in CASE_TYPES})
+    with pytest.raises(ValueError, match="case_weights"):
+        list(iter_samples("openhermes", 3, 1, case_weights={"chain": 3}))
+
+
+def test_raw_config_rejects_unknown_case_types() -> None:
+    from pydantic import ValidationError
+
+    from stages.raw import SyntheticOrigin
+
+    origin = {"type": "synthetic", "rows": 3, "seed": 1, "malformed_fraction": 0.0}
+    assert SyntheticOrigin(**origin, case_weights={"chain": 18}).case_weights == {"chain": 18}
+    with pytest.raises(ValidationError, match="unknown case type"):
+        SyntheticOrigin(**origin, case_weights={"chian": 18})

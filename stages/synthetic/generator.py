@@ -116,14 +116,33 @@ def longer_list(rng: random.Random, case: Case, tool_lists: dict[str, Any] | Non
     return dataclasses.replace(case, tools=offer_more(rng, TRAIN, case.tools, total, case.avoid))
 
 
+def mixed_case_weights(overrides: dict[str, float] | None) -> tuple[float, ...]:
+    """The weights of :data:`CASE_TYPES` with ``overrides`` (case type -> relative weight, >= 0) in
+    place of the defaults of the types it names; the defaults themselves when there is none."""
+    if not overrides:
+        return CASE_WEIGHTS
+    unknown = sorted(set(overrides) - set(CASE_TYPES))
+    if unknown:
+        raise ValueError(f"case_weights: unknown case type(s) {unknown}; expected some of {', '.join(CASE_TYPES)}")
+    if any(w < 0 for w in overrides.values()):
+        raise ValueError(f"case_weights: weights must be >= 0, got {overrides}")
+    weights = tuple(overrides.get(t, w) for t, w in zip(CASE_TYPES, CASE_WEIGHTS, strict=True))
+    if sum(weights) <= 0:
+        raise ValueError("case_weights: at least one case type needs a weight above 0")
+    return weights
+
+
 def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
                  stats: Counter[str] | None = None, sessions: dict[str, Any] | None = None,
-                 tool_lists: dict[str, Any] | None = None) -> Iterator[Sample]:
+                 tool_lists: dict[str, Any] | None = None,
+                 case_weights: dict[str, float] | None = None) -> Iterator[Sample]:
     """Rows one at a time (the stage streams them to disk behind a progress bar). Session kinds
     only: ``stats`` counts generated sessions that were dropped, by reason; ``sessions`` sets their
     shape (``functions`` and ``turns`` ranges, see ``build_session``). Tool-offering kinds only:
     ``tool_lists`` = {share, tools: [min, max]} gives a share of the well-formed cases a longer
-    tool list (:func:`longer_list`)."""
+    tool list (:func:`longer_list`); ``case_weights`` = {case type: relative weight} replaces the
+    default weights of the types it names (:data:`CASE_WEIGHTS`; with none, the rows stay
+    byte-identical)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if n < 0:
@@ -133,6 +152,9 @@ def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
     source = SOURCE_KINDS[kind]
     if tool_lists and (source.sessions or not source.offers_tools):
         raise ValueError(f"tool_lists applies to kinds whose rows offer tools per case, not to {kind!r}")
+    if case_weights and (source.sessions or not source.offers_tools):
+        raise ValueError(f"case_weights applies to kinds whose rows offer tools per case, not to {kind!r}")
+    weights = mixed_case_weights(case_weights)
     if source.sessions:
         yield from _sessions(kind, rng, n, bad, stats, sessions)
         return
@@ -144,7 +166,7 @@ def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
             if i in bad:
                 case = make_malformed(rng, zh, execute_p, KIND_DEFECTS[kind])
             else:
-                case = make_case(rng, rng.choices(CASE_TYPES, weights=CASE_WEIGHTS)[0], zh, execute_p)
+                case = make_case(rng, rng.choices(CASE_TYPES, weights=weights)[0], zh, execute_p)
                 case = longer_list(list_rng, case, tool_lists)
             yield Sample(source.write(rng, case), case.case_type, case.defect)
         return
@@ -169,5 +191,5 @@ def defect_counts(samples: Iterable[Sample]) -> Counter[str]:
     return Counter(s.defect for s in samples if s.defect)
 
 
-__all__ = ["CASE_TYPES", "DEFECTS", "KIND_DEFECTS", "CHAT_DEFECTS", "Sample",
+__all__ = ["CASE_TYPES", "DEFECTS", "KIND_DEFECTS", "CHAT_DEFECTS", "Sample", "mixed_case_weights",
            "iter_samples", "generate_samples", "generate_rows", "defect_counts"]
