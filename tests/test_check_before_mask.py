@@ -58,7 +58,7 @@ def test_the_check_never_allows_a_token_the_mask_forbids(request: pytest.Fixture
     vocab = len(tok)
     stop = set(fmt.stop_token_ids())
     pieces = tok.get_vocab()
-    allowed_by_check = walked = forced_seen = sparse_seen = 0
+    allowed_by_check = walked = forced_seen = sparse_seen = refusing_seen = 0
     for names, text, parallel in [(["get_weather"], False, False), (["get_weather", "convert_units"], True, True),
                                   (["convert_units"], False, True), (["get_weather", "convert_units"], False, False)]:
         matcher = engine.matcher(engine.compile(_spec(fmt, names, text=text, parallel=parallel)))
@@ -89,10 +89,13 @@ def test_the_check_never_allows_a_token_the_mask_forbids(request: pytest.Fixture
                 again = torch.zeros(vocab)
                 matcher.apply(again)
                 assert torch.equal(again, logits)
+            refuses = matcher.refuses_every_check()
+            refusing_seen += refuses
             for token in (rng.sample(range(vocab), 150) + allowed[:60] + sorted(stop) + [vocab, vocab + 7]
                           + spellings):
                 if matcher.allows(token):
                     allowed_by_check += 1
+                    assert not refuses, (token, tok.decode([token]))
                     assert token < vocab and torch.isfinite(logits[token]), (token, tok.decode([token]))
             walked += 1
             # Walk on through tokens that are not the end of the turn, into and through the calls.
@@ -101,7 +104,7 @@ def test_the_check_never_allows_a_token_the_mask_forbids(request: pytest.Fixture
                 break
             assert matcher.consume(token)
     # The check said yes often and never wrongly, at forced text too.
-    assert walked > 100 and allowed_by_check > 1000 and forced_seen > 5 and sparse_seen > 5
+    assert walked > 100 and allowed_by_check > 1000 and forced_seen > 5 and sparse_seen > 5 and refusing_seen > 5
 
 
 def test_the_base_matcher_and_the_reasoning_gate_answer_what_they_can_tell() -> None:
@@ -113,8 +116,11 @@ def test_the_base_matcher_and_the_reasoning_gate_answer_what_they_can_tell() -> 
 
     inner = Unsure()
     assert not inner.allows(5)  # an engine that cannot tell: mask first, always
+    assert not inner.refuses_every_check()  # nor says that no check can pass
     gate = ReasoningGate(inner, open_ids=[10], close_id=11, separator_ids=[12], budget=2, banned=[0])
     assert gate.allows(10) and not gate.allows(5)  # the open marker is forced
+    inner.refuses_every_check = lambda: True  # type: ignore[method-assign]
+    assert not gate.refuses_every_check()  # the gate's own markers pass a check
     assert gate.allowed_few() == [10] and inner.allowed_few() is None
     gate.consume(10)
     assert gate.allows(5) and not gate.allows(0) and not gate.allows(10)  # thinking: anything but banned
@@ -127,6 +133,7 @@ def test_the_base_matcher_and_the_reasoning_gate_answer_what_they_can_tell() -> 
     assert gate.allows(12) and not gate.allows(5)
     gate.consume(12)
     assert not gate.allows(5)  # the answer's matcher decides from here
+    assert gate.refuses_every_check()
 
 
 def test_unmasked_choice_only_where_it_is_exact() -> None:
@@ -163,6 +170,9 @@ class CountingMatcher(Matcher):
 
     def allows(self, token_id: int) -> bool:
         return self.inner.allows(token_id)
+
+    def refuses_every_check(self) -> bool:
+        return self.inner.refuses_every_check()
 
     def forced_tokens(self) -> list[int]:
         return self.inner.forced_tokens()

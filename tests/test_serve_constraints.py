@@ -211,6 +211,26 @@ def test_llguidance_mask_writes_exactly_the_forbidden_tokens(density: float) -> 
     assert np.array_equal(out, expected)
 
 
+@pytest.mark.parametrize("allowed", [[], [0], [31], [31, 63, 151935], list(range(32, 96)), list(range(32, 97)),
+                                     [151934, 151935, 151936, 151940], list(range(0, 151936, 2375))])
+def test_sparse_ids_reads_the_set_bits_in_order(allowed: list[int]) -> None:
+    """The allowed ids (the sign bit of a word included, ids past the vocabulary left out) when at most
+    SPARSE_TOKENS bits are set, else None; on Qwen2.5's vocabulary size with padded bits past it."""
+    import numpy as np
+
+    from serve.constraints.llguidance_engine import SPARSE_TOKENS, sparse_ids
+
+    vocab = 151936
+    bits = np.zeros(32 * ((vocab + 31) // 32 + 1), dtype=bool)
+    bits[allowed] = True
+    words = np.packbits(bits, bitorder="little").view(np.int32).copy()
+    ids = sparse_ids(words, vocab)
+    if len(allowed) > SPARSE_TOKENS:
+        assert ids is None
+    else:
+        assert ids == [token for token in sorted(allowed) if token < vocab]
+
+
 @pytest.mark.parametrize("allowed", [[5], list(range(64)), list(range(4000, 4065)), list(range(4000, 4200, 3)),
                                      [49151, 49150, 7]])
 def test_llguidance_mask_paths_on_a_large_vocabulary(allowed: list[int]) -> None:

@@ -125,6 +125,12 @@ class Matcher(ABC):
         a token the mask forbids: greedy answers would change."""
         return False
 
+    def refuses_every_check(self) -> bool:
+        """True where :meth:`allows` answers False for every token at this position, so that checking
+        the model's best tokens one by one is wasted work and the mask decides at once (False, the
+        default: a check may pass)."""
+        return False
+
     def allowed_few(self) -> list[int] | None:
         """The tokens :meth:`apply` would leave allowed next, ascending, when they are few (the engine
         decides how few), else None (the default: cannot tell). An engine may compute its mask for
@@ -237,6 +243,9 @@ class ReasoningGate(Matcher):
         if self.forced:
             return list(self.forced)
         return [] if self.thinking else self.inner.forced_tokens()
+
+    def refuses_every_check(self) -> bool:
+        return not (self.forced or self.thinking) and self.inner.refuses_every_check()
 
     def allowed_few(self) -> list[int] | None:
         if self.forced:
