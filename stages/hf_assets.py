@@ -92,6 +92,13 @@ TOKENIZER_LOADING_KEYS = ("local_files_only", "is_local", "cache_dir", "force_do
                           "_commit_hash")
 
 
+def forget_how_loaded(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Drop :data:`TOKENIZER_LOADING_KEYS` from what ``tokenizer`` saves (in place; returned)."""
+    for key in TOKENIZER_LOADING_KEYS:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
 def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
                    extra_files: dict[str, str] | None = None) -> None:
     """Save model + tokenizer (+ small text files) to a sibling staging dir, then swap it in, so a
@@ -102,9 +109,7 @@ def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, o
     if staging.exists():
         shutil.rmtree(staging)
     model.save_pretrained(staging)
-    for key in TOKENIZER_LOADING_KEYS:
-        tokenizer.init_kwargs.pop(key, None)
-    tokenizer.save_pretrained(staging)
+    forget_how_loaded(tokenizer).save_pretrained(staging)
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text, encoding="utf-8")
     replace_dir(staging, output_dir)

@@ -352,6 +352,12 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(
     assert metadata_out == {**metadata_in, "tool_format": "v2"}
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    # The same bytes wherever it ran: nothing saved says how the tokenizer was loaded
+    # (local_files_only followed HF_HUB_OFFLINE, which make sets and a bare `dvc repro` may not).
+    from stages.hf_assets import TOKENIZER_LOADING_KEYS
+
+    saved = json.loads((out / "tokenizer_config.json").read_text())
+    assert not set(TOKENIZER_LOADING_KEYS) & set(saved), sorted(set(TOKENIZER_LOADING_KEYS) & set(saved))
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.num_parameters() > 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stages.config import ConfigError
+from stages.hf_assets import forget_how_loaded
 from stages.training.checkpoints import (
     RUN_DIR_ENV,
     find_resumable_checkpoint,
@@ -124,6 +125,9 @@ def save_final_model(trainer: Any, tokenizer: PreTrainedTokenizerBase, config: S
     if trainer.is_world_process_zero() and partial.exists():
         shutil.rmtree(partial)
     trainer.accelerator.wait_for_everyone()
+    # The trainer saves its processing class too: what it writes must not say how it was loaded
+    # (HF_HUB_OFFLINE=1 under make wrote "local_files_only": true, a bare `dvc repro` false).
+    forget_how_loaded(tokenizer)
     trainer.save_model(str(partial))  # every rank: ZeRO-3 gathers the shards here
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(partial))
