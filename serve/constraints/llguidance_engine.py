@@ -297,11 +297,11 @@ class LLGuidanceMatcher(Matcher):
         only the first of the forced tokens is taken as allowed (none when the forced text could
         still merge into a longer token: the mask decides). Checked against the mask on random walks
         through tool grammars on both vocabularies (tests/test_check_before_mask.py)."""
-        if not 0 <= token_id < self._vocab or self._m.is_stopped() or self._m.is_error():
+        if not 0 <= token_id < self._vocab or self.refuses_every_check():
             return False
-        forced_bytes, forced = self._forced_here()
-        if forced_bytes:
-            return bool(forced) and token_id == forced[0]
+        forced = self._forced_here()[1]
+        if forced:
+            return token_id == forced[0]
         return self._m.validate_tokens([token_id]) == 1
 
     def refuses_every_check(self) -> bool:

@@ -150,10 +150,9 @@ def iter_samples(kind: str, n: int, seed: int, malformed_fraction: float = 0.05,
     rng = FastRandom(f"{kind}:{seed}")
     bad = _malformed_positions(rng, n, malformed_fraction)
     source = SOURCE_KINDS[kind]
-    if tool_lists and (source.sessions or not source.offers_tools):
-        raise ValueError(f"tool_lists applies to kinds whose rows offer tools per case, not to {kind!r}")
-    if case_weights and (source.sessions or not source.offers_tools):
-        raise ValueError(f"case_weights applies to kinds whose rows offer tools per case, not to {kind!r}")
+    for option, value in (("tool_lists", tool_lists), ("case_weights", case_weights)):
+        if value and (source.sessions or not source.offers_tools):
+            raise ValueError(f"{option} applies to kinds whose rows offer tools per case, not to {kind!r}")
     weights = mixed_case_weights(case_weights)
     if source.sessions:
         yield from _sessions(kind, rng, n, bad, stats, sessions)
