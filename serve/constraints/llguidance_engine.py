@@ -138,14 +138,16 @@ def _error_summary(error: str) -> str:
 _BIT = np.arange(32, dtype=np.int64)
 # At most this many allowed tokens: the mask is read and written from Python (below).
 SPARSE_TOKENS = 64
-def sparse_ids(words: np.ndarray, n: int) -> list[int] | None:
+def sparse_ids(words: np.ndarray, n: int, used: np.ndarray | None = None) -> list[int] | None:
     """The ids under ``n`` whose bits are set in ``words``, ascending, when at most ``SPARSE_TOKENS``
     bits are set; else None. One numpy call finds the words in use; their bits are read in Python.
 
     Measured between forward passes (caches cold, docs/results.md, sixteenth session): 34-39 us on
     both vocabularies for a handful of allowed tokens, where scanning the mask's bytes with a regex
-    took 83 us on SmolLM2's 49k and 161 us on Qwen2.5's 152k (a pass over every byte)."""
-    used = words.nonzero()[0]
+    took 83 us on SmolLM2's 49k and 161 us on Qwen2.5's 152k (a pass over every byte). ``used``: the
+    indices of the nonzero words when the caller has them already."""
+    if used is None:
+        used = words.nonzero()[0]
     if len(used) > SPARSE_TOKENS:
         return None
     values = [value & 0xFFFFFFFF for value in words[used].tolist()]
@@ -174,11 +176,12 @@ def _mask_in_place(out: np.ndarray, words: np.ndarray, n: int) -> None:
     finds them (:func:`sparse_ids`) and only those tokens are kept (:func:`_keep_tokens`); otherwise
     :func:`_mask_many` writes it with numpy.
     """
-    allowed = sparse_ids(words, n)
+    used = words.nonzero()[0]
+    allowed = sparse_ids(words, n, used)
     if allowed is not None:
         _keep_tokens(out, allowed)
     else:
-        _mask_many(out, words, n)
+        _mask_many(out, words, n, used)
 
 
 def _keep_tokens(out: np.ndarray, allowed: list[int]) -> None:
@@ -189,12 +192,15 @@ def _keep_tokens(out: np.ndarray, allowed: list[int]) -> None:
         out[token] = value
 
 
-def _mask_many(out: np.ndarray, words: np.ndarray, n: int) -> None:
+def _mask_many(out: np.ndarray, words: np.ndarray, n: int, used: np.ndarray | None = None) -> None:
     """The mask written with numpy: with a few words in use (inside JSON) the allowed values are
     saved, the row filled and they put back (a few tens of microseconds on a 152k vocabulary); under
     free text nearly all tokens are allowed, and -inf is written through the forbidden bits only.
-    Unpacking with torch shifts and a masked fill took 250-350 us a token."""
-    used = np.flatnonzero(words)
+    Unpacking with torch shifts and a masked fill took 250-350 us a token. ``used``: the indices of
+    the nonzero words when the caller has them already (finding them again cost 20-30 us cold on
+    152k tokens)."""
+    if used is None:
+        used = words.nonzero()[0]
     if len(used) * 8 <= len(words):
         bits = np.unpackbits(words[used].view(np.uint8), bitorder="little").view(np.bool_).reshape(-1, 32)
         allowed = (used[:, None] * 32 + _BIT)[bits]
@@ -229,8 +235,9 @@ class LLGuidanceMatcher(Matcher):
         self._words = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
         self._at_start = True
         self._forced: tuple[bytes, list[int]] | None = None  # at this position, once asked
-        # This position's mask and its allowed tokens when few (sparse_ids), once computed.
-        self._mask: tuple[np.ndarray, list[int] | None] | None = None
+        # This position's mask, the indices of its nonzero words and its allowed tokens when few
+        # (sparse_ids), once computed.
+        self._mask: tuple[np.ndarray, np.ndarray, list[int] | None] | None = None
 
     def _forced_here(self) -> tuple[bytes, list[int]]:
         """The bytes the grammar forces from here and the tokens the tokenizer writes them as (a last
@@ -248,7 +255,7 @@ class LLGuidanceMatcher(Matcher):
                     self._compiled.first_forced = self._forced  # a benign race: every value is equal
         return self._forced
 
-    def _mask_here(self) -> tuple[np.ndarray, list[int] | None]:
+    def _mask_here(self) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
         """This position's bitmask and its allowed tokens when at most ``SPARSE_TOKENS`` (else None):
         the grammar's first mask is computed once per grammar, any other once per position (greedy
         rows ask :meth:`allowed_few` first, and :meth:`apply` reuses what it found)."""
@@ -259,7 +266,8 @@ class LLGuidanceMatcher(Matcher):
                 words = self._words
                 if self._at_start:
                     self._compiled.first_words = self._words.copy()  # a benign race: every copy is equal
-            self._mask = (words, sparse_ids(words, self._vocab))
+            used = words.nonzero()[0]
+            self._mask = (words, used, sparse_ids(words, self._vocab, used))
         return self._mask
 
     def apply(self, logits: torch.Tensor) -> None:
@@ -269,14 +277,14 @@ class LLGuidanceMatcher(Matcher):
             # allows (tests/test_check_before_mask.py): no walk of the vocabulary.
             keep_only(logits, forced[0])
             return
-        words, few = self._mask_here()
+        words, used, few = self._mask_here()
         n = min(logits.shape[-1], self._vocab)
         if logits.dtype == torch.float32 and logits.device.type == "cpu" and logits.is_contiguous():
             out = logits.detach().numpy()  # shares the logits' memory
             if few is not None:
                 _keep_tokens(out, [token for token in few if token < n])
             else:
-                _mask_many(out, words, n)
+                _mask_many(out, words, n, used)
         else:
             forbid = np.unpackbits((~words).view(np.uint8), bitorder="little")[:n].view(np.bool_)
             logits[:n].masked_fill_(torch.from_numpy(forbid).to(logits.device), float("-inf"))
@@ -288,7 +296,7 @@ class LLGuidanceMatcher(Matcher):
         forced = self._forced_here()[1]
         if forced:
             return [forced[0]]
-        return self._mask_here()[1]
+        return self._mask_here()[2]
 
     def allows(self, token_id: int) -> bool:
         """The grammar accepts the token's bytes here (``validate_tokens``, 1-3 us), unless bytes are
