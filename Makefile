@@ -75,11 +75,14 @@ repro: setup $(BFCL_STAMP) $(EVAL_BACKEND_VENV)
 # to date and reruns nothing. No output of the training stages is persisted, only metrics and plots are
 # uncached (checkpoints and
 # live curves sit in a folder per run, not an output), so DVC's run cache restores a stage whose params and inputs
-# it has seen. `exp apply v2` then puts the default's params and outputs back in the workspace.
+# it has seen. `exp apply v2` then puts the default's params and outputs back in the workspace, and
+# `params-text restore` params.yaml's own text (DVC rewrites the file without its comments).
 compare: setup $(BFCL_STAMP) $(EVAL_BACKEND_VENV)
+	$(PY) -m stages.recipe params-text save
 	$(PY) -m stages.recipe exp v2
 	$(PY) -m stages.recipe exp v1
 	$(VENV)/bin/dvc exp apply v2
+	$(PY) -m stages.recipe params-text restore
 	$(VENV)/bin/dvc params diff v1 v2
 	$(VENV)/bin/dvc metrics diff v1 v2
 

@@ -15,6 +15,11 @@ stage reads). Two ways to use one::
     python -m stages.recipe exp v1                   # dvc exp run -n v1 -S key=value ...
     python -m stages.recipe args v1                  # just the `-S key=value` arguments, shell-quoted
     python -m stages.recipe write gpu-8x --out params.gpu.yaml   # a merged params file
+
+``dvc exp run -S`` and ``dvc exp apply`` write params.yaml back through a YAML dumper, which drops
+its comments and layout even where every value is the same. ``make compare`` therefore keeps the
+file's text (``params-text save``) and puts it back at the end (``params-text restore``) when the
+values are those it started from.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import yaml
 from stages.config import DEFAULT_PARAMS, ConfigError, read_params
 
 RECIPES_DIR = Path("recipes")
+# Where `params-text save` keeps params.yaml's text (DVC's own scratch folder, ignored by git).
+SAVED_PARAMS_TEXT = Path(".dvc/tmp/params-before-compare.yaml")
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +165,30 @@ def run_experiment(name: str, overrides: dict[str, Any], extra: list[str], base:
     return subprocess.run(cmd, check=False).returncode
 
 
+def save_params_text(params: Path, saved: Path = SAVED_PARAMS_TEXT) -> None:
+    """Keep the params file's text as it is, comments and layout included."""
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_bytes(params.read_bytes())
+
+
+def restore_params_text(params: Path, saved: Path = SAVED_PARAMS_TEXT) -> bool:
+    """Put the saved text back when the file holds the same values as it (DVC rewrote only the
+    layout); otherwise leave the file as it is. Either way the saved copy is removed. True when
+    the text was put back."""
+    if not saved.is_file():
+        log.warning("no saved text of %s (%s): left as it is", params, saved)
+        return False
+    before = saved.read_bytes()
+    same = yaml.safe_load(before) == yaml.safe_load(params.read_bytes())
+    if same:
+        params.write_bytes(before)
+        log.info("%s: its own text put back (the values are the ones it started from)", params)
+    else:
+        log.warning("%s: its values differ from the saved text's: left as DVC wrote it", params)
+    saved.unlink()
+    return same
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="base params file (default: params.yaml)")
@@ -174,8 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     p_write = sub.add_parser("write", help="write params with the recipe applied")
     p_write.add_argument("name")
     p_write.add_argument("--out", required=True)
+    p_text = sub.add_parser("params-text", help="keep the params file's text around `dvc exp` runs (make compare)")
+    p_text.add_argument("action", choices=["save", "restore"])
     args = parser.parse_args(argv)
     recipes_dir = Path(args.recipes_dir)
+    if args.command == "params-text":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        if args.action == "save":
+            save_params_text(Path(args.params))
+        else:
+            restore_params_text(Path(args.params))
+        return 0
     try:
         if args.command == "list":
             for name in available(recipes_dir):

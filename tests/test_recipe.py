@@ -59,6 +59,32 @@ def test_make_compare_runs_the_default_recipe_first_and_restores_it() -> None:
     assert any(c.endswith("dvc exp apply v2") for c in commands)
     applied = next(i for i, c in enumerate(commands) if c.endswith("dvc exp apply v2"))
     assert applied > max(i for i, c in enumerate(commands) if "stages.recipe exp" in c)
+    # params.yaml's text is kept before the first experiment and put back after the apply.
+    assert commands[0].endswith("stages.recipe params-text save")
+    assert commands.index(next(c for c in commands if c.endswith("params-text restore"))) > applied
+
+
+def test_params_text_survives_a_rewrite_of_the_same_values(tmp_path: Path) -> None:
+    """`dvc exp run -S` / `exp apply` write params.yaml back through a YAML dumper (make compare
+    left it without comments, flow lists as blocks, null as empty); with the same values the saved
+    text comes back, with other values the file is left as it was written."""
+    target, saved = tmp_path / "params.yaml", tmp_path / "tmp" / "saved.yaml"
+    shutil.copy(ROOT / "params.yaml", target)
+    original = target.read_bytes()
+    values = read_params(target)
+    recipe.save_params_text(target, saved)
+    target.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    assert target.read_bytes() != original
+    assert recipe.restore_params_text(target, saved)
+    assert target.read_bytes() == original and not saved.exists()
+
+    recipe.save_params_text(target, saved)
+    v1 = recipe.apply_overrides(values, recipe.load_recipe("v1", RECIPES))
+    target.write_text(yaml.safe_dump(v1, sort_keys=False), encoding="utf-8")
+    rewritten = target.read_bytes()
+    assert not recipe.restore_params_text(target, saved)
+    assert target.read_bytes() == rewritten and not saved.exists()
+    assert not recipe.restore_params_text(target, saved)  # nothing saved: left alone
 
 
 @pytest.mark.parametrize("name", ["v1", "v2"])
