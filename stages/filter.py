@@ -182,50 +182,63 @@ def _read_chunk(kind: str, lines: list[str] | list[bytes], parsers: Parsers) -> 
     return out
 
 
-# Set in each worker process by its initializer: the kind and the name rule.
-_WORKER: tuple[str, bool] | None = None
+# Set in each reading process by its initializer: the name rule.
+_WORKER_PARSERS: Parsers | None = None
 
 
-def _init_worker(kind: str, keep_dots: bool) -> None:
-    global _WORKER
-    _WORKER = (kind, keep_dots)
+def _init_worker(keep_dots: bool) -> None:
+    global _WORKER_PARSERS
+    _WORKER_PARSERS = cached_parsers(keep_dots)  # kept across the process's chunks and sources
 
 
-def _read_in_worker(lines: list[str] | list[bytes]) -> _Chunk:
-    assert _WORKER is not None
-    kind, keep_dots = _WORKER
-    return _read_chunk(kind, lines, _worker_parsers(keep_dots))
+def _read_in_worker(kind: str, lines: list[str] | list[bytes]) -> _Chunk:
+    assert _WORKER_PARSERS is not None
+    return _read_chunk(kind, lines, _WORKER_PARSERS)
 
 
-_WORKER_PARSERS: dict[bool, Parsers] = {}
-
-
-def _worker_parsers(keep_dots: bool) -> Parsers:
-    # One cached parser set per worker process, kept across its chunks.
-    if keep_dots not in _WORKER_PARSERS:
-        _WORKER_PARSERS[keep_dots] = cached_parsers(keep_dots)
-    return _WORKER_PARSERS[keep_dots]
-
-
-def read_chunks(kind: str, chunks: Iterable[list[str] | list[bytes]], parsers: Parsers,
-                workers: int = 1) -> Iterator[_Chunk]:
-    """The row pipeline over each chunk, in order. With ``workers`` > 1, chunks are read in that many
-    spawned processes, at most two per process in flight (so memory stays bounded), and handed
-    back in input order.
+class RowReaders:
+    """Where the row pipeline runs: in this process (``workers`` 1), or in ``workers`` spawned
+    processes started once for every source (a context manager: they stop on exit). Each process
+    keeps its parser caches from source to source, as this process does.
 
     Spawned, not forked: a process forked after polars or torch started their thread pools can
     deadlock in the child (seen: this stage's worker test hung inside the full test run, where
     earlier tests had started those pools)."""
-    if workers <= 1:
-        for lines in chunks:
-            yield _read_chunk(kind, lines, parsers)
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(kind, parsers.keep_dots)) as pool:
+
+    def __init__(self, workers: int, keep_dots: bool) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers, self.keep_dots = workers, keep_dots
+        self._pool: Any = None
+
+    def __enter__(self) -> RowReaders:
+        if self.workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.keep_dots,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            if exc[0] is None:
+                self._pool.close()  # every task was collected: let the processes end
+            else:
+                self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def read(self, kind: str, chunks: Iterable[list[str] | list[bytes]], parsers: Parsers) -> Iterator[_Chunk]:
+        """The row pipeline over each chunk, in order. In the processes, at most two chunks per
+        process are in flight (so memory stays bounded), handed back in input order."""
+        if self._pool is None:
+            if self.workers > 1:
+                raise RuntimeError("RowReaders with workers > 1 is used inside a `with` block")
+            for lines in chunks:
+                yield _read_chunk(kind, lines, parsers)
+            return
         pending: deque[Any] = deque()
         for lines in chunks:
-            pending.append(pool.apply_async(_read_in_worker, (lines,)))
-            if len(pending) >= 2 * workers:
+            pending.append(self._pool.apply_async(_read_in_worker, (kind, lines)))
+            if len(pending) >= 2 * self.workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -379,8 +392,10 @@ class FilteredSource:
 
 def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: int,
                   max_rows_per_function: int | None, spill_dir: Path | None = None, desc: str = "",
-                  workers: int = 1, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES) -> FilteredSource:
-    """Read, check and filter one source's lines in chunks (``lines`` may be a lazy iterator).
+                  readers: RowReaders | None = None, chunk_rows: int = CHUNK_ROWS,
+                  chunk_bytes: int = CHUNK_BYTES) -> FilteredSource:
+    """Read, check and filter one source's lines in chunks (``lines`` may be a lazy iterator), the
+    row pipeline in ``readers`` (None: in this process).
 
     The kept rows' texts are spilled to a file in ``spill_dir`` (a temporary directory when
     None): call :meth:`FilteredSource.close` when done with them.
@@ -394,7 +409,8 @@ def filter_source(kind: str, lines: Iterable[str], parsers: Parsers, max_chars: 
     rows_in = 0
     try:
         with _no_cyclic_gc(), tqdm(desc=f"filter {desc or kind}", unit="row", mininterval=5.0, leave=False) as bar:
-            for chunk in read_chunks(kind, chunked(lines, chunk_rows, chunk_bytes), parsers, workers):
+            for chunk in (readers or RowReaders(1, parsers.keep_dots)).read(
+                    kind, chunked(lines, chunk_rows, chunk_bytes), parsers):
                 passed, table_drops = check_rows(chunk.rows, max_chars)
                 store.add(passed)
                 drops.update(chunk.drops)
@@ -521,18 +537,19 @@ def run(cfg: FilterConfig, chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUN
     spill_dir = Path(tempfile.mkdtemp(prefix=".filter-spill-", dir=out_dir.parent))
     filtered: dict[str, FilteredSource] = {}
     try:
-        for name, kind in sorted(cfg.sources.items()):
-            source = filtered[name] = filter_source(
-                kind, iter_lines(raw_dir / f"{name}.jsonl"), parsers, cfg.max_chars, cfg.function_cap(name),
-                spill_dir, desc=name, workers=cfg.workers, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)
-            total.update(source.drops)
-            fixed.update(source.fixed())
-            metrics["sources"][name] = {
-                "kind": kind, "rows_in": source.rows_in, "rows_out": source.height,
-                "dropped": {rule: source.drops.get(rule, 0) for rule in RULES}, "fixed": source.fixed(),
-            }
-            log.info("%s (%s): %d rows in, %d kept, dropped %s", name, kind, source.rows_in, source.height,
-                     dict(sorted((r, n) for r, n in source.drops.items() if n)))
+        with RowReaders(cfg.workers, cfg.keep_dots) as readers:  # one set of processes for every source
+            for name, kind in sorted(cfg.sources.items()):
+                source = filtered[name] = filter_source(
+                    kind, iter_lines(raw_dir / f"{name}.jsonl"), parsers, cfg.max_chars, cfg.function_cap(name),
+                    spill_dir, desc=name, readers=readers, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes)
+                total.update(source.drops)
+                fixed.update(source.fixed())
+                metrics["sources"][name] = {
+                    "kind": kind, "rows_in": source.rows_in, "rows_out": source.height,
+                    "dropped": {rule: source.drops.get(rule, 0) for rule in RULES}, "fixed": source.fixed(),
+                }
+                log.info("%s (%s): %d rows in, %d kept, dropped %s", name, kind, source.rows_in, source.height,
+                         dict(sorted((r, n) for r, n in source.drops.items() if n)))
         metrics["dropped"] = {rule: total.get(rule, 0) for rule in RULES}
         metrics["fixed"] = {fix: fixed.get(fix, 0) for fix in FIXES}
         splits = {name: split_validation(source, cfg.validation_fraction, cfg.seed)

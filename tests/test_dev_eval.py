@@ -14,6 +14,8 @@ from stages.evaluation.dev import (
     TEXT_CATEGORIES,
     DevCase,
     build_devset,
+    decision_margins,
+    margin_subset,
     score_case,
     summarize,
 )
@@ -150,3 +152,44 @@ def test_summary_reports_every_documented_field() -> None:
     assert "args_exact" not in out["categories"]["general"]
     assert out["summary"]["full_match"] == 0.5
     assert out["summary"]["call_categories_full_match"] == 1.0 and out["summary"]["text_categories_full_match"] == 0.0
+
+
+def test_decision_margins_read_the_logits_of_a_full_forward_pass(tiny_model_dir) -> None:
+    """The margins come from the vocabulary projection at the decision positions only; they are the
+    differences a pass over every position gives at those positions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolcall.chat_template import render_assistant
+    from toolcall.messages import canonicalize_messages
+    from toolcall.metadata import saved_tool_format
+    from toolcall.tokens import CONTENT, FUNCTION_CALL
+
+    cases = margin_subset(build_devset(2, 0), 1)
+    assert any(len(c.expected_calls) > 1 for c in cases) and any(not c.expected_calls for c in cases)
+    got = decision_margins(str(tiny_model_dir), cases)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    call_id, text_id = tokenizer.convert_tokens_to_ids([FUNCTION_CALL, CONTENT])
+    want: dict[str, dict[str, list[float]]] = {}
+    for case in cases:
+        prompt = tokenizer.apply_chat_template(canonicalize_messages(case.messages), tools=case.tools,
+                                               add_generation_prompt=True, tokenize=False,
+                                               tool_format=saved_tool_format(tiny_model_dir))
+        gold = ({"role": "assistant", "tool_calls": [{"function": c} for c in case.expected_calls]}
+                if case.expected_calls else {"role": "assistant", "content": "…"})
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        g = tokenizer(render_assistant(gold, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + g])).logits[0]
+        m = want.setdefault(case.category, {"decision": [], "more": [], "stop": []})
+        m["decision"].append(float(logits[len(p) - 1, call_id] - logits[len(p) - 1, text_id]))
+        after = [len(p) + j - 1 for j, t in enumerate(g) if j > 0 and t in (call_id, tokenizer.eos_token_id)]
+        for k, pos in enumerate(after if case.expected_calls else []):
+            m["more" if k < len(after) - 1 else "stop"].append(float(logits[pos, call_id] - logits[pos, tokenizer.eos_token_id]))
+    assert got.keys() == want.keys()
+    for category, margins in want.items():
+        for key, values in margins.items():
+            assert got[category][key] == pytest.approx(values, abs=1e-4), (category, key)
+    assert sum(len(m["more"]) for m in got.values()) > 0 and sum(len(m["stop"]) for m in got.values()) > 0

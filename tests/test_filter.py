@@ -15,7 +15,7 @@ from test_normalize import HERMES_CALL, HERMES_RESULT, OPENHERMES, WILDCHAT, her
 
 from bench.filter_rowwise import filter_rowwise
 from stages.config import ConfigError, load_section
-from stages.filter import FilterConfig, filter_source, run
+from stages.filter import FilterConfig, RowReaders, filter_source, run
 from stages.filter_rules import RULES
 from stages.parsing.parsers import cached_parsers
 
@@ -184,10 +184,21 @@ def test_chunked_path_and_row_by_row_baseline_keep_the_same_rows(chunk_rows):
 
 def test_two_reading_processes_give_the_same_result_as_one():
     lines = raw_lines()["hermes"] * 150
-    one = kept_and_drops("hermes_fc", lines, 4000, 6, workers=1)
-    two = kept_and_drops("hermes_fc", lines, 4000, 6, workers=2, chunk_rows=100)  # 23 chunks over 2 processes
-    assert one == two
+    one = kept_and_drops("hermes_fc", lines, 4000, 6)
+    with RowReaders(2, keep_dots=False) as readers:
+        two = kept_and_drops("hermes_fc", lines, 4000, 6, readers=readers, chunk_rows=100)  # 23 chunks, 2 processes
+        # The same processes serve the next source (their caches kept): still the same rows.
+        again = kept_and_drops("hermes_fc", lines, 4000, 6, readers=readers, chunk_rows=7)
+    assert one == two == again
     assert one[1]["duplicate"] == 7 * 150 - 6  # 6 good rows (one listed twice) repeated 150 times
+
+
+def test_reading_processes_need_their_with_block():
+    readers = RowReaders(2, keep_dots=False)
+    with pytest.raises(RuntimeError, match="with"):
+        next(readers.read("hermes_fc", [[b"{}"]], cached_parsers()))
+    with pytest.raises(ValueError):
+        RowReaders(0, keep_dots=False)
 
 
 def test_a_source_is_read_in_chunks_not_whole(monkeypatch):
