@@ -1,7 +1,7 @@
 """Filter: memory at M and 4M rows, wall, CPU and peak memory at N rows, and throughput against the
 plain row-by-row baseline, in one run.
 
-    python -m bench filter [--rows 50000] [--growth-rows M] [--baseline-rows 20000] [--repeats 1] [--workers 1]
+    python -m bench filter [--rows 50000] [--growth-rows M] [--baseline-rows 20000] [--repeats 3] [--workers 1]
                            [--json out.json]
     python -m bench filter --rows 1000000     # a million rows: M = 50,000, so 50k, 200k and 1M are measured
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--growth-rows", type=int, default=None,
                         help="M: peak memory compared at M and 4M rows (default: N, at most 50,000)")
     parser.add_argument("--baseline-rows", type=int, default=20_000, help="rows the baseline runs on")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of baseline and streaming path on the slice, alternating; the medians are used")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1,
