@@ -43,6 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from serve.app import freeze_heap
 from serve.process import InProcessServer
 
 log = logging.getLogger("bench.serve")
@@ -172,6 +173,7 @@ def bench_decode_qwen25(tokens: int, rounds: int) -> dict[str, Any]:
     engine = make_engine("llguidance", backend.tokenizer, backend.vocab_size, fmt.stop_token_ids(),
                          fmt.special_pieces())
     core = ServingCore(backend, fmt, engine, ServerConfig(model_name="bench"))
+    freeze_heap()  # as the server does once its core is built
     return {"model": "Qwen2.5-0.5B's shape, random weights", **bench_decode({"llguidance": core}, tokens, rounds)}
 
 
@@ -416,6 +418,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {"model": args.model, "format": fmt.name, "threads": args.threads,
                                "torch": torch.__version__}
+    # The decode runs below are the server's decode loop in this process: start them from the heap
+    # the server starts from (`python -m serve` freezes what it loaded, serve.app.freeze_heap).
+    freeze_heap()
     log.info("decode speed with and without constraints")
     results["decode"] = bench_decode(cores, args.tokens, args.rounds)
     log.info("first request with a new tool set")

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve.app import create_app
 
-    app = create_app(lambda: build_core(args))
+    app = create_app(lambda: build_core(args), freeze=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -54,8 +55,23 @@ class ApiKeyCheck:
         await self.app(scope, receive, send)
 
 
-def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
-    """An app whose serving core is built at start-up (model load, tokenizer preparation)."""
+def freeze_heap() -> int:
+    """Collect once, then move every object alive now (the model, tokenizer, vocabulary tables,
+    compiled grammars) out of the cyclic collector's reach; returns how many were frozen.
+
+    The collector otherwise walks them on every full collection: about 385k objects with SmolLM2
+    loaded, 188 ms a pass, during which no token of any request is chosen. Objects created later
+    (requests, their rows) are collected as before."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def create_app(core_factory: Callable[[], ServingCore], freeze: bool = False) -> FastAPI:
+    """An app whose serving core is built at start-up (model load, tokenizer preparation).
+
+    ``freeze``: :func:`freeze_heap` once the core is built (the server process does; an app made in
+    a process that goes on to do other things, such as a test run, should not)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +80,8 @@ def create_app(core_factory: Callable[[], ServingCore]) -> FastAPI:
         app.state.chat = ChatServing(core)
         app.state.responses = ResponsesServing(core)
         app.state.created = now()
+        if freeze:
+            log.info("froze %d start-up objects out of the garbage collector's passes", freeze_heap())
         log.info("serving '%s' (format %s, engine %s)", core.config.model_name, core.fmt.name, core.engine.name)
         yield
         core.executor.shutdown(wait=False, cancel_futures=True)
