@@ -341,19 +341,16 @@ def decision_margins(model_dir: str, cases: list[DevCase]) -> dict[str, dict[str
         gold_ids = tokenizer(render_assistant(gold, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
         # Where the margins are read: the prompt's last position (call or text?) and, when the answer
         # calls, the position before each token that follows a call (another call, or eos).
-        first = len(prompt_ids) - 1
-        ends = ([len(prompt_ids) + j for j, t in enumerate(gold_ids) if j > 0 and t in (call_id, eos_id)]
-                if case.expected_calls else [])
-        positions = [first] + [pos - 1 for pos in ends]
+        after_calls = ([len(prompt_ids) + j - 1 for j, t in enumerate(gold_ids) if j > 0 and t in (call_id, eos_id)]
+                       if case.expected_calls else [])
         ids = torch.tensor([prompt_ids + gold_ids])
         with torch.no_grad():
             # The vocabulary projection at those positions only (a fifth of the pass on every position).
-            logits = model(ids, logits_to_keep=torch.tensor(positions)).logits[0].float()
+            logits = model(ids, logits_to_keep=torch.tensor([len(prompt_ids) - 1, *after_calls])).logits[0]
         m = out.setdefault(case.category, {"decision": [], "more": [], "stop": []})
         m["decision"].append(float(logits[0, call_id] - logits[0, text_id]))
-        for k in range(len(ends)):
-            margin = float(logits[k + 1, call_id] - logits[k + 1, eos_id])
-            (m["more"] if k < len(ends) - 1 else m["stop"]).append(margin)
+        for k, row in enumerate(logits[1:]):
+            (m["more"] if k < len(after_calls) - 1 else m["stop"]).append(float(row[call_id] - row[eos_id]))
     return out
 
 
