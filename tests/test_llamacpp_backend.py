@@ -278,15 +278,35 @@ def _tool_rows(b: Any, n: int, fast_forward: int) -> list[list[int]]:
     return got
 
 
-def test_rows_decoding_together_feed_forced_tokens_one_a_step(batched: Any) -> None:
+def test_rows_decoding_together_feed_forced_tokens_one_a_step(batched: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Beside other rows a row feeds its forced tokens one a step (extra tokens of one sequence would
     cost llama.cpp a micro-batch of their own): the same tokens as without fast-forward."""
+    from serve.backends.decode_row import DecodeRow
+
     stepwise = _tool_rows(batched, 3, 0)
-    forced = batched.engine_time.forced_tokens
+    steps: list[tuple[int, int, int]] = []  # (decode rows, their tokens, all tokens) of each step
+    taken: list[int] = []  # forced tokens each take_forced handed the engine
+    step, take_forced = batched._step, DecodeRow.take_forced
+
+    def recorded(entries: list[Any], decode_rows: int, decode_tokens: int, prompts_done: int) -> None:
+        steps.append((decode_rows, decode_tokens, len(entries)))
+        step(entries, decode_rows, decode_tokens, prompts_done)
+
+    def counted(row: DecodeRow, limit: int) -> tuple[list[int], bool]:
+        forced, ended = take_forced(row, limit)
+        taken.append(len(forced))
+        return forced, ended
+
+    monkeypatch.setattr(batched, "_step", recorded)
+    monkeypatch.setattr(DecodeRow, "take_forced", counted)
     together = _tool_rows(batched, 3, 32)
     assert together == stepwise and all(len(row) > 10 for row in together)
     assert batched.max_rows_seen > 1
-    assert batched.engine_time.forced_tokens >= forced  # rode along only in steps where a row was alone
+    # The grammar forced tokens (the call's opening text after <tool_call>, the arguments' key) ...
+    assert sum(taken) > 0
+    # ... yet every step with two rows or more, or a prompt chunk, gave each decoding row one token.
+    shared = [(rows, tokens) for rows, tokens, total in steps if rows > 1 or total > tokens]
+    assert any(rows > 1 for rows, _ in shared) and all(tokens == rows for rows, tokens in shared)
 
 
 @pytest.mark.skipif(not (LLAMACPP_VENV / "src/llama.cpp/convert_hf_to_gguf.py").is_file(),

@@ -230,13 +230,26 @@ def test_no_tools_is_chat(client: openai.OpenAI) -> None:
 
 
 def test_multi_turn_with_tool_results(client: openai.OpenAI) -> None:
-    messages = USER + [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_a", "type": "function", "function": {"name": "get", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_a", "content": "sunny, 21C"},
-    ]
-    resp = client.chat.completions.create(model=MODEL, messages=messages, tools=PREFIX_TOOLS, seed=3)
-    check_calls(resp.choices[0], set(SCHEMAS))
+    def ask(result: str, **kw: Any) -> Any:
+        messages = USER + [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "get", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_a", "content": result},
+        ]
+        return client.chat.completions.create(model=MODEL, messages=messages, tools=PREFIX_TOOLS, **kw)
+
+    # The tool's result reaches the prompt: a longer result, a longer prompt (the rest is the same).
+    short = ask("sunny", max_tokens=1, seed=3)
+    longer = ask("sunny, 21C, a light wind from the west and 40 percent humidity", max_tokens=1, seed=3)
+    assert longer.usage.prompt_tokens > short.usage.prompt_tokens + 5
+    # After a result the next turn may call again: only valid calls of the offered tools.
+    finish = set()
+    for seed in SEEDS:
+        choice = ask("sunny, 21C", tool_choice="required", seed=seed, temperature=1.0).choices[0]
+        check_calls(choice, set(SCHEMAS))
+        assert choice.finish_reason in ("tool_calls", "length")
+        finish.add(choice.finish_reason)
+    assert "tool_calls" in finish, "no seed completed a call after a tool result"
 
 
 def expect_error(status: int, fn: Any, match: str) -> dict[str, Any]:
