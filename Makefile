@@ -129,10 +129,12 @@ test-llamacpp: setup llamacpp-venv
 bench-serve: setup llamacpp-venv
 	$(PY) -m bench serve --only-throughput --model models/base
 
-# make serve BACKEND=llamacpp: llama.cpp's forward passes (built once by llamacpp-venv) on MODEL
-# converted to a GGUF of SERVE_GGUF_TYPE at each start (f32: the weights the evaluation serves;
-# seconds for SmolLM2), 8 requests decoded together; the masks, checks and API are the same.
-BACKEND ?= transformers
+# make serve: by default llama.cpp's forward passes (built once by llamacpp-venv, which `make repro`
+# also builds) on MODEL converted to a GGUF of SERVE_GGUF_TYPE at each start (f32: the model's own
+# weights; seconds for SmolLM2), 8 requests decoded together; the masks, checks and API are the
+# same on every backend. BACKEND=transformers: torch's forward passes, no build (about half the
+# speed on CPU, docs/results.md); BACKEND=vllm: GPUs (`make setup-gpu`).
+BACKEND ?= llamacpp
 SERVE_GGUF_TYPE ?= f32
 SERVE_GGUF = bench_out/gguf/serve-$(notdir $(MODEL))-$(SERVE_GGUF_TYPE).gguf
 SERVE_ARGS = --model $(MODEL) --host $(HOST) --port $(PORT) --served-model-name $(SERVED_NAMES)
