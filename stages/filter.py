@@ -235,6 +235,8 @@ class RowReaders:
             for lines in chunks:
                 yield _read_chunk(kind, lines, parsers)
             return
+        if parsers.keep_dots != self.keep_dots:  # the processes parse with their own name rule
+            raise ValueError("the reading processes were started with another keep_dots than these parsers'")
         pending: deque[Any] = deque()
         for lines in chunks:
             pending.append(self._pool.apply_async(_read_in_worker, (kind, lines)))

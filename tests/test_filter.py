@@ -199,6 +199,8 @@ def test_reading_processes_need_their_with_block():
         next(readers.read("hermes_fc", [[b"{}"]], cached_parsers()))
     with pytest.raises(ValueError):
         RowReaders(0, keep_dots=False)
+    with RowReaders(2, keep_dots=True) as readers, pytest.raises(ValueError, match="keep_dots"):
+        next(readers.read("hermes_fc", [[b"{}"]], cached_parsers(keep_dots=False)))
 
 
 def test_a_source_is_read_in_chunks_not_whole(monkeypatch):
